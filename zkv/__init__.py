@@ -1,0 +1,53 @@
+"""zkv: a sharded, replicated key-value store for Python, built on ZeroMQ.
+
+>>> import zkv
+>>> kv = zkv.Client("tcp://127.0.0.1:7400")
+>>> kv["greeting"] = "hello"
+>>> kv.get("greeting")
+'hello'
+"""
+
+from zkv.client import Client
+from zkv.errors import (
+    ClientClosed,
+    ConfigError,
+    InvalidRequest,
+    KeyExists,
+    KeyNotFound,
+    KeyTooLarge,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    RequestError,
+    ServerError,
+    Timeout,
+    TransportError,
+    Unavailable,
+    ValueTooLarge,
+    ZkvError,
+)
+from zkv.protocol import Consistency
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "ClientClosed",
+    "ConfigError",
+    "Consistency",
+    "InvalidRequest",
+    "KeyExists",
+    "KeyNotFound",
+    "KeyTooLarge",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "RequestError",
+    "ServerError",
+    "Timeout",
+    "TransportError",
+    "Unavailable",
+    "ValueTooLarge",
+    "ZkvError",
+    "__version__",
+]

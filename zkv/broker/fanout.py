@@ -1,0 +1,89 @@
+"""Fan-out and gather: split a multi-key request per shard, merge the shards' answers.
+
+Pure functions over ``Request`` values and decoded results; the broker's loop does the
+sending. ``MGET`` and ``MPUT`` go to the shards their keys hash to (one message per shard);
+``CLEAR`` and ``COUNT`` go to every shard; ``KEYS`` is paged one shard at a time, its cursor
+``[shard, slot, after]`` naming where the walk stands, and becomes a node-level ``SCAN``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from zkv.errors import InvalidRequest, RemoteProtocolError
+from zkv.protocol import Op, Request
+from zkv.slots import SlotMap
+
+__all__ = ["FANOUT_OPS", "Part", "merge", "plan"]
+
+FANOUT_OPS = frozenset({Op.MGET, Op.MPUT, Op.KEYS, Op.CLEAR, Op.COUNT})
+
+
+@dataclass(slots=True)
+class Part:
+    """One shard's share of a multi-key request."""
+
+    shard: str
+    request: Request
+    positions: list[int] | None = None
+
+
+def plan(request: Request, slot_map: SlotMap) -> list[Part]:
+    """The per-shard requests for ``request`` (an op in ``FANOUT_OPS``)."""
+    op = request.op
+    if op is Op.MGET:
+        keys: list[bytes] = request.args[0]
+        return [
+            Part(shard, replace(request, args=[[keys[i] for i in positions]]), positions)
+            for shard, positions in slot_map.group(keys).items()
+        ]
+    if op is Op.MPUT:
+        items, ttl = request.args
+        return [
+            Part(shard, replace(request, args=[[items[i] for i in positions], ttl]), positions)
+            for shard, positions in slot_map.group(item[0] for item in items).items()
+        ]
+    if op in (Op.CLEAR, Op.COUNT):
+        return [Part(shard, request) for shard in slot_map.shards()]
+    if op is Op.KEYS:
+        prefix, cursor, limit = request.args
+        shards = slot_map.shards()
+        if cursor is None:
+            shard, slot, after = shards[0], 0, None
+        else:
+            shard, slot, after = cursor
+            if shard not in shards or slot >= slot_map.slots:
+                raise InvalidRequest(f"invalid keys cursor {cursor!r}")
+        scan = replace(request, op=Op.SCAN, args=[prefix, slot, after, limit])
+        return [Part(shard, scan)]
+    raise ValueError(f"{op.name} is not a fan-out operation")
+
+
+def merge(request: Request, parts: list[Part], results: list[Any], slot_map: SlotMap) -> Any:
+    """The client's answer from each part's decoded result (in ``parts`` order)."""
+    op = request.op
+    if op is Op.MGET:
+        values: list[bytes | None] = [None] * len(request.args[0])
+        for part, result in zip(parts, results, strict=True):
+            positions = part.positions or []
+            if type(result) is not list or len(result) != len(positions):
+                raise RemoteProtocolError(f"shard {part.shard} answered MGET with {result!r:.80}")
+            for i, value in zip(positions, result, strict=True):
+                values[i] = value
+        return values
+    if op is Op.COUNT:
+        if not all(type(r) is int for r in results):
+            raise RemoteProtocolError("a shard answered COUNT with a non-integer")
+        return sum(results)
+    if op is Op.KEYS:
+        (part,), (result,) = parts, results
+        if not (type(result) is list and len(result) == 2 and type(result[0]) is list):
+            raise RemoteProtocolError(f"shard {part.shard} answered SCAN with {result!r:.80}")
+        keys, node_cursor = result
+        if node_cursor is not None:
+            return [keys, [part.shard, node_cursor[0], node_cursor[1]]]
+        shards = slot_map.shards()
+        following = shards.index(part.shard) + 1
+        return [keys, [shards[following], 0, None] if following < len(shards) else None]
+    return None  # MPUT, CLEAR

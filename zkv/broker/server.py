@@ -1,0 +1,372 @@
+"""Broker: the one address clients know; routes each request to the node that owns its key.
+
+Two ROUTER sockets: ``clients`` (client DEALERs) and ``nodes`` (node DEALERs, identity
+``node:<name>``). A single-key request is routed by its key frame alone
+(``slot_of(key) -> shard -> primary``) and forwarded untouched, wrapped in an envelope
+naming the client; the node's reply is unwrapped and sent back. The broker never decodes
+a single-key request's body, and never decodes a value. Multi-key and cluster-wide
+requests are decoded (values stay opaque bytes), split per shard by ``fanout``, and their
+answers gathered into one reply. A request for a shard with no live node is answered
+``Unavailable`` at once.
+
+The loop drains every ready message on each wake-up; nothing a peer sends can stop it: a
+malformed message is answered with an error (or dropped when it cannot be answered) and
+logged.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import zmq
+
+from zkv import protocol
+from zkv.broker import fanout
+from zkv.broker.membership import Member, Membership
+from zkv.config import ClusterConfig
+from zkv.errors import (
+    ErrorCode,
+    RemoteProtocolError,
+    ServerError,
+    Timeout,
+    Unavailable,
+    ZkvError,
+)
+from zkv.protocol import Op, Request
+from zkv.runtime import bind_endpoint, write_ready_file
+from zkv.slots import SlotMap
+
+__all__ = ["Broker"]
+
+log = logging.getLogger(__name__)
+
+DRAIN_MAX: Final = 1000
+#: How long a fan-out waits for its parts when the client set no timeout (seconds).
+DEFAULT_GATHER_S: Final = 60.0
+_DIRECT: Final = b"C"
+_GATHER: Final = b"F"
+_GATHER_ENVELOPE: Final = struct.Struct(">cQI")
+
+
+@dataclass(slots=True)
+class _Gather:
+    client: bytes
+    request: Request
+    parts: list[fanout.Part]
+    deadline: float
+    results: list[Any] = field(default_factory=list)
+    pending: int = 0
+
+
+class Broker:
+    """Routes requests between clients and shard nodes until ``stop()``."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        ready_file: Path | None = None,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.ready_file = ready_file
+        self.context = context or zmq.Context.instance()
+        self.slot_map = SlotMap.even(list(config.shards), config.slots)
+        self.membership = Membership(config)
+        self.requests = 0
+        self.errors = 0
+        self._gathers: dict[int, _Gather] = {}
+        self._next_gather = 0
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Ask the loop to finish its turn and exit (safe from a signal handler)."""
+        self._stopping = True
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        """Bind both sockets and serve until ``stop()``."""
+        limit = self.config.limits.max_request_bytes + 4096
+        self.clients = self.context.socket(zmq.ROUTER)
+        self.nodes = self.context.socket(zmq.ROUTER)
+        for sock in (self.clients, self.nodes):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, limit)
+        self.nodes.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.nodes.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        try:
+            self.clients.bind(bind_endpoint(self.config.broker.clients))
+            self.nodes.bind(bind_endpoint(self.config.broker.nodes))
+            clients_at = self.clients.getsockopt_string(zmq.LAST_ENDPOINT)
+            nodes_at = self.nodes.getsockopt_string(zmq.LAST_ENDPOINT)
+            log.info("broker serving clients at %s, nodes at %s", clients_at, nodes_at)
+            if self.ready_file is not None:
+                write_ready_file(self.ready_file, {"clients": clients_at, "nodes": nodes_at})
+            self._loop()
+        finally:
+            self.clients.close(linger=0)
+            self.nodes.close(linger=0)
+        log.info("broker stopped")
+
+    def _loop(self) -> None:
+        interval = self.config.heartbeat.interval_s
+        poller = zmq.Poller()
+        poller.register(self.clients, zmq.POLLIN)
+        poller.register(self.nodes, zmq.POLLIN)
+        next_tick = time.monotonic() + interval
+        while not self._stopping:
+            try:
+                ready = dict(poller.poll(int(max(0.0, next_tick - time.monotonic()) * 1000)))
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EINTR:
+                    raise
+                continue
+            if self.nodes in ready:
+                self._drain(self.nodes, self._on_node)
+            if self.clients in ready:
+                self._drain(self.clients, self._on_client)
+            now = time.monotonic()
+            if now >= next_tick:
+                self._tick(now)
+                next_tick = now + interval
+
+    def _drain(self, sock: zmq.Socket[bytes], handle: Any) -> None:
+        for _ in range(DRAIN_MAX):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                handle(frames)
+            except Exception:
+                log.exception("failed to handle a message of %d frames", len(frames))
+
+    def _tick(self, now: float) -> None:
+        self.membership.expire(now)
+        beat = [protocol.node_header(protocol.BROKER_HEARTBEAT, 0), protocol.packb({})]
+        for member in self.membership.alive():
+            self._to_node(member, beat)
+        for gid, gather in list(self._gathers.items()):
+            if now > gather.deadline:
+                del self._gathers[gid]
+                self._fail(
+                    gather.client,
+                    gather.request.seq,
+                    Timeout(f"{gather.request.op.name}: a shard did not answer in time"),
+                )
+
+    # ------------------------------------------------------------------ clients
+
+    def _on_client(self, frames: list[bytes]) -> None:
+        self.requests += 1
+        client = frames[0]
+        if len(frames) != 4:
+            self._fail(
+                client,
+                0,
+                RemoteProtocolError(
+                    f"a request has 3 frames after the identity, got {len(frames) - 1}"
+                ),
+            )
+            return
+        try:
+            request = protocol.decode_request_header(frames[1])
+            op = request.op
+            if op in protocol.SINGLE_KEY_OPS:
+                self._route(client, request, frames[1:])
+            elif op in fanout.FANOUT_OPS:
+                self._fan_out(client, protocol.decode_request(frames[1:]))
+            elif op is Op.STATUS:
+                protocol.decode_request(frames[1:])
+                self._reply(client, protocol.encode_reply(request.seq, self.status()))
+            else:
+                raise RemoteProtocolError(f"unknown operation {op.name}")
+        except ZkvError as exc:
+            self._fail(client, exc.seq or 0, exc)
+
+    def _route(self, client: bytes, request: Request, frames: list[bytes]) -> None:
+        key = frames[1]
+        if len(key) > protocol.MAX_KEY_FRAME_BYTES:
+            raise RemoteProtocolError(f"key frame of {len(key)} bytes")
+        shard = self.slot_map.shard_of(key)
+        member = self.membership.primary(shard)
+        if member is None:
+            raise self._unavailable(shard, request)
+        if not self._to_node(
+            member, [protocol.node_header(protocol.NODE_REQUEST, 0), _DIRECT + client, *frames]
+        ):
+            raise self._unavailable(shard, request)
+
+    def _fan_out(self, client: bytes, request: Request) -> None:
+        parts = fanout.plan(request, self.slot_map)
+        members = []
+        for part in parts:
+            member = self.membership.primary(part.shard)
+            if member is None:
+                raise self._unavailable(part.shard, request)
+            members.append(member)
+        timeout_s = request.timeout_ms / 1000 if request.timeout_ms else DEFAULT_GATHER_S
+        gather = _Gather(
+            client,
+            request,
+            parts,
+            time.monotonic() + timeout_s + 1.0,
+            results=[None] * len(parts),
+            pending=len(parts),
+        )
+        if not parts:
+            self._reply(
+                client,
+                protocol.encode_reply(request.seq, fanout.merge(request, [], [], self.slot_map)),
+            )
+            return
+        gid = self._next_gather
+        self._next_gather += 1
+        self._gathers[gid] = gather
+        for index, (part, member) in enumerate(zip(parts, members, strict=True)):
+            envelope = _GATHER_ENVELOPE.pack(_GATHER, gid, index)
+            frames = [
+                protocol.node_header(protocol.NODE_REQUEST, 0),
+                envelope,
+                *protocol.encode_request(part.request),
+            ]
+            if not self._to_node(member, frames):
+                del self._gathers[gid]
+                raise self._unavailable(part.shard, request)
+
+    def _unavailable(self, shard: str, request: Request) -> Unavailable:
+        err = Unavailable(f"shard {shard} has no live node; try again once it is back")
+        err.seq = request.seq
+        return err
+
+    def status(self) -> dict[str, Any]:
+        """The cluster as the broker sees it (the STATUS reply)."""
+        now = time.monotonic()
+        nodes = []
+        for member in self.membership.members.values():
+            info = member.info
+            primary = self.membership.primary(member.shard)
+            owns = primary is member
+            nodes.append(
+                {
+                    "name": member.name,
+                    "shard": member.shard,
+                    "role": info.role if info else None,
+                    "alive": member.alive,
+                    "pid": info.pid if info else None,
+                    "epoch": info.epoch if info else None,
+                    "seq": info.seq if info else None,
+                    "keys": info.keys if info else None,
+                    "slots": len(self.slot_map.slots_of(member.shard)) if owns else 0,
+                    "slot_ranges": _ranges(self.slot_map.ranges_of(member.shard)) if owns else "",
+                    "requests": info.requests if info else None,
+                    "errors": info.errors if info else None,
+                    "publish": info.publish if info else None,
+                    "sync": info.sync if info else None,
+                    "last_seen_s": round(now - member.last_seen, 3) if info else None,
+                }
+            )
+        return {
+            "cluster": self.config.cluster,
+            "slots": self.config.slots,
+            "broker": {
+                "pid": os.getpid(),
+                "requests": self.requests,
+                "errors": self.errors,
+                "clients": self.clients.getsockopt_string(zmq.LAST_ENDPOINT),
+            },
+            "nodes": nodes,
+        }
+
+    # ------------------------------------------------------------------ nodes
+
+    def _on_node(self, frames: list[bytes]) -> None:
+        identity = frames[0]
+        if len(frames) < 3:
+            log.warning("dropped a %d-frame message from %r", len(frames), identity[:32])
+            return
+        kind, _epoch = protocol.decode_node_header(frames[1])
+        if kind == protocol.NODE_REPLY and len(frames) == 5:
+            envelope = frames[2]
+            if envelope[:1] == _DIRECT:
+                self._reply(envelope[1:], frames[3:])
+            elif envelope[:1] == _GATHER and len(envelope) == _GATHER_ENVELOPE.size:
+                _, gid, index = _GATHER_ENVELOPE.unpack(envelope)
+                self._gathered(gid, index, frames[3:])
+            else:
+                log.warning("dropped a reply with a bad envelope from %r", identity[:32])
+        elif kind in (protocol.NODE_READY, protocol.NODE_HEARTBEAT) and len(frames) == 3:
+            info = protocol.decode_node_info(frames[2])
+            if identity != f"node:{info.name}".encode():
+                log.warning("dropped node info for %r from identity %r", info.name, identity[:32])
+                return
+            refused = self.membership.seen(identity, info, time.monotonic())
+            if refused:
+                log.warning("refused node: %s", refused)
+        else:
+            log.warning(
+                "dropped a node message of kind %r with %d frames from %r",
+                kind,
+                len(frames),
+                identity[:32],
+            )
+
+    def _gathered(self, gid: int, index: int, reply: list[bytes]) -> None:
+        gather = self._gathers.get(gid)
+        if gather is None or not 0 <= index < len(gather.parts):
+            return  # late answer for a gather that failed or timed out
+        try:
+            _seq, result = protocol.decode_reply(reply)
+        except ZkvError as exc:
+            del self._gathers[gid]
+            self._fail(gather.client, gather.request.seq, exc)
+            return
+        gather.results[index] = result
+        gather.pending -= 1
+        if gather.pending:
+            return
+        del self._gathers[gid]
+        try:
+            merged = fanout.merge(gather.request, gather.parts, gather.results, self.slot_map)
+        except ZkvError as exc:
+            log.error("could not merge %s: %s", gather.request.op.name, exc)
+            self._fail(gather.client, gather.request.seq, ServerError(str(exc)))
+            return
+        self._reply(gather.client, protocol.encode_reply(gather.request.seq, merged))
+
+    def _to_node(self, member: Member, frames: list[bytes]) -> bool:
+        try:
+            self.nodes.send_multipart([member.identity, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (full)
+            if exc.errno == zmq.EHOSTUNREACH:
+                self.membership.lost(member.name)
+            else:
+                log.warning("node %s is not keeping up; dropped a message", member.name)
+            return False
+        return True
+
+    # ------------------------------------------------------------------ replies
+
+    def _reply(self, client: bytes, frames: list[bytes]) -> None:
+        try:
+            self.clients.send_multipart([client, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("could not reply to a client: %s", exc)
+
+    def _fail(self, client: bytes, seq: int, exc: ZkvError) -> None:
+        self.errors += 1
+        if exc.code in (ErrorCode.PROTOCOL, None):
+            log.warning("bad request from client %s: %s", client.hex()[:16], exc)
+        self._reply(client, protocol.encode_error(seq, exc))
+
+
+def _ranges(runs: list[tuple[int, int]]) -> str:
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)

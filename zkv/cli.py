@@ -1,0 +1,249 @@
+"""The ``zkv`` command line.
+
+Processes: ``zkv up`` (the whole local cluster), ``zkv broker``, ``zkv node --name NAME``.
+Data: ``zkv put KEY VALUE [--ttl S] [--json]``, ``zkv get KEY``, ``zkv del KEY``,
+``zkv keys [PREFIX]``, ``zkv status``; each takes ``--config FILE`` or ``--connect ENDPOINT``.
+
+Exit status: 0 success, 1 the key is missing, 2 bad usage or a bad config file, 3 the
+cluster is unavailable or timed out; every failure prints one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import zmq
+
+from zkv import __version__
+from zkv.config import load_config
+from zkv.errors import ConfigError, KeyNotFound, RequestError, TransportError, ZkvError
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG: Final = "config/local.yaml"
+EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+class _UsageError(Exception):
+    pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``zkv`` command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.run(args)
+        return status
+    except KeyNotFound as exc:
+        return _fail(str(exc), EXIT_MISSING)
+    except (ConfigError, _UsageError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except TransportError as exc:
+        return _fail(f"cluster unavailable: {exc}", EXIT_UNAVAILABLE)
+    except RequestError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except ZkvError as exc:
+        return _fail(str(exc), EXIT_UNAVAILABLE)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"zkv: {message}", file=sys.stderr)
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zkv", description="zkv: a sharded, replicated key-value store on ZeroMQ."
+    )
+    parser.add_argument("--version", action="version", version=f"zkv {__version__}")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(
+        name: str, run: Callable[[argparse.Namespace], int], help_: str, process: bool = False
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(run=run)
+        if process:
+            p.add_argument(
+                "--config",
+                default=DEFAULT_CONFIG,
+                help=f"cluster YAML file (default {DEFAULT_CONFIG})",
+            )
+            p.add_argument(
+                "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+            )
+        else:
+            target = p.add_mutually_exclusive_group()
+            target.add_argument("--config", help=f"cluster YAML file (default {DEFAULT_CONFIG})")
+            target.add_argument(
+                "--connect", metavar="ENDPOINT", help="broker endpoint, e.g. tcp://127.0.0.1:7400"
+            )
+            p.add_argument(
+                "--timeout",
+                type=float,
+                default=None,
+                metavar="S",
+                help="seconds to wait for the cluster",
+            )
+        return p
+
+    command("up", _up, "run the whole cluster of a config file on this machine", True)
+    p = command("broker", _broker, "run the broker process", True)
+    p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    p = command("node", _node, "run one shard node process", True)
+    p.add_argument("--name", required=True, help="the node's name in the config file")
+    p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+
+    p = command("put", _put, "set a key")
+    p.add_argument("key")
+    p.add_argument("value", help="a string, or JSON with --json")
+    p.add_argument("--ttl", type=float, metavar="S", help="expire after S seconds")
+    p.add_argument("--json", action="store_true", help="parse VALUE as JSON")
+    p = command("get", _get, "print a key's value as JSON")
+    p.add_argument("key")
+    p = command("del", _del, "delete a key")
+    p.add_argument("key")
+    p = command("keys", _keys, "list keys, one per line")
+    p.add_argument("prefix", nargs="?", default="")
+    command("status", _status, "show every node of the cluster")
+    return parser
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def _up(args: argparse.Namespace) -> int:
+    from zkv.launcher import Launcher
+    from zkv.runtime import configure_logging
+
+    configure_logging("up", args.log_level)
+    path = Path(args.config)
+    return Launcher(load_config(path), path, args.log_level).run()
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from zkv.broker.server import Broker
+    from zkv.runtime import configure_logging, on_stop_signals
+
+    configure_logging("broker", args.log_level)
+    broker = Broker(load_config(args.config), ready_file=args.ready_file)
+    on_stop_signals(broker.stop)
+    return _serve(broker.run, "broker")
+
+
+def _node(args: argparse.Namespace) -> int:
+    from zkv.node.server import Node
+    from zkv.runtime import configure_logging, on_stop_signals
+
+    configure_logging(args.name, args.log_level)
+    node = Node(load_config(args.config), args.name, ready_file=args.ready_file)
+    on_stop_signals(node.stop)
+    return _serve(node.run, f"node {args.name}")
+
+
+def _serve(run: Callable[[], None], what: str) -> int:
+    try:
+        run()
+    except zmq.ZMQError as exc:
+        print(f"zkv: {what} cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from zkv.client import Client
+
+    kwargs: dict[str, Any] = {}
+    if args.timeout is not None:
+        if not args.timeout > 0:
+            raise _UsageError("--timeout must be a positive number of seconds")
+        kwargs["timeout_s"] = args.timeout
+    if args.connect:
+        return Client(args.connect, **kwargs)
+    return Client.from_config(args.config or DEFAULT_CONFIG, **kwargs)
+
+
+def _put(args: argparse.Namespace) -> int:
+    value: Any = args.value
+    if args.json:
+        try:
+            value = json.loads(args.value)
+        except json.JSONDecodeError as exc:
+            raise _UsageError(f"VALUE is not valid JSON: {exc}") from None
+    with _client(args) as kv:
+        kv.put(args.key, value, ttl=args.ttl)
+    return EXIT_OK
+
+
+def _get(args: argparse.Namespace) -> int:
+    with _client(args) as kv:
+        value = kv[args.key]
+    print(json.dumps(value, default=_json_default, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _del(args: argparse.Namespace) -> int:
+    with _client(args) as kv:
+        del kv[args.key]
+    return EXIT_OK
+
+
+def _keys(args: argparse.Namespace) -> int:
+    with _client(args) as kv:
+        for key in kv.keys(args.prefix):
+            print(key if isinstance(key, str) else repr(key))
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    with _client(args) as kv:
+        status = kv.cluster_status()
+    columns = [
+        "name",
+        "shard",
+        "role",
+        "alive",
+        "pid",
+        "epoch",
+        "seq",
+        "keys",
+        "slots",
+        "requests",
+        "errors",
+    ]
+    rows = [[_cell(node.get(c)) for c in columns] for node in status["nodes"]]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    print(
+        f"cluster {status['cluster']}: {status['slots']} slots, broker pid "
+        f"{status['broker']['pid']}, clients at {status['broker']['clients']}"
+    )
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    return EXIT_OK
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$b64": base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,265 @@
+"""ClientCore: everything a zkv client does that is not waiting on a socket.
+
+It turns calls into ``Request`` frames (assigning the client id and sequence numbers),
+converts keys and values, matches replies to requests (a reply for another sequence number,
+late from a call that timed out, is dropped), raises the typed error a reply carries, and
+decides retries. Each call is a generator that yields ``Send`` and ``Sleep`` actions and
+receives the reply frames (or None on timeout); ``Client`` drives it with a blocking
+``zmq.Socket``, and an asyncio client can drive the same generator with ``await``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias
+
+from zkv import protocol
+from zkv.errors import InvalidRequest, RemoteProtocolError, Timeout, Unavailable, ValueTooLarge
+from zkv.protocol import Consistency, Op, Request
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "Call",
+    "ClientCore",
+    "Key",
+    "Send",
+    "Sleep",
+    "key_bytes",
+    "key_out",
+]
+
+Key: TypeAlias = str | bytes
+DEFAULT_TIMEOUT_S: Final = 5.0
+#: Keys per page of ``keys()``.
+KEYS_PAGE: Final = 1000
+#: First and largest pause between attempts to reach an unreachable broker (seconds).
+BACKOFF_FIRST_S: Final = 0.01
+BACKOFF_MAX_S: Final = 0.5
+
+
+@dataclass(slots=True)
+class Send:
+    """Send ``frames``, then wait until ``deadline`` (monotonic) for the reply to ``seq``.
+
+    The driver answers with the reply frames, or None on timeout; if the frames could not
+    even be handed to a connection (no broker), it answers with ``NOT_SENT``.
+    """
+
+    frames: list[bytes]
+    seq: int
+    deadline: float
+
+
+@dataclass(slots=True)
+class Sleep:
+    """Pause for ``seconds`` before the next action."""
+
+    seconds: float
+
+
+NOT_SENT: Final = [b"not sent"]
+
+Action: TypeAlias = Send | Sleep
+Call: TypeAlias = Generator[Action, list[bytes] | None, Any]
+
+
+def key_bytes(key: Key) -> bytes:
+    """A key as its wire bytes: ``str`` as UTF-8, ``bytes`` as is."""
+    if type(key) is bytes:
+        return key
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, bytes | bytearray | memoryview):
+        return bytes(key)
+    raise TypeError(f"a zkv key is str or bytes, not {type(key).__name__}")
+
+
+def key_out(key: bytes) -> Key:
+    """A key as users see it: ``str`` when it is valid UTF-8, else ``bytes``."""
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return key
+
+
+def _ttl(ttl: float | None) -> float | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
+    if not (math.isfinite(ttl) and ttl > 0):
+        raise InvalidRequest(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return ttl
+
+
+class ClientCore:
+    """Request building, reply matching and retry decisions for one client."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        consistency: Consistency | str = Consistency.STRONG,
+        max_request_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.client_id = protocol.new_client_id()
+        self.timeout_s = timeout_s
+        self.consistency = Consistency(consistency)
+        self.max_request_bytes = max_request_bytes
+        self._seq = 0
+
+    # ------------------------------------------------------------------ one exchange
+
+    def call(
+        self,
+        op: Op,
+        key: bytes = b"",
+        args: Iterable[Any] = (),
+        *,
+        timeout: float | None = None,
+        consistency: Consistency | str | None = None,
+    ) -> Call:
+        """Send one request and return its result, raising the reply's error.
+
+        If no broker connection can take the request (the broker is down or restarting),
+        nothing was sent, so any op is retried with back-off until the timeout, and then
+        ``Unavailable`` is raised. A request that was sent but not answered in time raises
+        ``Timeout``: for a write, its outcome is unknown.
+        """
+        timeout_s = self.timeout_s if timeout is None else timeout
+        if not timeout_s > 0:
+            raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
+        deadline = time.monotonic() + timeout_s
+        self._seq += 1
+        request = Request(
+            op,
+            key,
+            list(args),
+            client_id=self.client_id,
+            seq=self._seq,
+            consistency=self.consistency if consistency is None else Consistency(consistency),
+            timeout_ms=min(protocol.MAX_TIMEOUT_MS, math.ceil(timeout_s * 1000)),
+        )
+        frames = protocol.encode_request(request)
+        size = sum(map(len, frames))
+        if size > self.max_request_bytes:
+            raise ValueTooLarge(
+                f"{op.name} request is {size} bytes; the limit is {self.max_request_bytes} "
+                "bytes (limits.max_request_bytes): split the batch"
+            )
+        backoff = BACKOFF_FIRST_S
+        while True:
+            reply = yield Send(frames, request.seq, deadline)
+            if reply is None:
+                raise Timeout(
+                    f"{op.name} got no reply within {timeout_s:g} s"
+                    + (
+                        "; the write may or may not have been applied"
+                        if op in protocol.WRITE_OPS
+                        else ""
+                    )
+                )
+            if reply is not NOT_SENT:
+                return self.result(reply)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(f"no broker connection within {timeout_s:g} s")
+            yield Sleep(min(backoff, left))
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    @staticmethod
+    def result(frames: list[bytes]) -> Any:
+        """The result carried by a reply (raising its error)."""
+        return protocol.decode_reply(frames)[1]
+
+    @staticmethod
+    def reply_seq(frames: list[bytes]) -> int | None:
+        """The sequence number a reply answers, or None if it is not a reply."""
+        if len(frames) != 2:
+            return None
+        try:
+            return protocol.decode_reply_header(frames[0])[0]
+        except RemoteProtocolError:
+            return None
+
+    # ------------------------------------------------------------------ operations
+
+    def get(self, key: Key, **kw: Any) -> Call:
+        """The stored bytes of ``key``, or None."""
+        result: bytes | None = yield from self.call(Op.GET, key_bytes(key), **kw)
+        return result
+
+    def put(self, key: Key, value: Any, ttl: float | None, **kw: Any) -> Call:
+        """Set ``key``."""
+        args = [protocol.pack_value(value), _ttl(ttl)]
+        yield from self.call(Op.PUT, key_bytes(key), args, **kw)
+
+    def create(self, key: Key, value: Any, ttl: float | None, **kw: Any) -> Call:
+        """Set ``key`` only if absent (``KeyExists`` otherwise)."""
+        args = [protocol.pack_value(value), _ttl(ttl)]
+        yield from self.call(Op.CREATE, key_bytes(key), args, **kw)
+
+    def delete(self, key: Key, **kw: Any) -> Call:
+        """Remove ``key``; whether it was there."""
+        return bool((yield from self.call(Op.DELETE, key_bytes(key), **kw)))
+
+    def exists(self, key: Key, **kw: Any) -> Call:
+        """Whether ``key`` is present."""
+        return bool((yield from self.call(Op.EXISTS, key_bytes(key), **kw)))
+
+    def cas(self, key: Key, expected: Any, new: Any, **kw: Any) -> Call:
+        """Compare-and-swap; whether it swapped."""
+        args = [protocol.pack_value(expected), protocol.pack_value(new)]
+        return bool((yield from self.call(Op.CAS, key_bytes(key), args, **kw)))
+
+    def expire(self, key: Key, seconds: float, **kw: Any) -> Call:
+        """Set a TTL; whether the key was there."""
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"seconds must be a number, not {type(seconds).__name__}")
+        if not math.isfinite(seconds):
+            raise InvalidRequest(f"seconds must be finite, got {seconds!r}")
+        return bool((yield from self.call(Op.EXPIRE, key_bytes(key), [seconds], **kw)))
+
+    def ttl(self, key: Key, **kw: Any) -> Call:
+        """Seconds left, or None without a TTL (``KeyNotFound`` when absent)."""
+        result: float | None = yield from self.call(Op.TTL, key_bytes(key), **kw)
+        return result
+
+    def mget(self, keys: Iterable[Key], **kw: Any) -> Call:
+        """``{key: value}`` for the keys present, keyed as passed."""
+        wanted = list(keys)
+        values = yield from self.call(Op.MGET, args=[[key_bytes(k) for k in wanted]], **kw)
+        return {
+            k: protocol.unpack_value(v)
+            for k, v in zip(wanted, values, strict=True)
+            if v is not None
+        }
+
+    def mput(self, mapping: Mapping[Key, Any], ttl: float | None, **kw: Any) -> Call:
+        """Set every key of ``mapping``."""
+        items = [[key_bytes(k), protocol.pack_value(v)] for k, v in mapping.items()]
+        yield from self.call(Op.MPUT, args=[items, _ttl(ttl)], **kw)
+
+    def keys_page(
+        self, prefix: Key, cursor: list[Any] | None, limit: int = KEYS_PAGE, **kw: Any
+    ) -> Call:
+        """One page of keys: ``(keys, next cursor or None)``."""
+        keys, cursor = yield from self.call(Op.KEYS, args=[key_bytes(prefix), cursor, limit], **kw)
+        return [key_out(k) for k in keys], cursor
+
+    def clear(self, **kw: Any) -> Call:
+        """Remove every key in the cluster."""
+        yield from self.call(Op.CLEAR, **kw)
+
+    def count(self, **kw: Any) -> Call:
+        """The number of live keys in the cluster."""
+        result: int = yield from self.call(Op.COUNT, **kw)
+        return result
+
+    def status(self, **kw: Any) -> Call:
+        """The broker's view of the cluster."""
+        result: dict[str, Any] = yield from self.call(Op.STATUS, **kw)
+        return result

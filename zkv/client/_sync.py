@@ -1,0 +1,380 @@
+"""Client: the blocking zkv client, also a ``MutableMapping``.
+
+It drives ``ClientCore``'s call generators with one ``zmq.DEALER`` socket connected to the
+broker. ZeroMQ reconnects the socket by itself when the broker restarts; ``IMMEDIATE`` keeps
+requests from queueing on a connection that does not exist, so the core sees "not sent"
+and retries with back-off instead of waiting out its timeout.
+
+Threads: a ``Client`` may be shared between threads. Calls are serialised by a lock (one
+request on the socket at a time), which is correct but gives no parallelism; for that, give
+each thread its own ``Client``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import zmq
+
+from zkv import protocol
+from zkv.client._core import (
+    DEFAULT_TIMEOUT_S,
+    KEYS_PAGE,
+    NOT_SENT,
+    Call,
+    ClientCore,
+    Key,
+    Send,
+)
+from zkv.config import load_config
+from zkv.errors import ClientClosed, KeyNotFound
+from zkv.protocol import Consistency
+
+__all__ = ["Client"]
+
+_MISSING: Final = object()
+
+
+class Client(MutableMapping[Key, Any]):
+    """A connection to a zkv cluster through its broker.
+
+    ``Client("tcp://127.0.0.1:7400")`` or ``Client.from_config("config/local.yaml")``.
+    Every operation takes keyword-only ``timeout`` (seconds; default ``timeout_s``) and
+    ``consistency`` (``"strong"`` or ``"eventual"``; default ``consistency``). Keys are
+    ``str`` (stored as UTF-8, so ``"a"`` and ``b"a"`` are one key) or ``bytes``; values are
+    anything msgpack can encode and come back equal after a msgpack round trip (tuples come
+    back as lists). Use it as a context manager, or call ``close()``.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = "tcp://127.0.0.1:7400",
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        consistency: Consistency | str = Consistency.STRONG,
+        max_request_bytes: int = 64 * 1024 * 1024,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self._core = ClientCore(
+            timeout_s=timeout_s, consistency=consistency, max_request_bytes=max_request_bytes
+        )
+        self._lock = threading.Lock()
+        self._socket: zmq.Socket[bytes] | None = None
+        self._context = context or zmq.Context.instance()
+        self._socket = self._connect()
+
+    @classmethod
+    def from_config(cls, path: str | Path, **kwargs: Any) -> Client:
+        """A client for the cluster described by the YAML file at ``path``."""
+        config = load_config(path)
+        kwargs.setdefault("timeout_s", config.defaults.timeout_s)
+        kwargs.setdefault("consistency", config.defaults.consistency)
+        kwargs.setdefault("max_request_bytes", config.limits.max_request_bytes)
+        return cls(config.broker.clients, **kwargs)
+
+    def _connect(self) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.connect(self.endpoint)
+        return sock
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Close the connection; later calls raise ``ClientClosed``. Safe to call twice."""
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close(linger=0)
+                self._socket = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return self._socket is None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<zkv.Client {self.endpoint} {state}>"
+
+    # ------------------------------------------------------------------ driver
+
+    def _run(self, call: Call) -> Any:
+        with self._lock:
+            sock = self._socket
+            if sock is None:
+                call.close()
+                raise ClientClosed("this client was closed")
+            try:
+                action = next(call)
+                while True:
+                    if isinstance(action, Send):
+                        action = call.send(self._exchange(sock, action))
+                    else:
+                        time.sleep(action.seconds)
+                        action = next(call)
+            except StopIteration as stop:
+                return stop.value
+
+    @staticmethod
+    def _exchange(sock: zmq.Socket[bytes], send: Send) -> list[bytes] | None:
+        try:
+            sock.send_multipart(send.frames, zmq.NOBLOCK)
+        except zmq.Again:
+            return NOT_SENT
+        while True:
+            left_ms = (send.deadline - time.monotonic()) * 1000
+            if left_ms <= 0 or not sock.poll(max(1, int(left_ms)), zmq.POLLIN):
+                return None
+            frames = sock.recv_multipart()
+            if ClientCore.reply_seq(frames) == send.seq:
+                return frames
+            # a late reply to an earlier call that timed out: drop it
+
+    # ------------------------------------------------------------------ operations
+
+    def get(
+        self,
+        key: Key,
+        default: Any = None,
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> Any:
+        """The value of ``key``, or ``default`` when it is absent (as ``dict.get``)."""
+        raw = self._run(self._core.get(key, timeout=timeout, consistency=consistency))
+        return default if raw is None else protocol.unpack_value(raw)
+
+    def put(
+        self,
+        key: Key,
+        value: Any,
+        ttl: float | None = None,
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> None:
+        """Set ``key`` to ``value``, expiring after ``ttl`` seconds if given.
+
+        A put without ``ttl`` removes a TTL the key had (as Redis SET does).
+        """
+        self._run(self._core.put(key, value, ttl, timeout=timeout, consistency=consistency))
+
+    def delete(
+        self, key: Key, *, timeout: float | None = None, consistency: str | None = None
+    ) -> bool:
+        """Remove ``key``; True if it was present."""
+        result: bool = self._run(self._core.delete(key, timeout=timeout, consistency=consistency))
+        return result
+
+    def create(
+        self,
+        key: Key,
+        value: Any,
+        ttl: float | None = None,
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> None:
+        """Set ``key`` only if it is absent; raises ``KeyExists`` if it is present."""
+        self._run(self._core.create(key, value, ttl, timeout=timeout, consistency=consistency))
+
+    def exists(
+        self, key: Key, *, timeout: float | None = None, consistency: str | None = None
+    ) -> bool:
+        """Whether ``key`` is present (and not expired)."""
+        result: bool = self._run(self._core.exists(key, timeout=timeout, consistency=consistency))
+        return result
+
+    def cas(
+        self,
+        key: Key,
+        expected: Any,
+        new: Any,
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> bool:
+        """Atomically set ``key`` to ``new`` if its value equals ``expected``.
+
+        Values are compared by their msgpack encodings, so ``1`` and ``1.0`` differ. A
+        missing key matches nothing. The key keeps its TTL. True if the value was swapped.
+        """
+        result: bool = self._run(
+            self._core.cas(key, expected, new, timeout=timeout, consistency=consistency)
+        )
+        return result
+
+    def expire(
+        self,
+        key: Key,
+        seconds: float,
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> bool:
+        """Expire ``key`` after ``seconds`` (0 or less deletes it); False if it is absent."""
+        result: bool = self._run(
+            self._core.expire(key, seconds, timeout=timeout, consistency=consistency)
+        )
+        return result
+
+    def ttl(
+        self, key: Key, *, timeout: float | None = None, consistency: str | None = None
+    ) -> float | None:
+        """Seconds before ``key`` expires, or None if it has no TTL.
+
+        Raises ``KeyNotFound`` if the key is absent.
+        """
+        result: float | None = self._run(
+            self._core.ttl(key, timeout=timeout, consistency=consistency)
+        )
+        return result
+
+    def mget(
+        self, keys: Iterable[Key], *, timeout: float | None = None, consistency: str | None = None
+    ) -> dict[Key, Any]:
+        """``{key: value}`` for each of ``keys`` that is present, keyed as passed."""
+        result: dict[Key, Any] = self._run(
+            self._core.mget(keys, timeout=timeout, consistency=consistency)
+        )
+        return result
+
+    def mput(
+        self,
+        mapping: Mapping[Key, Any],
+        ttl: float | None = None,
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> None:
+        """Set every key of ``mapping`` (one message per shard).
+
+        Each shard applies its share atomically; across shards a failure part-way may leave
+        some shards written, and the error is raised.
+        """
+        self._run(self._core.mput(mapping, ttl, timeout=timeout, consistency=consistency))
+
+    def keys(  # type: ignore[override]
+        self,
+        prefix: Key = "",
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> Iterator[Key]:
+        """Every key starting with ``prefix``, paging through each shard in turn.
+
+        Yields ``str`` keys (``bytes`` for keys that are not UTF-8). ``timeout`` applies to
+        each page. Keys present for the whole walk are yielded exactly once.
+        """
+        cursor: list[Any] | None = None
+        while True:
+            page, cursor = self._run(
+                self._core.keys_page(
+                    prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
+                )
+            )
+            yield from page
+            if cursor is None:
+                return
+
+    def items(  # type: ignore[override]
+        self,
+        prefix: Key = "",
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> Iterator[tuple[Key, Any]]:
+        """``(key, value)`` for every key starting with ``prefix`` (one ``mget`` per page)."""
+        cursor: list[Any] | None = None
+        while True:
+            page, cursor = self._run(
+                self._core.keys_page(
+                    prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
+                )
+            )
+            if page:
+                values = self.mget(page, timeout=timeout, consistency=consistency)
+                yield from ((k, values[k]) for k in page if k in values)
+            if cursor is None:
+                return
+
+    def values(  # type: ignore[override]
+        self,
+        prefix: Key = "",
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> Iterator[Any]:
+        """The value of every key starting with ``prefix``."""
+        for _key, value in self.items(prefix, timeout=timeout, consistency=consistency):
+            yield value
+
+    def clear(self, *, timeout: float | None = None, consistency: str | None = None) -> None:
+        """Remove every key in the cluster."""
+        self._run(self._core.clear(timeout=timeout, consistency=consistency))
+
+    def count(self, *, timeout: float | None = None, consistency: str | None = None) -> int:
+        """The number of live keys in the cluster (``len(client)``)."""
+        result: int = self._run(self._core.count(timeout=timeout, consistency=consistency))
+        return result
+
+    def cluster_status(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """The broker's view of the cluster: every node, its shard, role, liveness, counters."""
+        result: dict[str, Any] = self._run(self._core.status(timeout=timeout))
+        return result
+
+    # ------------------------------------------------------------------ mapping protocol
+
+    def __getitem__(self, key: Key) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyNotFound(f"key {key!r} not found", key=_key_or_none(key))
+        return value
+
+    def __setitem__(self, key: Key, value: Any) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: Key) -> None:
+        if not self.delete(key):
+            raise KeyNotFound(f"key {key!r} not found", key=_key_or_none(key))
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str | bytes):
+            return False
+        return self.exists(key)
+
+    def __iter__(self) -> Iterator[Key]:
+        return self.keys()
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __eq__(self, other: object) -> bool:
+        return self is other  # comparing by contents would read the whole store
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def _key_or_none(key: Key) -> bytes | None:
+    return key.encode() if isinstance(key, str) else key if isinstance(key, bytes) else None

@@ -1,0 +1,331 @@
+"""The cluster's YAML file, loaded into frozen dataclasses and validated.
+
+One file describes the whole cluster; every process reads the same file and takes its own
+entry by name. A problem is reported as one ``ConfigError`` line naming the file, the key
+path and what is wrong, e.g. ``local.yaml: shards.s1[0].publish: not a tcp:// endpoint``.
+Durations are float seconds, sizes are bytes. Relative ``storage.dir`` paths are relative
+to the working directory of the process (as Redis's ``dir``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zkv.errors import ConfigError
+from zkv.protocol import Consistency
+
+__all__ = [
+    "BrokerConfig",
+    "ClusterConfig",
+    "DefaultsConfig",
+    "HeartbeatConfig",
+    "LimitsConfig",
+    "NodeConfig",
+    "StorageConfig",
+    "load_config",
+    "parse_config",
+]
+
+FSYNC_POLICIES = ("always", "everysec", "no")
+_ENDPOINT = re.compile(r"^tcp://(?P<host>[^:/\s]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5}|\*)$")
+_TOP = "(top level)"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Where the broker binds: ``clients`` for clients, ``nodes`` for shard nodes."""
+
+    clients: str = "tcp://127.0.0.1:7400"
+    nodes: str = "tcp://127.0.0.1:7401"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """Where each process keeps its files (``<dir>/<name>/``) and how often it fsyncs."""
+
+    dir: Path = Path("./data")
+    fsync: str = "everysec"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Size limits, checked before anything is stored."""
+
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 1024 * 1024
+    max_request_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultsConfig:
+    """Per-request defaults for clients built from this file."""
+
+    consistency: Consistency = Consistency.STRONG
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatConfig:
+    """A peer silent for ``liveness`` heartbeats of ``interval_s`` is declared dead."""
+
+    interval_s: float = 0.5
+    liveness: int = 3
+
+    @property
+    def expiry_s(self) -> float:
+        """How long a peer may stay silent before it is declared dead."""
+        return self.interval_s * self.liveness
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """One shard node: its name, its shard and the endpoints it binds."""
+
+    name: str
+    shard: str
+    publish: str
+    sync: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """The whole cluster, as one YAML file describes it."""
+
+    cluster: str
+    slots: int
+    broker: BrokerConfig
+    storage: StorageConfig
+    limits: LimitsConfig
+    defaults: DefaultsConfig
+    heartbeat: HeartbeatConfig
+    shards: dict[str, tuple[NodeConfig, ...]]
+    path: Path | None = None
+
+    def nodes(self) -> list[NodeConfig]:
+        """Every node, shard by shard in file order."""
+        return [node for nodes in self.shards.values() for node in nodes]
+
+    def node(self, name: str) -> NodeConfig:
+        """The node called ``name``; ``ConfigError`` if there is none."""
+        for node in self.nodes():
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes())
+        raise ConfigError(f"{self._where()}no node named {name!r} (nodes: {known})")
+
+    def data_dir(self, name: str) -> Path:
+        """The folder where process ``name`` keeps its files."""
+        return self.storage.dir / name
+
+    def _where(self) -> str:
+        return f"{self.path}: " if self.path else ""
+
+
+def load_config(path: str | Path) -> ClusterConfig:
+    """Read and validate the YAML file at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path | None = None) -> ClusterConfig:
+    """Validate YAML ``text`` (``path`` only names it in errors)."""
+    where = f"{path}: " if path else ""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}{at}invalid YAML: {problem}") from None
+    try:
+        return _Parser().cluster(raw, path)
+    except _Invalid as exc:
+        raise ConfigError(f"{where}{exc.path}: {exc.problem}") from None
+
+
+class _Invalid(Exception):
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class _Parser:
+    """Walks the YAML tree, keeping the key path for error messages."""
+
+    def cluster(self, raw: Any, path: Path | None) -> ClusterConfig:
+        top = self._map(
+            raw,
+            _TOP,
+            required={"shards"},
+            allowed={
+                "cluster",
+                "slots",
+                "broker",
+                "storage",
+                "limits",
+                "defaults",
+                "heartbeat",
+                "shards",
+            },
+        )
+        cluster = self._str(top.get("cluster", "zkv"), "cluster")
+        slots = self._int(top.get("slots", 16384), "slots", 1, 65536)
+        b = self._map(top.get("broker", {}), "broker", allowed={"clients", "nodes"})
+        broker = BrokerConfig(
+            clients=self._endpoint(b.get("clients", "tcp://127.0.0.1:7400"), "broker.clients"),
+            nodes=self._endpoint(b.get("nodes", "tcp://127.0.0.1:7401"), "broker.nodes"),
+        )
+        s = self._map(top.get("storage", {}), "storage", allowed={"dir", "fsync"})
+        fsync = s.get("fsync", "everysec")
+        if fsync is False:  # YAML 1.1 reads a bare `no` as false
+            fsync = "no"
+        if fsync not in FSYNC_POLICIES:
+            raise _Invalid("storage.fsync", f"must be one of {', '.join(FSYNC_POLICIES)}")
+        storage = StorageConfig(
+            dir=Path(self._str(s.get("dir", "./data"), "storage.dir")),
+            fsync=fsync,
+        )
+        lim = self._map(
+            top.get("limits", {}),
+            "limits",
+            allowed={"max_key_bytes", "max_value_bytes", "max_request_bytes"},
+        )
+        limits = LimitsConfig(
+            max_key_bytes=self._int(
+                lim.get("max_key_bytes", 1024), "limits.max_key_bytes", 1, 65536
+            ),
+            max_value_bytes=self._int(
+                lim.get("max_value_bytes", 1024 * 1024), "limits.max_value_bytes", 1, 2**31
+            ),
+            max_request_bytes=self._int(
+                lim.get("max_request_bytes", 64 * 1024 * 1024),
+                "limits.max_request_bytes",
+                1024,
+                2**31,
+            ),
+        )
+        d = self._map(top.get("defaults", {}), "defaults", allowed={"consistency", "timeout_s"})
+        consistency = d.get("consistency", "strong")
+        if consistency not in ("strong", "eventual"):
+            raise _Invalid("defaults.consistency", "must be strong or eventual")
+        defaults = DefaultsConfig(
+            consistency=Consistency(consistency),
+            timeout_s=self._seconds(d.get("timeout_s", 5.0), "defaults.timeout_s"),
+        )
+        h = self._map(top.get("heartbeat", {}), "heartbeat", allowed={"interval_s", "liveness"})
+        heartbeat = HeartbeatConfig(
+            interval_s=self._seconds(h.get("interval_s", 0.5), "heartbeat.interval_s"),
+            liveness=self._int(h.get("liveness", 3), "heartbeat.liveness", 1, 1000),
+        )
+        return ClusterConfig(
+            cluster=cluster,
+            slots=slots,
+            broker=broker,
+            storage=storage,
+            limits=limits,
+            defaults=defaults,
+            heartbeat=heartbeat,
+            shards=self._shards(top["shards"], broker),
+            path=path,
+        )
+
+    def _shards(self, raw: Any, broker: BrokerConfig) -> dict[str, tuple[NodeConfig, ...]]:
+        if not isinstance(raw, dict) or not raw:
+            raise _Invalid("shards", "must map each shard name to a list of nodes")
+        shards: dict[str, tuple[NodeConfig, ...]] = {}
+        names: set[str] = set()
+        endpoints = {broker.clients: "broker.clients", broker.nodes: "broker.nodes"}
+        for shard, nodes in raw.items():
+            where = f"shards.{shard}"
+            if not isinstance(shard, str) or not _NAME.match(shard):
+                raise _Invalid(where, "a shard name is letters, digits, '_', '-' or '.'")
+            if not isinstance(nodes, list) or not nodes:
+                raise _Invalid(where, "must be a non-empty list of nodes")
+            parsed = []
+            for i, entry in enumerate(nodes):
+                at = f"{where}[{i}]"
+                n = self._map(
+                    entry,
+                    at,
+                    required={"name", "publish", "sync"},
+                    allowed={"name", "publish", "sync"},
+                )
+                name = self._str(n["name"], f"{at}.name")
+                if not _NAME.match(name):
+                    raise _Invalid(f"{at}.name", "a node name is letters, digits, '_', '-' or '.'")
+                if name in names or name == "broker":
+                    raise _Invalid(f"{at}.name", f"{name!r} is used twice")
+                names.add(name)
+                node = NodeConfig(
+                    name=name,
+                    shard=shard,
+                    publish=self._endpoint(n["publish"], f"{at}.publish"),
+                    sync=self._endpoint(n["sync"], f"{at}.sync"),
+                )
+                for field in ("publish", "sync"):
+                    ep = getattr(node, field)
+                    if ep in endpoints and not ep.endswith((":0", ":*")):
+                        raise _Invalid(f"{at}.{field}", f"{ep} is also {endpoints[ep]}")
+                    endpoints[ep] = f"{at}.{field}"
+                parsed.append(node)
+            shards[shard] = tuple(parsed)
+        return shards
+
+    @staticmethod
+    def _map(
+        raw: Any,
+        where: str,
+        required: set[str] | frozenset[str] = frozenset(),
+        allowed: set[str] | None = None,
+    ) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise _Invalid(where, "must be a mapping")
+        prefix = "" if where == _TOP else f"{where}."
+        for key in sorted(required - raw.keys()):
+            raise _Invalid(f"{prefix}{key}", "is required")
+        for key in raw:
+            if allowed is not None and key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise _Invalid(f"{prefix}{key}", f"unknown key (known: {known})")
+        return raw
+
+    @staticmethod
+    def _str(raw: Any, where: str) -> str:
+        if not isinstance(raw, str) or not raw:
+            raise _Invalid(where, "must be a non-empty string")
+        return raw
+
+    @staticmethod
+    def _int(raw: Any, where: str, low: int, high: int) -> int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise _Invalid(where, "must be an integer")
+        if not low <= raw <= high:
+            raise _Invalid(where, f"must be between {low} and {high}")
+        return raw
+
+    @staticmethod
+    def _seconds(raw: Any, where: str) -> float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or not raw > 0:
+            raise _Invalid(where, "must be a positive number of seconds")
+        return float(raw)
+
+    @staticmethod
+    def _endpoint(raw: Any, where: str) -> str:
+        if not isinstance(raw, str) or not (m := _ENDPOINT.match(raw)):
+            raise _Invalid(where, "not a tcp:// endpoint (tcp://HOST:PORT)")
+        if m["port"] != "*" and int(m["port"]) > 65535:
+            raise _Invalid(where, f"port {m['port']} is out of range")
+        return raw

@@ -1,0 +1,192 @@
+"""The zkv exception tree and the wire error codes that carry it.
+
+Every failure a zkv user can see is a ``ZkvError``::
+
+    ZkvError
+    ├── ConfigError (ValueError)          bad YAML: names the file and the key path
+    ├── ProtocolError                     malformed or unexpected frames
+    │   ├── LocalProtocolError            we tried to send something invalid
+    │   └── RemoteProtocolError           the peer sent something invalid
+    ├── RequestError (.code, .key)        the store answered with an error code
+    │   ├── KeyNotFound (KeyError)        the key is absent (or expired)
+    │   ├── KeyExists                     create() on a key that is present
+    │   ├── KeyTooLarge (ValueError)      key over limits.max_key_bytes
+    │   ├── ValueTooLarge (ValueError)    value over limits.max_value_bytes
+    │   ├── InvalidRequest (ValueError)   a well-formed request with bad arguments
+    │   └── ServerError                   the server failed while handling the request
+    └── TransportError                    no answer could be had
+        ├── Timeout (TimeoutError)        no reply within the call's timeout
+        ├── Unavailable                   no live node serves the key's shard, or no broker
+        └── ClientClosed                  the client was closed by its user
+
+``ERROR_CLASSES`` maps each ``ErrorCode`` on the wire to one class and serves both
+ends: a node raises ``KeyExists``, the reply carries ``ErrorCode.KEY_EXISTS``, and the
+client raises ``KeyExists`` again. An unknown code becomes a plain ``RequestError``.
+
+This module imports nothing from zkv.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import ClassVar
+
+__all__ = [
+    "ERROR_CLASSES",
+    "ClientClosed",
+    "ConfigError",
+    "ErrorCode",
+    "InvalidRequest",
+    "KeyExists",
+    "KeyNotFound",
+    "KeyTooLarge",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "RequestError",
+    "ServerError",
+    "Timeout",
+    "TransportError",
+    "Unavailable",
+    "ValueTooLarge",
+    "ZkvError",
+    "error_from_code",
+]
+
+
+class ErrorCode(IntEnum):
+    """One code per failure on the wire; 0 (``OK``) means success."""
+
+    OK = 0
+    KEY_NOT_FOUND = 1
+    KEY_EXISTS = 2
+    KEY_TOO_LARGE = 3
+    VALUE_TOO_LARGE = 4
+    INVALID_REQUEST = 5
+    PROTOCOL = 6
+    UNAVAILABLE = 7
+    TIMEOUT = 8
+    SERVER_ERROR = 9
+
+
+class ZkvError(Exception):
+    """Base of every error zkv raises."""
+
+    code: ClassVar[ErrorCode | None] = None
+
+    def __init__(self, message: str = "", *, key: bytes | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.key = key
+        #: The sequence number of the request this error answers, where one was read.
+        self.seq: int | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(ZkvError, ValueError):
+    """The cluster's YAML file is missing, unreadable or invalid (the operator's fault)."""
+
+
+class ProtocolError(ZkvError):
+    """Frames that do not follow the zkv wire format."""
+
+    code = ErrorCode.PROTOCOL
+
+
+class LocalProtocolError(ProtocolError):
+    """We were about to send something invalid (the caller's fault)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something invalid (the peer's fault)."""
+
+
+class RequestError(ZkvError):
+    """The store answered a request with an error code."""
+
+    code: ClassVar[ErrorCode | None] = None
+
+
+class KeyNotFound(RequestError, KeyError):
+    """The key is absent or has expired."""
+
+    code = ErrorCode.KEY_NOT_FOUND
+
+
+class KeyExists(RequestError):
+    """``create()`` found the key already present."""
+
+    code = ErrorCode.KEY_EXISTS
+
+
+class KeyTooLarge(RequestError, ValueError):
+    """The key is longer than ``limits.max_key_bytes``; nothing was stored."""
+
+    code = ErrorCode.KEY_TOO_LARGE
+
+
+class ValueTooLarge(RequestError, ValueError):
+    """The encoded value is longer than ``limits.max_value_bytes``; nothing was stored."""
+
+    code = ErrorCode.VALUE_TOO_LARGE
+
+
+class InvalidRequest(RequestError, ValueError):
+    """A well-formed request whose arguments are wrong (the caller's fault)."""
+
+    code = ErrorCode.INVALID_REQUEST
+
+
+class ServerError(RequestError):
+    """A broker or node failed while handling the request (zkv's fault); see its log."""
+
+    code = ErrorCode.SERVER_ERROR
+
+
+class TransportError(ZkvError):
+    """No answer could be had from the cluster."""
+
+
+class Timeout(TransportError, TimeoutError):
+    """No reply came within the call's timeout; a write's outcome is unknown."""
+
+    code = ErrorCode.TIMEOUT
+
+
+class Unavailable(TransportError):
+    """No live node serves the key's shard, or the broker cannot be reached."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
+class ClientClosed(TransportError):
+    """The client was used after ``close()``."""
+
+
+ERROR_CLASSES: dict[ErrorCode, type[ZkvError]] = {
+    ErrorCode.KEY_NOT_FOUND: KeyNotFound,
+    ErrorCode.KEY_EXISTS: KeyExists,
+    ErrorCode.KEY_TOO_LARGE: KeyTooLarge,
+    ErrorCode.VALUE_TOO_LARGE: ValueTooLarge,
+    ErrorCode.INVALID_REQUEST: InvalidRequest,
+    ErrorCode.PROTOCOL: ProtocolError,
+    ErrorCode.UNAVAILABLE: Unavailable,
+    ErrorCode.TIMEOUT: Timeout,
+    ErrorCode.SERVER_ERROR: ServerError,
+}
+
+
+def error_from_code(code: int, message: str, key: bytes | None = None) -> ZkvError:
+    """The exception instance for a wire error ``code``; unknown codes give a ``RequestError``."""
+    try:
+        cls = ERROR_CLASSES[ErrorCode(code)]
+    except (ValueError, KeyError):
+        return RequestError(f"error code {code}: {message}", key=key)
+    return cls(message, key=key)
+
+
+def code_of(exc: ZkvError) -> ErrorCode:
+    """The wire code for ``exc`` (``SERVER_ERROR`` for classes without one)."""
+    return exc.code if exc.code is not None else ErrorCode.SERVER_ERROR

@@ -1,0 +1,1 @@
+"""The shard node process: one event loop owning one storage engine."""

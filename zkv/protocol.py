@@ -1,0 +1,486 @@
+"""The zkv wire format, sans-IO: frames in, dataclasses out, and back.
+
+Nothing here touches a socket; the client, broker, node and the fuzz tests share it.
+
+Client <-> broker (client DEALER, broker ROUTER; the ROUTER's identity frame is not shown)::
+
+    request:  [header, key, body]
+        header  REQUEST_HEADER (31 bytes): version u8, op u8, consistency u8,
+                client_id 16 bytes, seq u64, timeout_ms u32
+        key     the key's bytes (empty for multi-key and cluster-wide ops); the broker
+                hashes it to a slot and never looks at the body of a single-key request
+        body    msgpack array of the op's arguments (see ``ARG_SPECS``); values inside it
+                are opaque bin blobs, themselves msgpack produced by the client
+    reply:    [header, body]
+        header  REPLY_HEADER (10 bytes): version u8, code u8 (0 = OK), seq u64
+        body    msgpack: the result when code is 0, else [message, key or nil]
+
+``(client_id, seq)`` names a request uniquely cluster-wide: ``client_id`` is random and fixed
+for the life of a client, ``seq`` counts up per client.
+
+Broker <-> node (broker ROUTER, node DEALER)::
+
+    broker -> node: [NODE_HEADER(b"Q", epoch), envelope, header, key, body]   a request
+                    [NODE_HEADER(b"B", epoch), msgpack map]                    broker heartbeat
+    node -> broker: [NODE_HEADER(b"A", epoch), envelope, reply header, body]   a reply
+                    [NODE_HEADER(b"R", epoch), msgpack NodeInfo]               READY
+                    [NODE_HEADER(b"H", epoch), msgpack NodeInfo]               heartbeat
+
+``envelope`` is the broker's return address, echoed untouched by the node. The epoch is 0
+until replication bumps it on promotion.
+
+Every decoder here checks counts and sizes before decoding and hands msgpack limits derived
+from the frame's length, so no input can make it allocate without bound; anything malformed
+raises ``RemoteProtocolError`` (or ``InvalidRequest`` for well-formed but wrong arguments).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Any, Final
+
+import msgpack
+
+from zkv.errors import (
+    ErrorCode,
+    InvalidRequest,
+    LocalProtocolError,
+    RemoteProtocolError,
+    ZkvError,
+    code_of,
+    error_from_code,
+)
+
+VERSION: Final = 1
+REQUEST_HEADER: Final = struct.Struct(">BBB16sQI")
+REPLY_HEADER: Final = struct.Struct(">BBQ")
+NODE_HEADER: Final = struct.Struct(">cQ")
+CLIENT_ID_BYTES: Final = 16
+MAX_SEQ: Final = 2**64 - 1
+MAX_TIMEOUT_MS: Final = 2**32 - 1
+#: A hard ceiling on any key frame, whatever the config says (keys are small by design).
+MAX_KEY_FRAME_BYTES: Final = 64 * 1024
+#: The most keys one KEYS/SCAN page may ask for.
+MAX_PAGE: Final = 10_000
+#: The deepest nesting any control body may have (values are opaque, so this is plenty).
+MAX_DEPTH: Final = 8
+
+# Node message kinds (the first byte of NODE_HEADER).
+NODE_REQUEST: Final = b"Q"
+NODE_REPLY: Final = b"A"
+NODE_READY: Final = b"R"
+NODE_HEARTBEAT: Final = b"H"
+BROKER_HEARTBEAT: Final = b"B"
+
+
+class Op(IntEnum):
+    """Wire operation codes."""
+
+    GET = 1
+    PUT = 2
+    DELETE = 3
+    CREATE = 4
+    EXISTS = 5
+    CAS = 6
+    EXPIRE = 7
+    TTL = 8
+    MGET = 20
+    MPUT = 21
+    KEYS = 22
+    CLEAR = 23
+    COUNT = 24
+    SCAN = 30  # broker -> node page of KEYS; clients send KEYS
+    STATUS = 40
+
+
+class Consistency(StrEnum):
+    """Per-request consistency level: ``strong`` (the primary) or ``eventual`` (any replica)."""
+
+    STRONG = "strong"
+    EVENTUAL = "eventual"
+
+
+CONSISTENCY_CODES: Final = {Consistency.STRONG: 0, Consistency.EVENTUAL: 1}
+CONSISTENCY_BY_CODE: Final = {v: k for k, v in CONSISTENCY_CODES.items()}
+
+#: Ops that carry one key in the key frame and go to that key's shard.
+SINGLE_KEY_OPS: Final = frozenset(
+    {Op.GET, Op.PUT, Op.DELETE, Op.CREATE, Op.EXISTS, Op.CAS, Op.EXPIRE, Op.TTL}
+)
+#: Ops that change data (retries, consistency and logging treat them apart).
+WRITE_OPS: Final = frozenset({Op.PUT, Op.DELETE, Op.CREATE, Op.CAS, Op.EXPIRE, Op.MPUT, Op.CLEAR})
+#: Ops the client may send (SCAN is broker -> node only).
+CLIENT_OPS: Final = frozenset(Op) - {Op.SCAN}
+#: Ops a node serves.
+NODE_OPS: Final = frozenset(Op) - {Op.KEYS, Op.STATUS}
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _is_bytes(v: object) -> bool:
+    return type(v) is bytes
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and type(v) is not bool and math.isfinite(v)
+
+
+def _is_ttl(v: object) -> bool:
+    return v is None or (isinstance(v, int | float) and _is_number(v) and v > 0)
+
+
+def _is_opt_bytes(v: object) -> bool:
+    return v is None or type(v) is bytes
+
+
+def _is_limit(v: object) -> bool:
+    return type(v) is int and 0 < v <= MAX_PAGE
+
+
+def _is_key_list(v: object) -> bool:
+    return type(v) is list and all(type(k) is bytes for k in v)
+
+
+def _is_items(v: object) -> bool:
+    return type(v) is list and all(
+        type(i) is list and len(i) == 2 and type(i[0]) is bytes and type(i[1]) is bytes for i in v
+    )
+
+
+def _is_client_cursor(v: object) -> bool:
+    return v is None or (
+        type(v) is list
+        and len(v) == 3
+        and type(v[0]) is str
+        and type(v[1]) is int
+        and v[1] >= 0
+        and _is_opt_bytes(v[2])
+    )
+
+
+def _is_slot(v: object) -> bool:
+    return type(v) is int and v >= 0
+
+
+_Check = Callable[[object], bool]
+
+#: Per op: (argument name, check) for each positional argument of the body.
+ARG_SPECS: Final[dict[Op, tuple[tuple[str, _Check], ...]]] = {
+    Op.GET: (),
+    Op.PUT: (("value", _is_bytes), ("ttl", _is_ttl)),
+    Op.DELETE: (),
+    Op.CREATE: (("value", _is_bytes), ("ttl", _is_ttl)),
+    Op.EXISTS: (),
+    Op.CAS: (("expected", _is_bytes), ("new", _is_bytes)),
+    Op.EXPIRE: (("seconds", _is_number),),
+    Op.TTL: (),
+    Op.MGET: (("keys", _is_key_list),),
+    Op.MPUT: (("items", _is_items), ("ttl", _is_ttl)),
+    Op.KEYS: (("prefix", _is_bytes), ("cursor", _is_client_cursor), ("limit", _is_limit)),
+    Op.CLEAR: (),
+    Op.COUNT: (),
+    Op.SCAN: (
+        ("prefix", _is_bytes),
+        ("slot", _is_slot),
+        ("after", _is_opt_bytes),
+        ("limit", _is_limit),
+    ),
+    Op.STATUS: (),
+}
+
+_ARG_HINTS: Final = {
+    "value": "bytes",
+    "expected": "bytes",
+    "new": "bytes",
+    "ttl": "nil or a positive number",
+    "seconds": "a finite number",
+    "keys": "an array of bin",
+    "items": "an array of [bin, bin]",
+    "prefix": "bytes",
+    "cursor": "nil or [shard, slot, after]",
+    "limit": f"an int in 1..{MAX_PAGE}",
+    "slot": "a non-negative int",
+    "after": "nil or bytes",
+}
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass(slots=True)
+class Request:
+    """One client request. ``args`` are the op's arguments, in ``ARG_SPECS`` order."""
+
+    op: Op
+    key: bytes = b""
+    args: list[Any] = field(default_factory=list)
+    client_id: bytes = b"\x00" * CLIENT_ID_BYTES
+    seq: int = 0
+    consistency: Consistency = Consistency.STRONG
+    timeout_ms: int = 0
+
+
+def new_client_id() -> bytes:
+    """Random bytes naming one client for its whole life."""
+    return os.urandom(CLIENT_ID_BYTES)
+
+
+def encode_request(request: Request) -> list[bytes]:
+    """Frames for ``request``; ``LocalProtocolError`` if it could not be decoded by a peer."""
+    if request.op not in CLIENT_OPS and request.op is not Op.SCAN:
+        raise LocalProtocolError(f"unknown op {request.op!r}")
+    if len(request.client_id) != CLIENT_ID_BYTES:
+        raise LocalProtocolError(f"client_id must be {CLIENT_ID_BYTES} bytes")
+    if not 0 <= request.seq <= MAX_SEQ or not 0 <= request.timeout_ms <= MAX_TIMEOUT_MS:
+        raise LocalProtocolError("seq or timeout_ms out of range")
+    header = REQUEST_HEADER.pack(
+        VERSION,
+        request.op,
+        CONSISTENCY_CODES[request.consistency],
+        request.client_id,
+        request.seq,
+        request.timeout_ms,
+    )
+    return [header, request.key, packb(request.args)]
+
+
+def decode_request_header(frame: bytes) -> Request:
+    """The header fields of a request, with empty key and args."""
+    if len(frame) != REQUEST_HEADER.size:
+        raise RemoteProtocolError(
+            f"request header is {len(frame)} bytes; expected {REQUEST_HEADER.size}"
+        )
+    version, op, consistency, client_id, seq, timeout_ms = REQUEST_HEADER.unpack(frame)
+    request = Request(Op.GET, client_id=client_id, seq=seq, timeout_ms=timeout_ms)
+    if version != VERSION:
+        raise _malformed(request, f"protocol version {version}; this server speaks {VERSION}")
+    try:
+        request.op = Op(op)
+        request.consistency = CONSISTENCY_BY_CODE[consistency]
+    except (ValueError, KeyError):
+        raise _malformed(request, f"unknown op {op} or consistency {consistency}") from None
+    return request
+
+
+def decode_request(frames: Sequence[bytes], allowed: frozenset[Op] = CLIENT_OPS) -> Request:
+    """A validated ``Request`` from ``[header, key, body]``.
+
+    Raises ``RemoteProtocolError`` for malformed frames and ``InvalidRequest`` for arguments
+    of the wrong shape; either carries ``.seq`` when the header could be read, so the error
+    can be answered.
+    """
+    if len(frames) != 3:
+        raise RemoteProtocolError(f"a request has 3 frames, got {len(frames)}")
+    request = decode_request_header(frames[0])
+    if request.op not in allowed:
+        raise _malformed(request, f"unknown operation {request.op.name}")
+    key = frames[1]
+    if len(key) > MAX_KEY_FRAME_BYTES:
+        raise _malformed(request, f"key frame of {len(key)} bytes")
+    if request.op not in SINGLE_KEY_OPS and key:
+        raise _malformed(request, f"{request.op.name} takes no key frame")
+    request.key = key
+    args = unpackb(frames[2])
+    if type(args) is not list:
+        raise _malformed(request, "request body is not an array")
+    request.args = args
+    check_args(request)
+    return request
+
+
+def check_args(request: Request) -> None:
+    """Raise ``InvalidRequest`` unless ``request.args`` fits the op's ``ARG_SPECS``."""
+    spec = ARG_SPECS[request.op]
+    if len(request.args) != len(spec):
+        err = InvalidRequest(
+            f"{request.op.name} takes {len(spec)} arguments, got {len(request.args)}",
+            key=request.key or None,
+        )
+        err.seq = request.seq
+        raise err
+    for (name, check), value in zip(spec, request.args, strict=True):
+        if not check(value):
+            err = InvalidRequest(
+                f"{request.op.name}: {name} must be {_ARG_HINTS[name]}",
+                key=request.key or None,
+            )
+            err.seq = request.seq
+            raise err
+
+
+def _malformed(request: Request, message: str) -> RemoteProtocolError:
+    err = RemoteProtocolError(message)
+    err.seq = request.seq
+    return err
+
+
+# --------------------------------------------------------------------------- replies
+
+
+def encode_reply(seq: int, result: Any) -> list[bytes]:
+    """A success reply to request ``seq``."""
+    return [REPLY_HEADER.pack(VERSION, ErrorCode.OK, seq), packb(result)]
+
+
+def encode_error(seq: int, exc: ZkvError) -> list[bytes]:
+    """An error reply to request ``seq`` carrying ``exc``'s code, message and key."""
+    body = packb([exc.message, exc.key])
+    return [REPLY_HEADER.pack(VERSION, code_of(exc), seq), body]
+
+
+def decode_reply_header(frame: bytes) -> tuple[int, int]:
+    """``(seq, code)`` from a reply header."""
+    if len(frame) != REPLY_HEADER.size:
+        raise RemoteProtocolError(f"reply header is {len(frame)} bytes")
+    version, code, seq = REPLY_HEADER.unpack(frame)
+    if version != VERSION:
+        raise RemoteProtocolError(f"reply of protocol version {version}")
+    return seq, code
+
+
+def decode_reply(frames: Sequence[bytes]) -> tuple[int, Any]:
+    """``(seq, result)`` for a success reply; for an error reply, the typed error is raised."""
+    if len(frames) != 2:
+        raise RemoteProtocolError(f"a reply has 2 frames, got {len(frames)}")
+    seq, code = decode_reply_header(frames[0])
+    body = unpackb(frames[1])
+    if code == ErrorCode.OK:
+        return seq, body
+    if not (
+        type(body) is list and len(body) == 2 and type(body[0]) is str and _is_opt_bytes(body[1])
+    ):
+        raise RemoteProtocolError(f"malformed error reply (code {code})")
+    err = error_from_code(code, body[0], body[1])
+    err.seq = seq
+    raise err
+
+
+# --------------------------------------------------------------------------- node messages
+
+
+@dataclass(slots=True)
+class NodeInfo:
+    """What a node tells the broker in READY and each heartbeat."""
+
+    name: str
+    shard: str
+    role: str = "primary"
+    pid: int = 0
+    epoch: int = 0
+    seq: int = 0
+    keys: int = 0
+    publish: str = ""
+    sync: str = ""
+    requests: int = 0
+    errors: int = 0
+
+
+_NODE_INFO_TYPES: Final = {
+    "name": str,
+    "shard": str,
+    "role": str,
+    "pid": int,
+    "epoch": int,
+    "seq": int,
+    "keys": int,
+    "publish": str,
+    "sync": str,
+    "requests": int,
+    "errors": int,
+}
+
+
+def encode_node_info(kind: bytes, info: NodeInfo) -> list[bytes]:
+    """READY or heartbeat frames from a node."""
+    return [NODE_HEADER.pack(kind, info.epoch), packb(asdict(info))]
+
+
+def decode_node_info(frame: bytes) -> NodeInfo:
+    """A ``NodeInfo`` from a READY or heartbeat body; unknown fields are ignored."""
+    raw = unpackb(frame)
+    if type(raw) is not dict:
+        raise RemoteProtocolError("node info is not a map")
+    fields: dict[str, Any] = {}
+    for name, typ in _NODE_INFO_TYPES.items():
+        if name in raw:
+            if type(raw[name]) is not typ:
+                raise RemoteProtocolError(f"node info field {name!r} is not {typ.__name__}")
+            fields[name] = raw[name]
+    if "name" not in fields or "shard" not in fields:
+        raise RemoteProtocolError("node info lacks name or shard")
+    return NodeInfo(**fields)
+
+
+def decode_node_header(frame: bytes) -> tuple[bytes, int]:
+    """``(kind, epoch)`` from the first frame of a node message."""
+    if len(frame) != NODE_HEADER.size:
+        raise RemoteProtocolError(f"node header is {len(frame)} bytes")
+    kind, epoch = NODE_HEADER.unpack(frame)
+    return kind, epoch
+
+
+def node_header(kind: bytes, epoch: int) -> bytes:
+    """The first frame of a node message."""
+    return NODE_HEADER.pack(kind, epoch)
+
+
+# --------------------------------------------------------------------------- msgpack
+
+
+def packb(obj: Any) -> bytes:
+    """msgpack-encode a control body (bin for bytes, str for str)."""
+    try:
+        data: bytes = msgpack.packb(obj, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode {type(obj).__name__}: {exc}") from exc
+    return data
+
+
+def unpackb(data: bytes) -> Any:
+    """msgpack-decode a control body; ``RemoteProtocolError`` on anything malformed.
+
+    msgpack bounds every length by the buffer's size, so allocation is bounded by
+    ``len(data)``; nesting deeper than ``MAX_DEPTH`` is refused.
+    """
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises many types for garbage
+        raise RemoteProtocolError(f"invalid msgpack body: {exc}") from exc
+    if _depth(obj, 0) > MAX_DEPTH:
+        raise RemoteProtocolError(f"body nested deeper than {MAX_DEPTH}")
+    return obj
+
+
+def _depth(obj: Any, level: int) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if type(obj) is list:
+        return max((_depth(o, level + 1) for o in obj), default=level + 1)
+    if type(obj) is dict:
+        return max((_depth(o, level + 1) for o in obj.values()), default=level + 1)
+    return level
+
+
+def pack_value(value: Any) -> bytes:
+    """Encode a user's value as the opaque bytes zkv stores."""
+    try:
+        data: bytes = msgpack.packb(value, use_bin_type=True, datetime=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(
+            f"value of type {type(value).__name__} is not msgpack-serialisable: {exc}"
+        ) from exc
+    return data
+
+
+def unpack_value(data: bytes) -> Any:
+    """Decode stored bytes back into the user's value (tuples come back as lists)."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except Exception as exc:
+        raise RemoteProtocolError(f"stored value is not valid msgpack: {exc}") from exc

@@ -1,0 +1,91 @@
+"""Key -> slot -> shard: the routing arithmetic of a zkv cluster.
+
+``slot_of(key) = crc16(routing_key(key)) % slots`` with CRC-16/XMODEM from the standard
+library (``binascii.crc_hqx``, the hash Redis Cluster uses), so no Python-level loop runs
+per key. A ``{tag}`` inside a key routes by the tag alone, so ``{user:1}:name`` and
+``{user:1}:email`` always share a shard. ``SlotMap`` assigns every slot to one shard.
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+from binascii import crc_hqx
+from collections.abc import Iterable, Sequence
+
+__all__ = ["SlotMap", "routing_key", "slot_of"]
+
+
+def routing_key(key: bytes) -> bytes:
+    """The part of ``key`` that is hashed: the first non-empty ``{tag}``, else the whole key."""
+    start = key.find(b"{")
+    if start != -1:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
+def slot_of(key: bytes, slots: int) -> int:
+    """The slot of ``key`` in a cluster of ``slots`` slots."""
+    return crc_hqx(routing_key(key), 0) % slots
+
+
+class SlotMap:
+    """Which shard owns each slot.
+
+    The initial map splits the slot range into contiguous, nearly equal runs, one per shard,
+    in the order the shards are given (the config file's order).
+    """
+
+    def __init__(self, owners: Sequence[str]) -> None:
+        if not owners:
+            raise ValueError("a slot map needs at least one slot")
+        self._owners = list(owners)
+
+    @classmethod
+    def even(cls, shards: Sequence[str], slots: int) -> SlotMap:
+        """Split ``slots`` slots into contiguous runs over ``shards``."""
+        if not shards:
+            raise ValueError("a slot map needs at least one shard")
+        n = len(shards)
+        return cls([shards[slot * n // slots] for slot in range(slots)])
+
+    @property
+    def slots(self) -> int:
+        """The number of slots."""
+        return len(self._owners)
+
+    def owner(self, slot: int) -> str:
+        """The shard that owns ``slot``."""
+        return self._owners[slot]
+
+    def shard_of(self, key: bytes) -> str:
+        """The shard that owns ``key``."""
+        return self._owners[slot_of(key, len(self._owners))]
+
+    def slots_of(self, shard: str) -> list[int]:
+        """Every slot ``shard`` owns, ascending."""
+        return [slot for slot, owner in enumerate(self._owners) if owner == shard]
+
+    def ranges_of(self, shard: str) -> list[tuple[int, int]]:
+        """``shard``'s slots as inclusive ``(first, last)`` runs, for people to read."""
+        runs: list[tuple[int, int]] = []
+        for slot in self.slots_of(shard):
+            if runs and runs[-1][1] == slot - 1:
+                runs[-1] = (runs[-1][0], slot)
+            else:
+                runs.append((slot, slot))
+        return runs
+
+    def shards(self) -> list[str]:
+        """The shards that own at least one slot, in order of their first slot."""
+        return list(dict.fromkeys(self._owners))
+
+    def group(self, keys: Iterable[bytes]) -> dict[str, list[int]]:
+        """Positions of ``keys`` grouped by owning shard (for fanning out multi-key ops)."""
+        slots = len(self._owners)
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(self._owners[slot_of(key, slots)], []).append(i)
+        return groups

@@ -1,0 +1,1 @@
+"""Per-node storage: the in-memory index (engine), and later the log and snapshots."""

@@ -1,0 +1,285 @@
+"""Store: one node's data, in memory, changed only by replayable records.
+
+Keys and values are opaque bytes (values are msgpack the client produced; the store never
+decodes them). Keys live in one dict per slot, so a page of ``scan`` resumes from a
+stateless ``(slot, after)`` cursor and a slot's keys can be moved as a unit. Expiry times
+live in a separate dict (keys without a TTL cost nothing there) and in a min-heap that the
+active sweep pops, so expired keys are reclaimed even when nobody reads them.
+
+Every change is expressed as a *record* with absolute times: a ``cas`` that succeeds becomes
+``SET``, ``put(ttl=5)`` becomes ``SET ... expires_at``, an expired key becomes ``DEL``.
+``apply_record`` is the only code that changes the maps, so a log replay (durability) or a
+replica (replication) applying the same records reaches the same state. Each record gets
+the next sequence number; listeners (the log, the replication stream) see each one.
+
+Only a store in the primary role deletes expired keys (emitting ``DEL``); any store hides a
+key past its expiry on every read path.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Iterable
+from enum import IntEnum
+from typing import Any, Final
+
+from zkv.errors import KeyNotFound
+from zkv.slots import slot_of
+
+__all__ = ["Record", "RecordOp", "Store"]
+
+#: How many keys one ``scan`` page may examine beyond the page size before it returns
+#: (so a page with a sparse prefix still answers quickly; the cursor resumes the walk).
+SCAN_BUDGET_FACTOR: Final = 16
+#: The most expired keys one ``sweep`` call deletes (bounds the pause it can cause).
+SWEEP_BATCH: Final = 2000
+
+
+class RecordOp(IntEnum):
+    """What a record does."""
+
+    SET = 1  # key, value, expires_at | None
+    DEL = 2  # key
+    EXPIRE_AT = 3  # key, expires_at | None
+    MSET = 4  # [[key, value], ...], expires_at | None
+    CLEAR = 5  # (no arguments)
+
+
+Record = tuple[Any, ...]
+"""``(RecordOp, *arguments)`` with absolute wall-clock expiry times."""
+
+
+class Store:
+    """The key space of one node.
+
+    ``clock`` returns wall-clock seconds (``time.time``); tests pass their own.
+    """
+
+    def __init__(self, slots: int, clock: Callable[[], float] = time.time) -> None:
+        self.slots = slots
+        self.clock = clock
+        #: Sequence number of the last record applied.
+        self.seq = 0
+        #: Only a primary deletes expired keys; a replica hides them until told.
+        self.primary = True
+        self._by_slot: dict[int, dict[bytes, bytes]] = {}
+        self._expires: dict[bytes, float] = {}
+        self._heap: list[tuple[float, bytes]] = []
+        self._count = 0
+        self._listeners: list[Callable[[int, Record], None]] = []
+
+    # ------------------------------------------------------------------ records
+
+    def subscribe(self, listener: Callable[[int, Record], None]) -> None:
+        """Call ``listener(seq, record)`` after each record is applied."""
+        self._listeners.append(listener)
+
+    def emit(self, record: Record) -> None:
+        """Apply ``record`` as the next change and tell the listeners."""
+        self.apply_record(record)
+        self.seq += 1
+        for listener in self._listeners:
+            listener(self.seq, record)
+
+    def apply_record(self, record: Record) -> None:
+        """Change the maps as ``record`` says (no sequence number, no listeners)."""
+        op = record[0]
+        if op == RecordOp.SET:
+            self._set(record[1], record[2], record[3])
+        elif op == RecordOp.DEL:
+            self._del(record[1])
+        elif op == RecordOp.EXPIRE_AT:
+            self._set_expiry(record[1], record[2])
+        elif op == RecordOp.MSET:
+            for key, value in record[1]:
+                self._set(key, value, record[2])
+        elif op == RecordOp.CLEAR:
+            self._by_slot.clear()
+            self._expires.clear()
+            self._heap.clear()
+            self._count = 0
+        else:
+            raise ValueError(f"unknown record op {op!r}")
+
+    def _set(self, key: bytes, value: bytes, expires_at: float | None) -> None:
+        table = self._by_slot.get(slot := slot_of(key, self.slots))
+        if table is None:
+            table = self._by_slot[slot] = {}
+        if key not in table:
+            self._count += 1
+        table[key] = value
+        self._set_expiry(key, expires_at)
+
+    def _set_expiry(self, key: bytes, expires_at: float | None) -> None:
+        if expires_at is None:
+            self._expires.pop(key, None)
+            return
+        self._expires[key] = expires_at
+        heapq.heappush(self._heap, (expires_at, key))
+        if len(self._heap) > 2 * len(self._expires) + 1024:
+            self._heap = [(t, k) for k, t in self._expires.items()]
+            heapq.heapify(self._heap)
+
+    def _del(self, key: bytes) -> bool:
+        slot = slot_of(key, self.slots)
+        table = self._by_slot.get(slot)
+        if table is None or table.pop(key, None) is None:
+            return False
+        if not table:
+            del self._by_slot[slot]
+        self._expires.pop(key, None)
+        self._count -= 1
+        return True
+
+    # ------------------------------------------------------------------ reads
+
+    def _lookup(self, key: bytes) -> bytes | None:
+        """The live value of ``key``, expiring it first if its time has passed."""
+        table = self._by_slot.get(slot_of(key, self.slots))
+        if table is None:
+            return None
+        value = table.get(key)
+        if value is None or not self._expires:
+            return value
+        expires_at = self._expires.get(key)
+        if expires_at is not None and expires_at <= self.clock():
+            if self.primary:
+                self.emit((RecordOp.DEL, key))
+            return None
+        return value
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of ``key``, or None if it is absent or expired."""
+        return self._lookup(key)
+
+    def exists(self, key: bytes) -> bool:
+        """Whether ``key`` is present and not expired."""
+        return self._lookup(key) is not None
+
+    def mget(self, keys: Iterable[bytes]) -> list[bytes | None]:
+        """The value of each key (None where absent), in order."""
+        return [self._lookup(key) for key in keys]
+
+    def ttl(self, key: bytes) -> float | None:
+        """Seconds left before ``key`` expires, or None if it has no TTL.
+
+        Raises ``KeyNotFound`` when the key is absent or expired.
+        """
+        if self._lookup(key) is None:
+            raise KeyNotFound(f"key {key!r} not found", key=key)
+        expires_at = self._expires.get(key)
+        return None if expires_at is None else max(0.0, expires_at - self.clock())
+
+    def __len__(self) -> int:
+        """The number of live keys (a primary expires every due key first)."""
+        if self.primary:
+            self.sweep(limit=None)
+            return self._count
+        now = self.clock()
+        return self._count - sum(1 for t in self._expires.values() if t <= now)
+
+    @property
+    def held(self) -> int:
+        """Keys held in memory, counting expired ones the sweep has not removed yet."""
+        return self._count
+
+    def scan(
+        self, prefix: bytes, slot: int, after: bytes | None, limit: int
+    ) -> tuple[list[bytes], tuple[int, bytes | None] | None]:
+        """One page of live keys starting with ``prefix``, from cursor ``(slot, after)``.
+
+        Returns the keys and the cursor of the next page (None when the walk is done). Keys
+        present for the whole walk are returned exactly once; keys added or removed during
+        it may or may not be.
+        """
+        keys: list[bytes] = []
+        budget = limit * SCAN_BUDGET_FACTOR + 1024
+        now = self.clock()
+        expires = self._expires
+        for s in sorted(s for s in self._by_slot if s >= slot):
+            names = sorted(
+                k
+                for k in self._by_slot[s]
+                if k.startswith(prefix) and (after is None or s != slot or k > after)
+            )
+            for key in names:
+                budget -= 1
+                expires_at = expires.get(key)
+                if expires_at is None or expires_at > now:
+                    keys.append(key)
+                if len(keys) >= limit or budget <= 0:
+                    return keys, (s, key)
+        return keys, None
+
+    # ------------------------------------------------------------------ writes
+
+    def put(self, key: bytes, value: bytes, ttl: float | None = None) -> None:
+        """Set ``key``; a put without ``ttl`` removes any TTL the key had."""
+        self.emit((RecordOp.SET, key, value, self._deadline(ttl)))
+
+    def create(self, key: bytes, value: bytes, ttl: float | None = None) -> bool:
+        """Set ``key`` only if it is absent; False (nothing changed) if it is present."""
+        if self._lookup(key) is not None:
+            return False
+        self.emit((RecordOp.SET, key, value, self._deadline(ttl)))
+        return True
+
+    def delete(self, key: bytes) -> bool:
+        """Remove ``key``; False if it was absent."""
+        if self._lookup(key) is None:
+            return False
+        self.emit((RecordOp.DEL, key))
+        return True
+
+    def cas(self, key: bytes, expected: bytes, new: bytes) -> bool:
+        """Set ``key`` to ``new`` only if its value is ``expected``; the TTL is kept."""
+        if self._lookup(key) != expected:
+            return False
+        self.emit((RecordOp.SET, key, new, self._expires.get(key)))
+        return True
+
+    def expire(self, key: bytes, seconds: float) -> bool:
+        """Give ``key`` a TTL; a non-positive one deletes it (as Redis EXPIRE). False if absent."""
+        if self._lookup(key) is None:
+            return False
+        if seconds <= 0:
+            self.emit((RecordOp.DEL, key))
+        else:
+            self.emit((RecordOp.EXPIRE_AT, key, self.clock() + seconds))
+        return True
+
+    def mput(self, items: list[list[bytes]], ttl: float | None = None) -> None:
+        """Set every ``[key, value]`` pair (one record, so it is applied as one)."""
+        if items:
+            self.emit((RecordOp.MSET, items, self._deadline(ttl)))
+
+    def clear(self) -> None:
+        """Remove every key."""
+        self.emit((RecordOp.CLEAR,))
+
+    def _deadline(self, ttl: float | None) -> float | None:
+        return None if ttl is None else self.clock() + ttl
+
+    # ------------------------------------------------------------------ expiry
+
+    def sweep(self, limit: int | None = SWEEP_BATCH) -> int:
+        """Delete keys whose expiry has passed (at most ``limit``); the number deleted.
+
+        Only a primary deletes; a replica's sweep does nothing.
+        """
+        if not self.primary:
+            return 0
+        now = self.clock()
+        heap, expires = self._heap, self._expires
+        done = 0
+        while heap and heap[0][0] <= now and (limit is None or done < limit):
+            expires_at, key = heapq.heappop(heap)
+            if expires.get(key) == expires_at:
+                self.emit((RecordOp.DEL, key))
+                done += 1
+        return done
+
+    def next_expiry(self) -> float | None:
+        """The earliest expiry time pending in the heap, if any."""
+        return self._heap[0][0] if self._heap else None
