@@ -49,8 +49,10 @@ import msgpack
 from zkv.errors import (
     ErrorCode,
     InvalidRequest,
+    KeyTooLarge,
     LocalProtocolError,
     RemoteProtocolError,
+    ValueTooLarge,
     ZkvError,
     code_of,
     error_from_code,
@@ -318,6 +320,46 @@ def _malformed(request: Request, message: str) -> RemoteProtocolError:
     err = RemoteProtocolError(message)
     err.seq = request.seq
     return err
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def show_key(key: bytes) -> str:
+    """A key as people read it in messages: its text when it is UTF-8, cut to 64 bytes."""
+    cut = key[:64]
+    try:
+        text = repr(cut.decode("utf-8"))
+    except UnicodeDecodeError:
+        text = repr(cut)
+    return text + ("..." if len(key) > 64 else "")
+
+
+def check_key(key: bytes, max_key_bytes: int) -> None:
+    """Raise ``KeyTooLarge`` if ``key`` is over the limit."""
+    if len(key) > max_key_bytes:
+        raise KeyTooLarge(
+            f"key {show_key(key)} is {len(key)} bytes; the limit is {max_key_bytes} bytes "
+            "(limits.max_key_bytes)",
+            key=key[:64],
+        )
+
+
+def check_value(key: bytes, value: bytes, max_value_bytes: int) -> None:
+    """Raise ``ValueTooLarge`` if the encoded ``value`` is over the limit."""
+    if len(value) > max_value_bytes:
+        raise ValueTooLarge(
+            f"value for {show_key(key)} is {len(value)} bytes; the limit is "
+            f"{max_value_bytes} bytes (limits.max_value_bytes)",
+            key=key[:64],
+        )
+
+
+def check_items(items: list[list[bytes]], max_key_bytes: int, max_value_bytes: int) -> None:
+    """Check every ``[key, value]`` of a batch, so a refused batch stores nothing."""
+    for key, value in items:
+        check_key(key, max_key_bytes)
+        check_value(key, value, max_value_bytes)
 
 
 # --------------------------------------------------------------------------- replies

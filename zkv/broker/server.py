@@ -177,9 +177,10 @@ class Broker:
                 ),
             )
             return
+        seq = 0
         try:
             request = protocol.decode_request_header(frames[1])
-            op = request.op
+            seq, op = request.seq, request.op
             if op in protocol.SINGLE_KEY_OPS:
                 self._route(client, request, frames[1:])
             elif op in fanout.FANOUT_OPS:
@@ -190,7 +191,10 @@ class Broker:
             else:
                 raise RemoteProtocolError(f"unknown operation {op.name}")
         except ZkvError as exc:
-            self._fail(client, exc.seq or 0, exc)
+            self._fail(client, seq if exc.seq is None else exc.seq, exc)
+        except Exception as exc:
+            log.exception("failed to handle a client request")
+            self._fail(client, seq, ServerError(f"broker error: {type(exc).__name__}: {exc}"))
 
     def _route(self, client: bytes, request: Request, frames: list[bytes]) -> None:
         key = frames[1]
@@ -206,6 +210,9 @@ class Broker:
             raise self._unavailable(shard, request)
 
     def _fan_out(self, client: bytes, request: Request) -> None:
+        if request.op is Op.MPUT:  # refuse the whole batch before any shard stores a part
+            limits = self.config.limits
+            protocol.check_items(request.args[0], limits.max_key_bytes, limits.max_value_bytes)
         parts = fanout.plan(request, self.slot_map)
         members = []
         for part in parts:
@@ -242,10 +249,11 @@ class Broker:
                 del self._gathers[gid]
                 raise self._unavailable(part.shard, request)
 
-    def _unavailable(self, shard: str, request: Request) -> Unavailable:
-        err = Unavailable(f"shard {shard} has no live node; try again once it is back")
-        err.seq = request.seq
-        return err
+    @staticmethod
+    def _unavailable(shard: str, request: Request) -> Unavailable:
+        return Unavailable(
+            f"{request.op.name}: shard {shard} has no live node; try again once it is back"
+        )
 
     def status(self) -> dict[str, Any]:
         """The cluster as the broker sees it (the STATUS reply)."""

@@ -32,9 +32,7 @@ from zkv.config import ClusterConfig, NodeConfig
 from zkv.errors import (
     InvalidRequest,
     KeyExists,
-    KeyTooLarge,
     ServerError,
-    ValueTooLarge,
     ZkvError,
 )
 from zkv.protocol import NodeInfo, Op, Request
@@ -220,12 +218,7 @@ class Node:
         request: Request | None = None
         try:
             request = protocol.decode_request(frames, protocol.NODE_OPS)
-            if len(request.key) > self.limits.max_key_bytes:
-                raise KeyTooLarge(
-                    f"key of {len(request.key)} bytes is over the limit of "
-                    f"{self.limits.max_key_bytes} bytes (limits.max_key_bytes)",
-                    key=request.key[:64],
-                )
+            protocol.check_key(request.key, self.limits.max_key_bytes)
             result = self._handlers[request.op](request)
             return protocol.encode_reply(request.seq, result)
         except ZkvError as exc:
@@ -238,33 +231,19 @@ class Node:
             seq = request.seq if request is not None else 0
             return protocol.encode_error(seq, ServerError(f"{type(exc).__name__}: {exc}"))
 
-    def _value(self, request: Request, value: bytes, key: bytes | None = None) -> bytes:
-        if len(value) > self.limits.max_value_bytes:
-            key = request.key if key is None else key
-            raise ValueTooLarge(
-                f"value for {key[:64]!r} is {len(value)} bytes; the limit is "
-                f"{self.limits.max_value_bytes} bytes (limits.max_value_bytes)",
-                key=key[:64],
-            )
+    def _value(self, request: Request, value: bytes) -> bytes:
+        protocol.check_value(request.key, value, self.limits.max_value_bytes)
         return value
 
     def _create(self, request: Request) -> None:
         if not self.store.create(
             request.key, self._value(request, request.args[0]), request.args[1]
         ):
-            raise KeyExists(f"key {request.key!r} already exists", key=request.key)
+            raise KeyExists(f"key {protocol.show_key(request.key)} already exists", key=request.key)
 
     def _mput(self, request: Request) -> None:
         items, ttl = request.args
-        limit = self.limits.max_key_bytes
-        for key, value in items:
-            if len(key) > limit:
-                raise KeyTooLarge(
-                    f"key of {len(key)} bytes is over the limit of {limit} bytes "
-                    "(limits.max_key_bytes); nothing was stored",
-                    key=key[:64],
-                )
-            self._value(request, value, key)
+        protocol.check_items(items, self.limits.max_key_bytes, self.limits.max_value_bytes)
         self.store.mput(items, ttl)
 
     def _scan(self, request: Request) -> list[Any]:

@@ -167,7 +167,7 @@ class Store:
         Raises ``KeyNotFound`` when the key is absent or expired.
         """
         if self._lookup(key) is None:
-            raise KeyNotFound(f"key {key!r} not found", key=key)
+            raise KeyNotFound(f"key {_show(key)} not found", key=key)
         expires_at = self._expires.get(key)
         return None if expires_at is None else max(0.0, expires_at - self.clock())
 
@@ -283,3 +283,10 @@ class Store:
     def next_expiry(self) -> float | None:
         """The earliest expiry time pending in the heap, if any."""
         return self._heap[0][0] if self._heap else None
+
+
+def _show(key: bytes) -> str:
+    try:
+        return repr(key[:64].decode("utf-8"))
+    except UnicodeDecodeError:
+        return repr(key[:64])

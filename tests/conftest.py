@@ -1,0 +1,253 @@
+"""Real clusters for tests: broker and node processes on 127.0.0.1, in temporary folders.
+
+Every process binds port 0 and writes its bound endpoints to a ready file, which the
+fixture waits for (no port races, no sleeps). Teardown stops every process by PID
+(SIGTERM, wait, SIGKILL), even when the test failed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import zkv
+from zkv.runtime import read_ready_file
+
+START_TIMEOUT_S = 15.0
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (for `zkv up`, which takes fixed ports)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cluster_doc(
+    shards: dict[str, list[str]],
+    data_dir: Path,
+    *,
+    broker_clients: str,
+    broker_nodes: str,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A cluster config as a dict; node endpoints on port 0 unless overridden."""
+    doc: dict[str, Any] = {
+        "cluster": "test",
+        "slots": 16384,
+        "broker": {"clients": broker_clients, "nodes": broker_nodes},
+        "storage": {"dir": str(data_dir), "fsync": "no"},
+        "limits": {"max_key_bytes": 256, "max_value_bytes": 64 * 1024},
+        "defaults": {"consistency": "strong", "timeout_s": 5.0},
+        "heartbeat": {"interval_s": 0.1, "liveness": 3},
+        "shards": {
+            shard: [
+                {"name": n, "publish": "tcp://127.0.0.1:0", "sync": "tcp://127.0.0.1:0"}
+                for n in names
+            ]
+            for shard, names in shards.items()
+        },
+    }
+    for key, value in overrides.items():
+        doc[key] = value
+    return doc
+
+
+class Proc:
+    """One child process of a test cluster."""
+
+    def __init__(self, name: str, argv: list[str], ready_file: Path, log_file: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.ready_file = ready_file
+        self.log_file = log_file
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.ready_file.unlink(missing_ok=True)
+        with open(self.log_file, "ab") as log:
+            self.popen = subprocess.Popen(
+                [*self.argv, "--ready-file", str(self.ready_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = read_ready_file(self.ready_file)
+            if info is not None:
+                return info
+            assert self.popen is not None
+            if self.popen.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.popen.returncode}:\n"
+                    f"{self.log_file.read_text(errors='replace')[-3000:]}"
+                )
+            time.sleep(0.02)
+        raise TimeoutError(f"{self.name} not ready after {timeout} s")
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def signal(self, sig: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            os.kill(self.popen.pid, sig)
+
+    def stop(self) -> None:
+        popen = self.popen
+        if popen is None or popen.poll() is not None:
+            return
+        if sys.platform != "win32":
+            os.kill(popen.pid, signal.SIGCONT)  # in case a test paused it
+        popen.terminate()
+        try:
+            popen.wait(5)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(5)
+
+
+class Cluster:
+    """A running broker and nodes, with helpers to reach, kill and restart them."""
+
+    def __init__(self, tmp: Path, shards: dict[str, list[str]], **overrides: Any) -> None:
+        self.tmp = tmp
+        self.shards = shards
+        self.clients: list[zkv.Client] = []
+        tmp.mkdir(parents=True, exist_ok=True)
+        doc = cluster_doc(
+            shards,
+            tmp / "data",
+            broker_clients="tcp://127.0.0.1:0",
+            broker_nodes="tcp://127.0.0.1:0",
+            **overrides,
+        )
+        self.broker_config = tmp / "broker.yaml"
+        self.broker_config.write_text(yaml.safe_dump(doc))
+        self.procs: dict[str, Proc] = {}
+        broker = self._proc("broker", ["broker", "--config", str(self.broker_config)])
+        broker.start()
+        endpoints = broker.wait_ready()
+        self.endpoint: str = endpoints["clients"]
+        self.nodes_endpoint: str = endpoints["nodes"]
+        doc["broker"] = {"clients": self.endpoint, "nodes": self.nodes_endpoint}
+        self.doc = doc
+        self.config = tmp / "cluster.yaml"
+        self.config.write_text(yaml.safe_dump(doc))
+        names = [n for ns in shards.values() for n in ns]
+        for name in names:
+            self._proc(name, ["node", "--config", str(self.config), "--name", name]).start()
+        for name in names:
+            self.procs[name].wait_ready()
+        self.wait_alive(names)
+
+    def _proc(self, name: str, args: list[str]) -> Proc:
+        proc = Proc(
+            name,
+            [sys.executable, "-m", "zkv", *args],
+            self.tmp / f"{name}.ready.json",
+            self.tmp / f"{name}.log",
+        )
+        self.procs[name] = proc
+        return proc
+
+    def client(self, **kwargs: Any) -> zkv.Client:
+        kwargs.setdefault("timeout_s", 5.0)
+        kv = zkv.Client(self.endpoint, **kwargs)
+        self.clients.append(kv)
+        return kv
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        with zkv.Client(self.endpoint, timeout_s=2.0) as kv:
+            return {n["name"]: n for n in kv.cluster_status()["nodes"]}
+
+    def wait_alive(self, names: list[str], alive: bool = True, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                nodes = self.status()
+                if all(nodes[n]["alive"] is alive for n in names):
+                    return
+            except zkv.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nodes {names} not alive={alive} after {timeout} s")
+            time.sleep(0.05)
+
+    def restart(self, name: str) -> None:
+        proc = self.procs[name]
+        proc.stop()
+        proc.start()
+        proc.wait_ready()
+        if name != "broker":
+            self.wait_alive([name])
+
+    def stop(self) -> None:
+        for kv in self.clients:
+            kv.close()
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.log_file.read_text(errors='replace')[-2000:]}"
+            for p in self.procs.values()
+            if p.log_file.exists()
+        )
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Any]:
+    """Start clusters on demand; every one is stopped at teardown."""
+    clusters: list[Cluster] = []
+    counter = itertools.count()
+
+    def make(shards: dict[str, list[str]] | None = None, **overrides: Any) -> Cluster:
+        shards = shards or {"s0": ["s0a"], "s1": ["s1a"], "s2": ["s2a"]}
+        cluster = Cluster(tmp_path / f"cluster{next(counter)}", shards, **overrides)
+        clusters.append(cluster)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in clusters:
+            cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One 3-shard cluster shared by a test module; tests namespace their keys with `ns`."""
+    c = Cluster(tmp_path_factory.mktemp("cluster"), {"s0": ["s0a"], "s1": ["s1a"], "s2": ["s2a"]})
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def kv(cluster: Cluster) -> Iterator[zkv.Client]:
+    """A client of the module's cluster."""
+    with zkv.Client(cluster.endpoint, timeout_s=5.0) as client:
+        yield client
+
+
+@pytest.fixture
+def ns(request: pytest.FixtureRequest) -> str:
+    """A key prefix unique to this test."""
+    return f"{request.node.name}:"
