@@ -39,8 +39,10 @@ def main(endpoint: str = "tcp://127.0.0.1:7400") -> None:
             print("refused:", exc)
 
         for node in kv.cluster_status()["nodes"]:
-            print(f"node {node['name']}: shard {node['shard']}, {node['keys']} keys, "
-                  f"{'up' if node['alive'] else 'DOWN'}")
+            print(
+                f"node {node['name']}: shard {node['shard']}, {node['keys']} keys, "
+                f"{'up' if node['alive'] else 'DOWN'}"
+            )
 
 
 if __name__ == "__main__":

@@ -73,8 +73,11 @@ class Proc:
         self.ready_file = ready_file
         self.log_file = log_file
         self.popen: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] = {}
 
     def start(self) -> None:
+        if self.popen is not None:
+            assert self.popen.poll() is not None, f"{self.name} is still running"
         self.ready_file.unlink(missing_ok=True)
         with open(self.log_file, "ab") as log:
             self.popen = subprocess.Popen(
@@ -89,6 +92,7 @@ class Proc:
         while time.monotonic() < deadline:
             info = read_ready_file(self.ready_file)
             if info is not None:
+                self.info = info
                 return info
             assert self.popen is not None
             if self.popen.poll() is not None:
@@ -107,6 +111,8 @@ class Proc:
     def signal(self, sig: int) -> None:
         if self.popen is not None and self.popen.poll() is None:
             os.kill(self.popen.pid, sig)
+            if sig == signal.SIGKILL:
+                self.popen.wait(10)
 
     def stop(self) -> None:
         popen = self.popen
@@ -149,6 +155,8 @@ class Cluster:
         self.doc = doc
         self.config = tmp / "cluster.yaml"
         self.config.write_text(yaml.safe_dump(doc))
+        # a restarted broker binds the same endpoints again
+        broker.argv[broker.argv.index(str(self.broker_config))] = str(self.config)
         names = [n for ns in shards.values() for n in ns]
         for name in names:
             self._proc(name, ["node", "--config", str(self.config), "--name", name]).start()

@@ -288,7 +288,11 @@ def decode_request(frames: Sequence[bytes], allowed: frozenset[Op] = CLIENT_OPS)
     if request.op not in SINGLE_KEY_OPS and key:
         raise _malformed(request, f"{request.op.name} takes no key frame")
     request.key = key
-    args = unpackb(frames[2])
+    try:
+        args = unpackb(frames[2])
+    except RemoteProtocolError as exc:
+        exc.seq = request.seq
+        raise
     if type(args) is not list:
         raise _malformed(request, "request body is not an array")
     request.args = args
@@ -521,8 +525,35 @@ def pack_value(value: Any) -> bytes:
 
 
 def unpack_value(data: bytes) -> Any:
-    """Decode stored bytes back into the user's value (tuples come back as lists)."""
+    """Decode stored bytes back into the user's value (tuples come back as lists).
+
+    Map keys that were tuples (arrays in msgpack) come back as tuples, since a list cannot
+    be a dict key; that slower path runs only for such values.
+    """
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
+    except TypeError:  # an unhashable (array) map key
+        try:
+            return msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=False,
+                use_list=True,
+                object_pairs_hook=_hashable_pairs,
+            )
+        except Exception as exc:
+            raise RemoteProtocolError(f"stored value is not valid msgpack: {exc}") from exc
     except Exception as exc:
         raise RemoteProtocolError(f"stored value is not valid msgpack: {exc}") from exc
+
+
+def _hashable_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    return {_hashable(k): v for k, v in pairs}
+
+
+def _hashable(key: Any) -> Any:
+    if type(key) is list:
+        return tuple(_hashable(k) for k in key)
+    if type(key) is dict:
+        return tuple((_hashable(k), _hashable(v)) for k, v in key.items())
+    return key

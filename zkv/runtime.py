@@ -1,8 +1,10 @@
 """Process plumbing shared by the broker and node processes.
 
-Owns: the log line format (one line per event, carrying the process name), the ready file
-a process writes once it serves (its pid and the endpoints it actually bound, so tests and
-the launcher can use port 0 without races), and turning SIGTERM/SIGINT into a clean stop.
+Owns: the log line format (one line per event, carrying the process name), a throttle for
+warnings a hostile peer could trigger at will, the bounded receive of one multipart message,
+the ready file a process writes once it serves (its pid and the endpoints it actually
+bound, so tests and the launcher can use port 0 without races), and turning SIGTERM/SIGINT
+into a clean stop.
 """
 
 from __future__ import annotations
@@ -13,17 +15,69 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+import zmq
 
 __all__ = [
+    "MAX_FRAMES",
+    "Throttle",
     "bind_endpoint",
     "configure_logging",
     "on_stop_signals",
     "read_ready_file",
+    "recv_frames",
     "write_ready_file",
 ]
+
+#: No zkv message has more frames than this; longer ones are read to the end and dropped.
+MAX_FRAMES: Final = 8
+
+
+def recv_frames(sock: zmq.Socket[bytes], max_frames: int = MAX_FRAMES) -> list[bytes] | None:
+    """One message without blocking (``zmq.Again`` if none), or None if it had too many frames.
+
+    Frames past ``max_frames`` are received and dropped one by one, so a peer cannot make
+    us hold a message of a million frames.
+    """
+    frames = [sock.recv(zmq.NOBLOCK)]
+    while sock.getsockopt(zmq.RCVMORE):
+        frame = sock.recv()
+        if len(frames) <= max_frames:
+            frames.append(frame)
+    return frames if len(frames) <= max_frames else None
+
+
+class Throttle:
+    """Lets at most ``burst`` warnings through per ``period_s``, then counts the rest.
+
+    For warnings a peer can cause at will (malformed frames): the log stays readable and
+    cannot be flooded, and the suppressed count is reported when the next period opens.
+    """
+
+    def __init__(self, logger: logging.Logger, burst: int = 10, period_s: float = 10.0) -> None:
+        self.logger = logger
+        self.burst = burst
+        self.period_s = period_s
+        self._window_start = -period_s
+        self._count = 0
+        self._suppressed = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        """Log ``message`` as a warning unless this period's budget is spent."""
+        now = time.monotonic()
+        if now - self._window_start >= self.period_s:
+            if self._suppressed:
+                self.logger.warning("suppressed %d similar warnings", self._suppressed)
+            self._window_start, self._count, self._suppressed = now, 0, 0
+        if self._count < self.burst:
+            self._count += 1
+            self.logger.warning(message, *args)
+        else:
+            self._suppressed += 1
 
 
 def configure_logging(process: str, level: str = "INFO") -> None:

@@ -40,7 +40,7 @@ from zkv.errors import (
     ZkvError,
 )
 from zkv.protocol import Op, Request
-from zkv.runtime import bind_endpoint, write_ready_file
+from zkv.runtime import MAX_FRAMES, Throttle, bind_endpoint, recv_frames, write_ready_file
 from zkv.slots import SlotMap
 
 __all__ = ["Broker"]
@@ -48,8 +48,8 @@ __all__ = ["Broker"]
 log = logging.getLogger(__name__)
 
 DRAIN_MAX: Final = 1000
-#: How long a fan-out waits for its parts when the client set no timeout (seconds).
-DEFAULT_GATHER_S: Final = 60.0
+#: The longest a fan-out waits for its parts, whatever timeout the client set (seconds).
+MAX_GATHER_S: Final = 60.0
 _DIRECT: Final = b"C"
 _GATHER: Final = b"F"
 _GATHER_ENVELOPE: Final = struct.Struct(">cQI")
@@ -85,6 +85,8 @@ class Broker:
         self._gathers: dict[int, _Gather] = {}
         self._next_gather = 0
         self._stopping = False
+        #: Warnings any peer can trigger at will are throttled.
+        self._bad = Throttle(log)
 
     def stop(self) -> None:
         """Ask the loop to finish its turn and exit (safe from a signal handler)."""
@@ -141,11 +143,16 @@ class Broker:
     def _drain(self, sock: zmq.Socket[bytes], handle: Any) -> None:
         for _ in range(DRAIN_MAX):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(sock)
             except zmq.Again:
                 return
+            if frames is None:
+                self._bad.warning("dropped a message of more than %d frames", MAX_FRAMES)
+                continue
             try:
                 handle(frames)
+            except ZkvError as exc:
+                self._bad.warning("dropped a malformed message: %s", exc)
             except Exception:
                 log.exception("failed to handle a message of %d frames", len(frames))
 
@@ -220,7 +227,7 @@ class Broker:
             if member is None:
                 raise self._unavailable(part.shard, request)
             members.append(member)
-        timeout_s = request.timeout_ms / 1000 if request.timeout_ms else DEFAULT_GATHER_S
+        timeout_s = min(request.timeout_ms / 1000 or MAX_GATHER_S, MAX_GATHER_S)
         gather = _Gather(
             client,
             request,
@@ -299,7 +306,7 @@ class Broker:
     def _on_node(self, frames: list[bytes]) -> None:
         identity = frames[0]
         if len(frames) < 3:
-            log.warning("dropped a %d-frame message from %r", len(frames), identity[:32])
+            self._bad.warning("dropped a %d-frame message from %r", len(frames), identity[:32])
             return
         kind, _epoch = protocol.decode_node_header(frames[1])
         if kind == protocol.NODE_REPLY and len(frames) == 5:
@@ -310,17 +317,19 @@ class Broker:
                 _, gid, index = _GATHER_ENVELOPE.unpack(envelope)
                 self._gathered(gid, index, frames[3:])
             else:
-                log.warning("dropped a reply with a bad envelope from %r", identity[:32])
+                self._bad.warning("dropped a reply with a bad envelope from %r", identity[:32])
         elif kind in (protocol.NODE_READY, protocol.NODE_HEARTBEAT) and len(frames) == 3:
             info = protocol.decode_node_info(frames[2])
             if identity != f"node:{info.name}".encode():
-                log.warning("dropped node info for %r from identity %r", info.name, identity[:32])
+                self._bad.warning(
+                    "dropped node info for %r from identity %r", info.name, identity[:32]
+                )
                 return
             refused = self.membership.seen(identity, info, time.monotonic())
             if refused:
-                log.warning("refused node: %s", refused)
+                self._bad.warning("refused node: %s", refused)
         else:
-            log.warning(
+            self._bad.warning(
                 "dropped a node message of kind %r with %d frames from %r",
                 kind,
                 len(frames),
@@ -372,7 +381,7 @@ class Broker:
     def _fail(self, client: bytes, seq: int, exc: ZkvError) -> None:
         self.errors += 1
         if exc.code in (ErrorCode.PROTOCOL, None):
-            log.warning("bad request from client %s: %s", client.hex()[:16], exc)
+            self._bad.warning("bad request from client %s: %s", client.hex()[:16], exc)
         self._reply(client, protocol.encode_error(seq, exc))
 
 

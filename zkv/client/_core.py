@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 from zkv import protocol
-from zkv.errors import InvalidRequest, RemoteProtocolError, Timeout, Unavailable, ValueTooLarge
+from zkv.errors import (
+    InvalidRequest,
+    RemoteProtocolError,
+    Timeout,
+    Unavailable,
+    ValueTooLarge,
+    ZkvError,
+)
 from zkv.protocol import Consistency, Op, Request
 
 __all__ = [
@@ -38,6 +45,10 @@ KEYS_PAGE: Final = 1000
 #: First and largest pause between attempts to reach an unreachable broker (seconds).
 BACKOFF_FIRST_S: Final = 0.01
 BACKOFF_MAX_S: Final = 0.5
+#: How long a read waits for its first answer before it is sent again, and the cap as the
+#: wait doubles (seconds).
+FIRST_ATTEMPT_S: Final = 0.5
+MAX_ATTEMPT_S: Final = 2.0
 
 
 @dataclass(slots=True)
@@ -124,10 +135,13 @@ class ClientCore:
     ) -> Call:
         """Send one request and return its result, raising the reply's error.
 
-        If no broker connection can take the request (the broker is down or restarting),
-        nothing was sent, so any op is retried with back-off until the timeout, and then
-        ``Unavailable`` is raised. A request that was sent but not answered in time raises
-        ``Timeout``: for a write, its outcome is unknown.
+        Retries, until the call's timeout, whatever cannot have taken effect: a request no
+        broker connection would take (the broker is down or restarting) and a request the
+        broker answered ``Unavailable`` (it forwarded nothing), with a back-off that doubles.
+        A read that gets no answer is sent again after a growing wait (the broker may have
+        restarted and lost it); a write that gets no answer raises ``Timeout``, since it may
+        have been applied. Out of time, the last error is raised: ``Unavailable`` if the
+        broker said so or could not be reached, else ``Timeout``.
         """
         timeout_s = self.timeout_s if timeout is None else timeout
         if not timeout_s > 0:
@@ -150,23 +164,30 @@ class ClientCore:
                 f"{op.name} request is {size} bytes; the limit is {self.max_request_bytes} "
                 "bytes (limits.max_request_bytes): split the batch"
             )
-        backoff = BACKOFF_FIRST_S
+        resend = op not in protocol.WRITE_OPS
+        backoff, attempt_s = BACKOFF_FIRST_S, FIRST_ATTEMPT_S
+        last: ZkvError | None = None
         while True:
-            reply = yield Send(frames, request.seq, deadline)
+            wait_until = min(deadline, time.monotonic() + attempt_s) if resend else deadline
+            reply = yield Send(frames, request.seq, wait_until)
             if reply is None:
-                raise Timeout(
-                    f"{op.name} got no reply within {timeout_s:g} s"
-                    + (
-                        "; the write may or may not have been applied"
-                        if op in protocol.WRITE_OPS
-                        else ""
+                if not resend or time.monotonic() >= deadline:
+                    raise last or Timeout(
+                        f"{op.name} got no reply within {timeout_s:g} s"
+                        + ("; the write may or may not have been applied" if not resend else "")
                     )
-                )
-            if reply is not NOT_SENT:
-                return self.result(reply)
+                attempt_s = min(attempt_s * 2, MAX_ATTEMPT_S)
+                continue  # send the read again at once
+            if reply is NOT_SENT:
+                last = Unavailable(f"no broker connection to {op.name} within {timeout_s:g} s")
+            else:
+                try:
+                    return self.result(reply)
+                except Unavailable as exc:
+                    last = exc
             left = deadline - time.monotonic()
             if left <= 0:
-                raise Unavailable(f"no broker connection within {timeout_s:g} s")
+                raise last
             yield Sleep(min(backoff, left))
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 

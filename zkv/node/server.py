@@ -36,7 +36,7 @@ from zkv.errors import (
     ZkvError,
 )
 from zkv.protocol import NodeInfo, Op, Request
-from zkv.runtime import bind_endpoint, write_ready_file
+from zkv.runtime import Throttle, bind_endpoint, recv_frames, write_ready_file
 from zkv.storage.engine import Store
 
 __all__ = ["Node"]
@@ -67,6 +67,8 @@ class Node:
         self.store = Store(config.slots)
         self.limits = config.limits
         self._stopping = False
+        #: Warnings any peer can trigger at will are throttled.
+        self._bad = Throttle(log)
         self.requests = 0
         self.errors = 0
         self._handlers: dict[Op, Callable[[Request], Any]] = {
@@ -176,13 +178,16 @@ class Node:
     def _drain(self, broker: zmq.Socket[bytes]) -> None:
         for _ in range(DRAIN_MAX):
             try:
-                frames = broker.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(broker)
             except zmq.Again:
                 return
+            if frames is None:
+                self._bad.warning("dropped a message from the broker with too many frames")
+                continue
             try:
                 kind, epoch = protocol.decode_node_header(frames[0])
             except ZkvError as exc:
-                log.warning("dropped a malformed message from the broker: %s", exc)
+                self._bad.warning("dropped a malformed message from the broker: %s", exc)
                 continue
             if kind == protocol.NODE_REQUEST and len(frames) == 5:
                 reply = self.handle(frames[2:])
@@ -192,16 +197,18 @@ class Node:
             elif kind == protocol.BROKER_HEARTBEAT:
                 pass  # the broker is alive; failure handling comes with replication
             else:
-                log.warning("dropped a broker message of kind %r with %d frames", kind, len(frames))
+                self._bad.warning(
+                    "dropped a broker message of kind %r with %d frames", kind, len(frames)
+                )
 
     def _drain_sync(self, sync: zmq.Socket[bytes]) -> None:
         """Nothing talks to the sync socket before replication; drop what arrives."""
         for _ in range(DRAIN_MAX):
             try:
-                sync.recv_multipart(zmq.NOBLOCK)
+                recv_frames(sync)
             except zmq.Again:
                 return
-            log.warning("dropped a message on the sync socket (replication is not enabled)")
+            self._bad.warning("dropped a message on the sync socket (replication is not enabled)")
 
     @staticmethod
     def _send(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:

@@ -1,0 +1,252 @@
+"""Hostile input: garbage frames to a live broker and nodes change nothing and stop nothing."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+import zkv
+from zkv import protocol
+from zkv.errors import ZkvError
+from zkv.protocol import Op, Request
+
+
+def valid_requests(rng: random.Random) -> list[list[bytes]]:
+    """Well-formed read requests to mutate (writes are not fuzzed, so no real key changes)."""
+    cid = rng.randbytes(16)
+    key = b"fuzz:" + rng.randbytes(rng.randint(0, 12))
+    reqs = [
+        Request(Op.GET, key, [], cid, 1),
+        Request(Op.EXISTS, key, [], cid, 2),
+        Request(Op.TTL, key, [], cid, 3),
+        Request(Op.MGET, b"", [[key, b"fuzz:other"]], cid, 4),
+        Request(Op.KEYS, b"", [b"fuzz:", None, 10], cid, 5),
+        Request(Op.COUNT, b"", [], cid, 6),
+        Request(Op.STATUS, b"", [], cid, 7),
+        Request(Op.PUT, key, [b"\x01", None], cid, 8),
+    ]
+    return [protocol.encode_request(r) for r in reqs]
+
+
+def mutate(rng: random.Random, frames: list[bytes]) -> list[bytes]:
+    frames = list(frames)
+    choice = rng.randrange(8)
+    i = rng.randrange(len(frames))
+    frame = bytearray(frames[i])
+    if choice == 0 and frame:  # flip bits
+        for _ in range(rng.randint(1, 4)):
+            frame[rng.randrange(len(frame))] ^= 1 << rng.randrange(8)
+    elif choice == 1:  # truncate
+        del frame[rng.randrange(len(frame) + 1) :]
+    elif choice == 2:  # extend
+        frame += rng.randbytes(rng.randint(1, 64))
+    elif choice == 3:  # drop or duplicate a frame
+        if rng.random() < 0.5 and len(frames) > 1:
+            del frames[i]
+            return frames
+        frames.insert(i, bytes(frame))
+    elif choice == 4:  # replace the body with random msgpack of the wrong shape
+        frames[-1] = msgpack.packb(random_object(rng, 4), use_bin_type=True)
+        return frames
+    elif choice == 5:  # absurd declared lengths
+        frames[-1] = rng.choice(
+            [
+                b"\xdb\xff\xff\xff\xff",
+                b"\xc6\xff\xff\xff\xff",
+                b"\xdd\xff\xff\xff\xff",
+                b"\xdf\xff\xff\xff\xff",
+            ]
+        )
+        return frames
+    elif choice == 6:  # deep nesting
+        depth = rng.choice([20, 500, 100_000])
+        frames[-1] = b"\x91" * depth + b"\x90"
+        return frames
+    else:  # wrong argument types
+        frames[-1] = msgpack.packb(
+            [random_object(rng, 2) for _ in range(rng.randint(0, 4))], use_bin_type=True
+        )
+        return frames
+    frames[i] = bytes(frame)
+    return frames
+
+
+def random_object(rng: random.Random, depth: int) -> Any:
+    kind = rng.randrange(8 if depth > 0 else 6)
+    if kind == 0:
+        return rng.randint(-(2**63), 2**64 - 1)
+    if kind == 1:
+        return rng.random() * 10 ** rng.randint(-5, 300)
+    if kind == 2:
+        return rng.randbytes(rng.randint(0, 20))
+    if kind == 3:
+        return "".join(chr(rng.randint(32, 0x2FFF)) for _ in range(rng.randint(0, 10)))
+    if kind == 4:
+        return rng.choice([None, True, False, float("nan"), float("inf")])
+    if kind == 5:
+        return -1
+    if kind == 6:
+        return [random_object(rng, depth - 1) for _ in range(rng.randint(0, 4))]
+    return {str(rng.random()): random_object(rng, depth - 1) for _ in range(rng.randint(0, 3))}
+
+
+def is_valid_write(frames: list[bytes]) -> bool:
+    try:
+        request = protocol.decode_request(frames)
+    except ZkvError:
+        return False
+    return request.op in protocol.WRITE_OPS
+
+
+def garbage(rng: random.Random, count: int) -> Iterator[list[bytes]]:
+    """Seeded garbage: random frame lists and mutations of valid requests."""
+    valid = valid_requests(rng)
+    for n in range(count):
+        if n % 4 == 0:
+            frames = [
+                rng.randbytes(rng.choice([0, 1, 5, 31, 200]))
+                for _ in range(rng.choice([0, 1, 2, 3, 4, 9, 40]))
+            ]
+            if not frames:
+                frames = [b""]
+        else:
+            frames = mutate(rng, rng.choice(valid))
+        if not is_valid_write(frames):
+            yield frames
+
+
+def drain(sock: zmq.Socket[bytes]) -> int:
+    n = 0
+    while sock.poll(0):
+        sock.recv_multipart()
+        n += 1
+    return n
+
+
+@pytest.fixture
+def dealer() -> Iterator[Any]:
+    ctx = zmq.Context.instance()
+    sockets: list[zmq.Socket[bytes]] = []
+
+    def make(endpoint: str, identity: bytes | None = None) -> zmq.Socket[bytes]:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        if identity:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        sock.connect(endpoint)
+        sockets.append(sock)
+        return sock
+
+    try:
+        yield make
+    finally:
+        for sock in sockets:
+            sock.close(linger=0)
+
+
+@pytest.mark.fault
+def test_fuzzed_frames_leave_broker_and_nodes_serving(cluster_factory: Any, dealer: Any) -> None:
+    c = cluster_factory()
+    kv = c.client()
+    keep = {f"keep:{i}": {"i": i, "s": "x" * (i % 7)} for i in range(300)}
+    kv.mput(keep)
+    kv.put("keep:ttl", 1, ttl=300)
+    rng = random.Random(20261125)
+
+    # 1. the broker's client socket: thousands of malformed requests
+    attacker = dealer(c.endpoint)
+    sent = 0
+    for frames in garbage(rng, 4000):
+        attacker.send_multipart(frames)
+        sent += 1
+        if sent % 200 == 0:
+            drain(attacker)
+            assert kv.get("keep:7") == keep["keep:7"]  # others are served meanwhile
+    # 2. the broker's node socket: a fake node sending garbage, and bad READYs
+    fake = dealer(c.nodes_endpoint, identity=b"node:intruder")
+    for frames in garbage(rng, 1000):
+        fake.send_multipart(frames)
+    for kind in (protocol.NODE_READY, protocol.NODE_HEARTBEAT, protocol.NODE_REPLY):
+        fake.send_multipart([protocol.node_header(kind, 0), b"\x81\xa4name\xa3s0a"])
+        fake.send_multipart(
+            [protocol.node_header(kind, 0), msgpack.packb({"name": "s0a", "shard": "s0"})]
+        )  # wrong identity
+        fake.send_multipart([protocol.node_header(kind, 0), b"C" + b"\x00" * 5, b"x", b"y"])
+    fake.send_multipart([b"x"] * 50)  # too many frames
+    # 3. each node's sync socket
+    for name in ("s0a", "s1a", "s2a"):
+        sync = dealer(c.procs[name].info["sync"])
+        for frames in garbage(rng, 300):
+            sync.send_multipart(frames)
+    # 4. clients that vanish with requests in flight
+    for _ in range(50):
+        gone = dealer(c.endpoint)
+        gone.send_multipart(protocol.encode_request(Request(Op.COUNT, seq=1)))
+        gone.close(linger=0)
+
+    # everyone still answers, and nothing changed
+    time.sleep(0.5)
+    replies = drain(attacker)
+    assert replies > 0  # malformed requests got error replies, not silence
+    for proc in c.procs.values():
+        assert proc.popen is not None and proc.popen.poll() is None, f"{proc.name} died"
+    assert kv.mget(list(keep)) == keep
+    assert kv.ttl("keep:ttl") > 250
+    assert len(kv) == len(keep) + 1
+    assert sorted(kv.keys("keep:")) == sorted([*keep, "keep:ttl"])
+    kv.put("after", "fuzz")
+    assert kv["after"] == "fuzz"
+    nodes = {n["name"]: n for n in kv.cluster_status()["nodes"]}
+    assert all(n["alive"] for n in nodes.values())
+    assert set(nodes) == {"s0a", "s1a", "s2a"}  # the intruder was never registered
+    log = c.procs["broker"].log_file.read_text()
+    assert log.count("\n") < 200, "malformed input flooded the broker's log"
+
+
+@pytest.mark.fault
+def test_malformed_requests_get_error_replies(cluster: Any, dealer: Any) -> None:
+    sock = dealer(cluster.endpoint)
+    cid = b"c" * 16
+
+    def ask(frames: list[bytes]) -> tuple[int, int, Any]:
+        sock.send_multipart(frames)
+        assert sock.poll(5000), "no reply"
+        reply = sock.recv_multipart()
+        seq, code = protocol.decode_reply_header(reply[0])
+        return seq, code, msgpack.unpackb(reply[1])
+
+    good = protocol.encode_request(Request(Op.GET, b"k", [], cid, 11))
+    # unknown op: the header is read, so the error answers seq 11
+    bad_op = bytearray(good[0])
+    bad_op[1] = 99
+    seq, code, body = ask([bytes(bad_op), b"k", b"\x90"])
+    assert (seq, code) == (11, protocol.ErrorCode.PROTOCOL)
+    assert "unknown op" in body[0]
+    # invalid msgpack body on a single-key op: the node answers with the right seq
+    seq, code, _ = ask([good[0], b"k", b"\xc1"])
+    assert (seq, code) == (11, protocol.ErrorCode.PROTOCOL)
+    # wrong argument types
+    put = protocol.encode_request(Request(Op.PUT, b"k", [b"v", None], cid, 12))
+    seq, code, body = ask([put[0], b"k", msgpack.packb(["not bytes", None])])
+    assert (seq, code) == (12, protocol.ErrorCode.INVALID_REQUEST)
+    assert "value must be bytes" in body[0]
+    # deep nesting and absurd lengths on a fan-out op (decoded by the broker)
+    mget = protocol.encode_request(Request(Op.MGET, b"", [[b"k"]], cid, 13))
+    for body_bytes in (
+        b"\x91" * 100_000 + b"\x90",
+        b"\xdd\xff\xff\xff\xff",
+        b"\x91" * 20 + b"\x90",
+    ):
+        seq, code, _ = ask([mget[0], b"", body_bytes])
+        assert seq == 13
+        assert code in (protocol.ErrorCode.PROTOCOL, protocol.ErrorCode.INVALID_REQUEST)
+    # wrong frame count: answered (seq 0, the header was not read)
+    seq, code, _ = ask([b"only one frame"])
+    assert (seq, code) == (0, protocol.ErrorCode.PROTOCOL)
