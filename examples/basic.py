@@ -1,4 +1,7 @@
-"""A tour of the zkv client API. Start the cluster first: `zkv up`, then `python examples/basic.py`."""
+"""A tour of the zkv client API.
+
+Start the cluster first (`zkv up`), then run `python examples/basic.py`.
+"""
 
 from __future__ import annotations
 

@@ -11,7 +11,6 @@ import msgpack
 import pytest
 import zmq
 
-import zkv
 from zkv import protocol
 from zkv.errors import ZkvError
 from zkv.protocol import Op, Request
@@ -162,10 +161,8 @@ def test_fuzzed_frames_leave_broker_and_nodes_serving(cluster_factory: Any, deal
 
     # 1. the broker's client socket: thousands of malformed requests
     attacker = dealer(c.endpoint)
-    sent = 0
-    for frames in garbage(rng, 4000):
+    for sent, frames in enumerate(garbage(rng, 4000), 1):
         attacker.send_multipart(frames)
-        sent += 1
         if sent % 200 == 0:
             drain(attacker)
             assert kv.get("keep:7") == keep["keep:7"]  # others are served meanwhile
