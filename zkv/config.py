@@ -10,6 +10,7 @@ to the working directory of the process (as Redis's ``dir``).
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,7 @@ def parse_config(text: str, path: Path | None = None) -> ClusterConfig:
     """Validate YAML ``text`` (``path`` only names it in errors)."""
     where = f"{path}: " if path else ""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"line {mark.line + 1}: " if mark is not None else ""
@@ -153,6 +154,21 @@ def parse_config(text: str, path: Path | None = None) -> ClusterConfig:
         return _Parser().cluster(raw, path)
     except _Invalid as exc:
         raise ConfigError(f"{where}{exc.path}: {exc.problem}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping with the same key twice (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 class _Invalid(Exception):
@@ -230,6 +246,9 @@ class _Parser:
             interval_s=self._seconds(h.get("interval_s", 0.5), "heartbeat.interval_s"),
             liveness=self._int(h.get("liveness", 3), "heartbeat.liveness", 1, 1000),
         )
+        shards = self._shards(top["shards"], broker)
+        if slots < len(shards):
+            raise _Invalid("slots", f"must be at least the number of shards ({len(shards)})")
         return ClusterConfig(
             cluster=cluster,
             slots=slots,
@@ -238,7 +257,7 @@ class _Parser:
             limits=limits,
             defaults=defaults,
             heartbeat=heartbeat,
-            shards=self._shards(top["shards"], broker),
+            shards=shards,
             path=path,
         )
 
@@ -250,7 +269,7 @@ class _Parser:
         endpoints = {broker.clients: "broker.clients", broker.nodes: "broker.nodes"}
         for shard, nodes in raw.items():
             where = f"shards.{shard}"
-            if not isinstance(shard, str) or not _NAME.match(shard):
+            if not isinstance(shard, str) or not _NAME.fullmatch(shard):
                 raise _Invalid(where, "a shard name is letters, digits, '_', '-' or '.'")
             if not isinstance(nodes, list) or not nodes:
                 raise _Invalid(where, "must be a non-empty list of nodes")
@@ -264,7 +283,7 @@ class _Parser:
                     allowed={"name", "publish", "sync"},
                 )
                 name = self._str(n["name"], f"{at}.name")
-                if not _NAME.match(name):
+                if not _NAME.fullmatch(name):
                     raise _Invalid(f"{at}.name", "a node name is letters, digits, '_', '-' or '.'")
                 if name in names or name == "broker":
                     raise _Invalid(f"{at}.name", f"{name!r} is used twice")
@@ -324,7 +343,7 @@ class _Parser:
 
     @staticmethod
     def _endpoint(raw: Any, where: str) -> str:
-        if not isinstance(raw, str) or not (m := _ENDPOINT.match(raw)):
+        if not isinstance(raw, str) or not (m := _ENDPOINT.fullmatch(raw)):
             raise _Invalid(where, "not a tcp:// endpoint (tcp://HOST:PORT)")
         if m["port"] != "*" and int(m["port"]) > 65535:
             raise _Invalid(where, f"port {m['port']} is out of range")

@@ -48,6 +48,8 @@ BACKOFF_MAX_S: Final = 0.5
 #: How long a read waits for its first answer before it is sent again, and the cap as the
 #: wait doubles (seconds).
 FIRST_ATTEMPT_S: Final = 0.5
+#: No attempt is made with less time than this left before the deadline (seconds).
+MIN_ATTEMPT_S: Final = 0.02
 MAX_ATTEMPT_S: Final = 2.0
 
 
@@ -146,6 +148,7 @@ class ClientCore:
         timeout_s = self.timeout_s if timeout is None else timeout
         if not timeout_s > 0:
             raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
+        timeout_s = min(timeout_s, protocol.MAX_TIMEOUT_MS / 1000)  # inf: about 49 days
         deadline = time.monotonic() + timeout_s
         self._seq += 1
         request = Request(
@@ -171,11 +174,13 @@ class ClientCore:
             wait_until = min(deadline, time.monotonic() + attempt_s) if resend else deadline
             reply = yield Send(frames, request.seq, wait_until)
             if reply is None:
-                if not resend or time.monotonic() >= deadline:
-                    raise last or Timeout(
-                        f"{op.name} got no reply within {timeout_s:g} s"
-                        + ("; the write may or may not have been applied" if not resend else "")
+                if not resend:  # the write went out: its outcome is unknown
+                    raise Timeout(
+                        f"{op.name} got no reply within {timeout_s:g} s; "
+                        "the write may or may not have been applied"
                     )
+                if time.monotonic() >= deadline:
+                    raise last or Timeout(f"{op.name} got no reply within {timeout_s:g} s")
                 attempt_s = min(attempt_s * 2, MAX_ATTEMPT_S)
                 continue  # send the read again at once
             if reply is NOT_SENT:
@@ -186,9 +191,9 @@ class ClientCore:
                 except Unavailable as exc:
                     last = exc
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= MIN_ATTEMPT_S:  # too late for another attempt to be answered
                 raise last
-            yield Sleep(min(backoff, left))
+            yield Sleep(min(backoff, left - MIN_ATTEMPT_S))
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     @staticmethod

@@ -198,18 +198,21 @@ class Store:
         now = self.clock()
         expires = self._expires
         for s in sorted(s for s in self._by_slot if s >= slot):
+            table = self._by_slot[s]
+            budget -= len(table)  # every key of the slot is examined, matching or not
             names = sorted(
                 k
-                for k in self._by_slot[s]
+                for k in table
                 if k.startswith(prefix) and (after is None or s != slot or k > after)
             )
             for key in names:
-                budget -= 1
                 expires_at = expires.get(key)
                 if expires_at is None or expires_at > now:
                     keys.append(key)
-                if len(keys) >= limit or budget <= 0:
-                    return keys, (s, key)
+                    if len(keys) >= limit:
+                        return keys, (s, key)
+            if budget <= 0:
+                return keys, ((s + 1, None) if s + 1 < self.slots else None)
         return keys, None
 
     # ------------------------------------------------------------------ writes
