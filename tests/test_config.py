@@ -341,7 +341,7 @@ def test_bad_yaml_line_number() -> None:
         ),
         # storage
         (_doc(storage="data"), "storage: must be a mapping"),
-        (_doc(storage={"path": "x"}), "storage.path: unknown key (known: dir, fsync)"),
+        (_doc(storage={"path": "x"}), "storage.path: unknown key (known: compact_min_bytes, compact_ratio, dir, fsync)"),
         (_doc(storage={"dir": ""}), "storage.dir: must be a non-empty string"),
         (_doc(storage={"dir": 3}), "storage.dir: must be a non-empty string"),
         (

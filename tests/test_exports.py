@@ -34,6 +34,7 @@ def test_error_class_names_are_what_we_expect() -> None:
         "RemoteProtocolError",
         "RequestError",
         "ServerError",
+        "StorageCorrupted",
         "Timeout",
         "TransportError",
         "Unavailable",

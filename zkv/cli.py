@@ -1,6 +1,7 @@
 """The ``zkv`` command line.
 
 Processes: ``zkv up`` (the whole local cluster), ``zkv broker``, ``zkv node --name NAME``.
+Storage: ``zkv check --data DIR [--repair]``.
 Data: ``zkv put KEY VALUE [--ttl S] [--json]``, ``zkv get KEY``, ``zkv del KEY``,
 ``zkv keys [PREFIX]``, ``zkv status``; each takes ``--config FILE`` or ``--connect ENDPOINT``.
 
@@ -22,7 +23,14 @@ import zmq
 
 from zkv import __version__
 from zkv.config import load_config
-from zkv.errors import ConfigError, KeyNotFound, RequestError, TransportError, ZkvError
+from zkv.errors import (
+    ConfigError,
+    KeyNotFound,
+    RequestError,
+    StorageCorrupted,
+    TransportError,
+    ZkvError,
+)
 
 __all__ = ["main"]
 
@@ -103,6 +111,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="the node's name in the config file")
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
 
+    p = sub.add_parser(
+        "check",
+        help="check a node's data folder",
+        description="Check a node's data folder (e.g. data/s0a) for damage.",
+    )
+    p.set_defaults(run=_check)
+    p.add_argument("--data", required=True, metavar="DIR", help="the node's data folder")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="cut the log at the first bad record (what follows is lost)",
+    )
+
     p = command("put", _put, "set a key")
     p.add_argument("key")
     p.add_argument("value", help="a string, or JSON with --json")
@@ -156,7 +177,29 @@ def _serve(run: Callable[[], None], what: str) -> int:
     except zmq.ZMQError as exc:
         print(f"zkv: {what} cannot start: {exc}", file=sys.stderr)
         return 1
+    except StorageCorrupted as exc:
+        print(f"zkv: {what} cannot start: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"zkv: {what} stopped: storage error: {exc}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from zkv.storage.persistence import check_directory
+
+    ok, lines = check_directory(Path(args.data), repair=args.repair)
+    for line in lines:
+        print(line)
+    if not ok:
+        print(
+            f"zkv: {args.data} is damaged; `zkv check --data {args.data} --repair` cuts the "
+            "log at the first bad record (losing what follows)",
+            file=sys.stderr,
+        )
+        return 1
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------- data

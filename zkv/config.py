@@ -52,6 +52,10 @@ class StorageConfig:
 
     dir: Path = Path("./data")
     fsync: str = "everysec"
+    #: Compact once the log exceeds this many times the live data...
+    compact_ratio: float = 2.0
+    #: ...and this many bytes.
+    compact_min_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +208,11 @@ class _Parser:
             clients=self._endpoint(b.get("clients", "tcp://127.0.0.1:7400"), "broker.clients"),
             nodes=self._endpoint(b.get("nodes", "tcp://127.0.0.1:7401"), "broker.nodes"),
         )
-        s = self._map(top.get("storage", {}), "storage", allowed={"dir", "fsync"})
+        s = self._map(
+            top.get("storage", {}),
+            "storage",
+            allowed={"dir", "fsync", "compact_ratio", "compact_min_bytes"},
+        )
         fsync = s.get("fsync", "everysec")
         if fsync is False:  # YAML 1.1 reads a bare `no` as false
             fsync = "no"
@@ -213,6 +221,10 @@ class _Parser:
         storage = StorageConfig(
             dir=Path(self._str(s.get("dir", "./data"), "storage.dir")),
             fsync=fsync,
+            compact_ratio=self._ratio(s.get("compact_ratio", 2.0), "storage.compact_ratio"),
+            compact_min_bytes=self._int(
+                s.get("compact_min_bytes", 16 * 1024 * 1024), "storage.compact_min_bytes", 0, 2**62
+            ),
         )
         lim = self._map(
             top.get("limits", {}),
@@ -339,6 +351,12 @@ class _Parser:
     def _seconds(raw: Any, where: str) -> float:
         if isinstance(raw, bool) or not isinstance(raw, int | float) or not raw > 0:
             raise _Invalid(where, "must be a positive number of seconds")
+        return float(raw)
+
+    @staticmethod
+    def _ratio(raw: Any, where: str) -> float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or not raw >= 1:
+            raise _Invalid(where, "must be a number of at least 1")
         return float(raw)
 
     @staticmethod

@@ -4,6 +4,7 @@ Every failure a zkv user can see is a ``ZkvError``::
 
     ZkvError
     ├── ConfigError (ValueError)          bad YAML: names the file and the key path
+    ├── StorageCorrupted                  a node's files are damaged beyond a torn tail
     ├── ProtocolError                     malformed or unexpected frames
     │   ├── LocalProtocolError            we tried to send something invalid
     │   └── RemoteProtocolError           the peer sent something invalid
@@ -45,6 +46,7 @@ __all__ = [
     "RemoteProtocolError",
     "RequestError",
     "ServerError",
+    "StorageCorrupted",
     "Timeout",
     "TransportError",
     "Unavailable",
@@ -87,6 +89,14 @@ class ZkvError(Exception):
 
 class ConfigError(ZkvError, ValueError):
     """The cluster's YAML file is missing, unreadable or invalid (the operator's fault)."""
+
+
+class StorageCorrupted(ZkvError):
+    """A node's data files are damaged in a way recovery will not guess about.
+
+    The message names the file and offset; ``zkv check --data DIR`` reports, and
+    ``--repair`` cuts the damaged part (losing what follows it).
+    """
 
 
 class ProtocolError(ZkvError):

@@ -38,6 +38,7 @@ from zkv.errors import (
 from zkv.protocol import NodeInfo, Op, Request
 from zkv.runtime import Throttle, bind_endpoint, recv_frames, write_ready_file
 from zkv.storage.engine import Store
+from zkv.storage.persistence import Persistence
 
 __all__ = ["Node"]
 
@@ -65,6 +66,13 @@ class Node:
         self.ready_file = ready_file
         self.context = context or zmq.Context.instance()
         self.store = Store(config.slots)
+        storage = config.storage
+        self.persistence = Persistence(
+            config.data_dir(name),
+            storage.fsync,
+            compact_ratio=storage.compact_ratio,
+            compact_min_bytes=storage.compact_min_bytes,
+        )
         self.limits = config.limits
         self._stopping = False
         #: Warnings any peer can trigger at will are throttled.
@@ -94,7 +102,28 @@ class Node:
         self._stopping = True
 
     def run(self) -> None:
-        """Bind, register with the broker and serve until ``stop()``."""
+        """Recover the data folder, bind, register with the broker and serve until ``stop()``.
+
+        Raises ``StorageCorrupted`` (before binding anything) if the data folder is damaged
+        beyond a torn tail.
+        """
+        report = self.persistence.recover(self.store)
+        log.info(
+            "node %s recovered %d keys at seq %d in %.3f s (snapshot %s, %d log records)",
+            self.me.name,
+            self.store.held,
+            report.seq,
+            report.seconds,
+            "none" if report.snapshot_seq is None else f"as of seq {report.snapshot_seq}",
+            report.records,
+        )
+        try:
+            self._run_sockets()
+        finally:
+            self.persistence.close()
+        log.info("node %s stopped", self.me.name)
+
+    def _run_sockets(self) -> None:
         ctx = self.context
         broker = ctx.socket(zmq.DEALER)
         broker.setsockopt(zmq.IDENTITY, f"node:{self.me.name}".encode())
@@ -114,7 +143,6 @@ class Node:
         finally:
             for sock in (broker, pub, sync):
                 sock.close(linger=0)
-        log.info("node %s stopped", self.me.name)
 
     def info(self) -> NodeInfo:
         """What this node tells the broker about itself."""
@@ -154,9 +182,12 @@ class Node:
         poller.register(sync, zmq.POLLIN)
         next_heartbeat = time.monotonic() + interval
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+        persistence = self.persistence
         while not self._stopping:
             now = time.monotonic()
             wait_s = max(0.0, min(next_heartbeat, next_sweep) - now)
+            if persistence.compacting:
+                wait_s = 0.0  # a compaction step runs each turn, idle or not
             try:
                 ready = dict(poller.poll(int(wait_s * 1000)))
             except zmq.ZMQError as exc:  # EINTR from a signal: loop to check _stopping
@@ -170,12 +201,24 @@ class Node:
             now = time.monotonic()
             if now >= next_sweep:
                 self.store.sweep()
+                persistence.flush()
                 next_sweep = now + SWEEP_INTERVAL_S
+            persistence.maybe_compact(self.store)
             if now >= next_heartbeat:
                 self._send(broker, protocol.encode_node_info(protocol.NODE_HEARTBEAT, self.info()))
                 next_heartbeat = now + interval
 
     def _drain(self, broker: zmq.Socket[bytes]) -> None:
+        """Handle every ready request, log their records in one go, then reply to them all."""
+        replies: list[list[bytes]] = []
+        try:
+            self._handle_ready(broker, replies)
+        finally:
+            self.persistence.flush()  # group commit: logged before any is acknowledged
+            for reply in replies:
+                self._send(broker, reply)
+
+    def _handle_ready(self, broker: zmq.Socket[bytes], replies: list[list[bytes]]) -> None:
         for _ in range(DRAIN_MAX):
             try:
                 frames = recv_frames(broker)
@@ -191,8 +234,8 @@ class Node:
                 continue
             if kind == protocol.NODE_REQUEST and len(frames) == 5:
                 reply = self.handle(frames[2:])
-                self._send(
-                    broker, [protocol.node_header(protocol.NODE_REPLY, epoch), frames[1], *reply]
+                replies.append(
+                    [protocol.node_header(protocol.NODE_REPLY, epoch), frames[1], *reply]
                 )
             elif kind == protocol.BROKER_HEARTBEAT:
                 pass  # the broker is alive; failure handling comes with replication

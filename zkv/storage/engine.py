@@ -67,6 +67,8 @@ class Store:
         self._expires: dict[bytes, float] = {}
         self._heap: list[tuple[float, bytes]] = []
         self._count = 0
+        #: Bytes of live keys and values (what a snapshot must hold), for compaction.
+        self.data_bytes = 0
         self._listeners: list[Callable[[int, Record], None]] = []
 
     # ------------------------------------------------------------------ records
@@ -99,6 +101,7 @@ class Store:
             self._expires.clear()
             self._heap.clear()
             self._count = 0
+            self.data_bytes = 0
         else:
             raise ValueError(f"unknown record op {op!r}")
 
@@ -106,8 +109,12 @@ class Store:
         table = self._by_slot.get(slot := slot_of(key, self.slots))
         if table is None:
             table = self._by_slot[slot] = {}
-        if key not in table:
+        old = table.get(key)
+        if old is None:
             self._count += 1
+            self.data_bytes += len(key) + len(value)
+        else:
+            self.data_bytes += len(value) - len(old)
         table[key] = value
         self._set_expiry(key, expires_at)
 
@@ -124,13 +131,35 @@ class Store:
     def _del(self, key: bytes) -> bool:
         slot = slot_of(key, self.slots)
         table = self._by_slot.get(slot)
-        if table is None or table.pop(key, None) is None:
+        value = None if table is None else table.pop(key, None)
+        if value is None:
             return False
+        self.data_bytes -= len(key) + len(value)
         if not table:
             del self._by_slot[slot]
         self._expires.pop(key, None)
         self._count -= 1
         return True
+
+    def load(self, flat: list[Any]) -> None:
+        """Add ``[key, value, expires_at, ...]`` from a snapshot (no records, no listeners)."""
+        for i in range(0, len(flat), 3):
+            self._set(flat[i], flat[i + 1], flat[i + 2])
+
+    def slot_numbers(self) -> list[int]:
+        """The slots that hold keys, ascending."""
+        return sorted(self._by_slot)
+
+    def slot_items(self, slot: int) -> list[Any]:
+        """``[key, value, expires_at, ...]`` for every key held in ``slot`` (expired included)."""
+        table = self._by_slot.get(slot)
+        if not table:
+            return []
+        expires = self._expires
+        flat: list[Any] = []
+        for key, value in table.items():
+            flat += (key, value, expires.get(key))
+        return flat
 
     # ------------------------------------------------------------------ reads
 
