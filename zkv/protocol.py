@@ -425,6 +425,10 @@ class NodeInfo:
     sync: str = ""
     requests: int = 0
     errors: int = 0
+    fsyncs: int = 0
+    log_bytes: int = 0
+    compactions: int = 0
+    max_stall_ms: float = 0.0
 
 
 _NODE_INFO_TYPES: Final = {
@@ -439,6 +443,10 @@ _NODE_INFO_TYPES: Final = {
     "sync": str,
     "requests": int,
     "errors": int,
+    "fsyncs": int,
+    "log_bytes": int,
+    "compactions": int,
+    "max_stall_ms": float,
 }
 
 

@@ -158,6 +158,10 @@ class Node:
             sync=self.sync,
             requests=self.requests,
             errors=self.errors,
+            fsyncs=self.persistence.log.fsyncs,
+            log_bytes=self.persistence.log_bytes,
+            compactions=self.persistence.compactions,
+            max_stall_ms=round(self.persistence.max_stall_s * 1000, 3),
         )
 
     # ------------------------------------------------------------------ loop
