@@ -303,7 +303,7 @@ def test_bad_yaml_line_number() -> None:
         ({"cluster": "x"}, "shards: is required"),
         (
             _doc(bogus=1),
-            "bogus: unknown key (known: broker, cluster, defaults, heartbeat, limits, shards, "
+            "bogus: unknown key (known: broker, cluster, defaults, heartbeat, limits, replication, shards, "
             "slots, storage)",
         ),
         (_doc(cluster=""), "cluster: must be a non-empty string"),

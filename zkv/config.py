@@ -27,6 +27,7 @@ __all__ = [
     "HeartbeatConfig",
     "LimitsConfig",
     "NodeConfig",
+    "ReplicationConfig",
     "StorageConfig",
     "load_config",
     "parse_config",
@@ -89,6 +90,17 @@ class HeartbeatConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicationConfig:
+    """How primaries and replicas keep in step."""
+
+    #: A replica that has not acknowledged a write for this long leaves the in-sync set.
+    ack_timeout_s: float = 1.0
+    #: Stream messages queued per replica before the primary drops some (the replica then
+    #: sees a gap and resyncs).
+    hwm: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """One shard node: its name, its shard and the endpoints it binds."""
 
@@ -110,6 +122,7 @@ class ClusterConfig:
     defaults: DefaultsConfig
     heartbeat: HeartbeatConfig
     shards: dict[str, tuple[NodeConfig, ...]]
+    replication: ReplicationConfig = ReplicationConfig()
     path: Path | None = None
 
     def nodes(self) -> list[NodeConfig]:
@@ -199,6 +212,7 @@ class _Parser:
                 "defaults",
                 "heartbeat",
                 "shards",
+                "replication",
             },
         )
         cluster = self._str(top.get("cluster", "zkv"), "cluster")
@@ -258,6 +272,11 @@ class _Parser:
             interval_s=self._seconds(h.get("interval_s", 0.5), "heartbeat.interval_s"),
             liveness=self._int(h.get("liveness", 3), "heartbeat.liveness", 1, 1000),
         )
+        r = self._map(top.get("replication", {}), "replication", allowed={"ack_timeout_s", "hwm"})
+        replication = ReplicationConfig(
+            ack_timeout_s=self._seconds(r.get("ack_timeout_s", 1.0), "replication.ack_timeout_s"),
+            hwm=self._int(r.get("hwm", 100_000), "replication.hwm", 1, 2**31),
+        )
         shards = self._shards(top["shards"], broker)
         if slots < len(shards):
             raise _Invalid("slots", f"must be at least the number of shards ({len(shards)})")
@@ -270,6 +289,7 @@ class _Parser:
             defaults=defaults,
             heartbeat=heartbeat,
             shards=shards,
+            replication=replication,
             path=path,
         )
 

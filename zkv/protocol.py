@@ -417,6 +417,9 @@ class NodeInfo:
     name: str
     shard: str
     role: str = "primary"
+    state: str = "serving"
+    lag: int = 0
+    in_sync: list[str] = field(default_factory=list)
     pid: int = 0
     epoch: int = 0
     seq: int = 0
@@ -435,6 +438,9 @@ _NODE_INFO_TYPES: Final = {
     "name": str,
     "shard": str,
     "role": str,
+    "state": str,
+    "lag": int,
+    "in_sync": list,
     "pid": int,
     "epoch": int,
     "seq": int,

@@ -41,6 +41,7 @@ class Membership:
         self.members: dict[str, Member] = {
             node.name: Member(node.name, node.shard) for node in config.nodes()
         }
+        self._turn = 0
         self.shards: dict[str, list[str]] = {
             shard: [n.name for n in nodes] for shard, nodes in config.shards.items()
         }
@@ -98,6 +99,21 @@ class Membership:
             if member.alive and member.info is not None and member.info.role == "primary":
                 return member
         return None
+
+    def reader(self, shard: str) -> Member | None:
+        """A node for an ``eventual`` read: the following replicas in turn, else the primary."""
+        replicas = [
+            self.members[name]
+            for name in self.shards[shard]
+            if (m := self.members[name]).alive
+            and m.info is not None
+            and m.info.role == "replica"
+            and m.info.state == "following"
+        ]
+        if not replicas:
+            return self.primary(shard)
+        self._turn += 1
+        return replicas[self._turn % len(replicas)]
 
     def alive(self) -> list[Member]:
         """Every live member."""

@@ -39,7 +39,7 @@ from zkv.errors import (
     Unavailable,
     ZkvError,
 )
-from zkv.protocol import Op, Request
+from zkv.protocol import Consistency, Op, Request
 from zkv.runtime import MAX_FRAMES, Throttle, bind_endpoint, recv_frames, write_ready_file
 from zkv.slots import SlotMap
 
@@ -158,9 +158,22 @@ class Broker:
 
     def _tick(self, now: float) -> None:
         self.membership.expire(now)
-        beat = [protocol.node_header(protocol.BROKER_HEARTBEAT, 0), protocol.packb({})]
+        beats = {}
+        for shard in self.config.shards:
+            primary = self.membership.primary(shard)
+            body: dict[str, Any] = {}
+            if primary is not None and primary.info is not None:
+                body["primary"] = {
+                    "name": primary.name,
+                    "publish": primary.info.publish,
+                    "sync": primary.info.sync,
+                }
+            beats[shard] = [
+                protocol.node_header(protocol.BROKER_HEARTBEAT, 0),
+                protocol.packb(body),
+            ]
         for member in self.membership.alive():
-            self._to_node(member, beat)
+            self._to_node(member, beats[member.shard])
         for gid, gather in list(self._gathers.items()):
             if now > gather.deadline:
                 del self._gathers[gid]
@@ -208,7 +221,7 @@ class Broker:
         if len(key) > protocol.MAX_KEY_FRAME_BYTES:
             raise RemoteProtocolError(f"key frame of {len(key)} bytes")
         shard = self.slot_map.shard_of(key)
-        member = self.membership.primary(shard)
+        member = self._target(shard, request)
         if member is None:
             raise self._unavailable(shard, request)
         if not self._to_node(
@@ -223,7 +236,7 @@ class Broker:
         parts = fanout.plan(request, self.slot_map)
         members = []
         for part in parts:
-            member = self.membership.primary(part.shard)
+            member = self._target(part.shard, request)
             if member is None:
                 raise self._unavailable(part.shard, request)
             members.append(member)
@@ -256,6 +269,13 @@ class Broker:
                 del self._gathers[gid]
                 raise self._unavailable(part.shard, request)
 
+    def _target(self, shard: str, request: Request) -> Member | None:
+        """Where ``request`` goes in ``shard``: eventual reads to a replica, the rest to the
+        primary."""
+        if request.consistency is Consistency.EVENTUAL and request.op not in protocol.WRITE_OPS:
+            return self.membership.reader(shard)
+        return self.membership.primary(shard)
+
     @staticmethod
     def _unavailable(shard: str, request: Request) -> Unavailable:
         return Unavailable(
@@ -275,6 +295,9 @@ class Broker:
                     "name": member.name,
                     "shard": member.shard,
                     "role": info.role if info else None,
+                    "state": info.state if info else None,
+                    "lag": _lag(info, primary) if info else None,
+                    "in_sync": _in_sync(member, primary),
                     "alive": member.alive,
                     "pid": info.pid if info else None,
                     "epoch": info.epoch if info else None,
@@ -391,3 +414,19 @@ class Broker:
 
 def _ranges(runs: list[tuple[int, int]]) -> str:
     return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
+
+
+def _lag(info: protocol.NodeInfo, primary: Member | None) -> int | None:
+    """How many records a node is behind its shard's primary (None if unknown)."""
+    if info.role == "primary":
+        return 0
+    if primary is None or primary.info is None:
+        return None
+    return max(0, primary.info.seq - info.seq)
+
+
+def _in_sync(member: Member, primary: Member | None) -> bool | None:
+    """Whether a replica is in its primary's in-sync set (None for a primary or unknown)."""
+    if primary is None or primary is member or primary.info is None:
+        return None
+    return member.name in primary.info.in_sync

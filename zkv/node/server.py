@@ -5,14 +5,16 @@ Sockets:
 - DEALER to the broker's ``nodes`` endpoint, identity ``node:<name>``: requests in, replies,
   READY and heartbeats out. Heartbeats carry the node's full ``NodeInfo``, so a restarted
   broker learns the node again from the next heartbeat.
-- PUB bound at ``publish`` and ROUTER bound at ``sync``: the replication stream and the
-  snapshot/ack channel. They are bound now so that READY reports the endpoints actually bound;
-  the replication issue gives them traffic.
+- PUB bound at ``publish`` and ROUTER bound at ``sync``: a primary's replication stream and
+  its snapshot/ack channel (``primary.py``); a replica connects a SUB and a DEALER to its
+  primary's (``replica.py``), whose endpoints the broker's heartbeats carry.
 
-Requests are applied in arrival order; each loop turn drains every ready message before
-running timers (heartbeat, active expiry sweep). Nothing from the network can stop the
-loop: a malformed request is answered with an error, and an unexpected exception while
-handling one is logged and answered with ``ServerError``.
+The first node listed for a shard starts as its primary, the others as replicas. Requests
+are applied in arrival order; each loop turn drains every ready message, logs the turn's
+records in one go (group commit), publishes them, and only then replies: at once for reads
+and ``eventual`` writes, once every in-sync replica has acknowledged for ``strong`` writes.
+Nothing from the network can stop the loop: a malformed request is answered with an error,
+and an unexpected exception while handling one is logged and answered with ``ServerError``.
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ from zkv.errors import (
     InvalidRequest,
     KeyExists,
     ServerError,
+    Unavailable,
     ZkvError,
 )
-from zkv.protocol import NodeInfo, Op, Request
+from zkv.node.primary import Primary
+from zkv.node.replica import Replica
+from zkv.protocol import Consistency, NodeInfo, Op, Request
 from zkv.runtime import Throttle, bind_endpoint, recv_frames, write_ready_file
 from zkv.storage.engine import Store
 from zkv.storage.persistence import Persistence
@@ -66,6 +71,10 @@ class Node:
         self.ready_file = ready_file
         self.context = context or zmq.Context.instance()
         self.store = Store(config.slots)
+        self.role = "primary" if config.shards[self.me.shard][0].name == name else "replica"
+        self.store.primary = self.role == "primary"
+        self.primary: Primary | None = None
+        self.replica: Replica | None = None
         storage = config.storage
         self.persistence = Persistence(
             config.data_dir(name),
@@ -131,16 +140,41 @@ class Node:
         broker.setsockopt(zmq.MAXMSGSIZE, self.limits.max_request_bytes + 4096)
         pub = ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.LINGER, 0)
+        pub.setsockopt(zmq.SNDHWM, self.config.replication.hwm)
         sync = ctx.socket(zmq.ROUTER)
         sync.setsockopt(zmq.LINGER, 0)
+        sync.setsockopt(zmq.SNDHWM, 8)  # snapshot chunks go only as fast as a replica reads
+        sync.setsockopt(zmq.ROUTER_MANDATORY, 1)
         try:
             pub.bind(bind_endpoint(self.me.publish))
             sync.bind(bind_endpoint(self.me.sync))
             self.publish = pub.getsockopt_string(zmq.LAST_ENDPOINT)
             self.sync = sync.getsockopt_string(zmq.LAST_ENDPOINT)
             broker.connect(self.config.broker.nodes)
+            interval = self.config.heartbeat.interval_s
+            if self.role == "primary":
+                self.primary = Primary(
+                    self.store,
+                    pub,
+                    sync,
+                    epoch=0,
+                    heartbeat_s=interval,
+                    ack_timeout_s=self.config.replication.ack_timeout_s,
+                )
+                self.persistence.tap = self.primary.record
+            else:
+                self.replica = Replica(
+                    self.me.name,
+                    self.store,
+                    self.persistence,
+                    ctx,
+                    hwm=self.config.replication.hwm,
+                    heartbeat_s=interval,
+                )
             self._serve(broker, sync)
         finally:
+            if self.replica is not None:
+                self.replica.close()
             for sock in (broker, pub, sync):
                 sock.close(linger=0)
 
@@ -149,7 +183,10 @@ class Node:
         return NodeInfo(
             name=self.me.name,
             shard=self.me.shard,
-            role="primary",
+            role=self.role,
+            state=self.replica.state if self.replica else "serving",
+            lag=self.replica.lag if self.replica else 0,
+            in_sync=self.primary.replicas.in_sync() if self.primary else [],
             pid=os.getpid(),
             epoch=0,
             seq=self.store.seq,
@@ -181,53 +218,79 @@ class Node:
             write_ready_file(
                 self.ready_file, {"name": self.me.name, "publish": self.publish, "sync": self.sync}
             )
-        poller = zmq.Poller()
-        poller.register(broker, zmq.POLLIN)
-        poller.register(sync, zmq.POLLIN)
+        poller = self._poller(broker, sync)
         next_heartbeat = time.monotonic() + interval
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
         persistence = self.persistence
+        primary, replica = self.primary, self.replica
         while not self._stopping:
             now = time.monotonic()
             wait_s = max(0.0, min(next_heartbeat, next_sweep) - now)
-            if persistence.compacting:
-                wait_s = 0.0  # a compaction step runs each turn, idle or not
+            if persistence.compacting or (primary is not None and primary.transferring):
+                wait_s = 0.0  # a compaction step or snapshot chunk goes out each turn
             try:
                 ready = dict(poller.poll(int(wait_s * 1000)))
             except zmq.ZMQError as exc:  # EINTR from a signal: loop to check _stopping
                 if exc.errno != errno.EINTR:
                     raise
                 continue
+            replies: list[tuple[list[bytes], bool]] = []
+            if replica is not None:
+                if replica.sub is not None and replica.sub in ready:
+                    self._drain_each(replica.sub, replica.on_stream)
+                if replica.dealer is not None and replica.dealer in ready:
+                    self._drain_each(replica.dealer, replica.on_sync)
             if broker in ready:
-                self._drain(broker)
-            if sync in ready:
-                self._drain_sync(sync)
+                poller = self._drain(broker, replies, poller, sync) or poller
             now = time.monotonic()
             if now >= next_sweep:
                 self.store.sweep()
-                persistence.flush()
                 next_sweep = now + SWEEP_INTERVAL_S
+            # group commit: the turn's records are logged before any reply goes out
+            persistence.flush()
+            if primary is not None:
+                primary.publish(now)
+                if sync in ready:
+                    replies += [(r, False) for r in self._drain_sync(sync, primary, now)]
+                replies += [(r, False) for r in primary.tick(now)]
+                primary.stream_snapshots()
+            elif replica is not None:
+                replica.tick(now)
+            for reply, strong in replies:
+                if strong and primary is not None:
+                    held = primary.hold(self.store.seq, reply, now)
+                    if held is None:
+                        continue
+                self._send(broker, reply)
             persistence.maybe_compact(self.store)
             if now >= next_heartbeat:
                 self._send(broker, protocol.encode_node_info(protocol.NODE_HEARTBEAT, self.info()))
                 next_heartbeat = now + interval
 
-    def _drain(self, broker: zmq.Socket[bytes]) -> None:
-        """Handle every ready request, log their records in one go, then reply to them all."""
-        replies: list[list[bytes]] = []
-        try:
-            self._handle_ready(broker, replies)
-        finally:
-            self.persistence.flush()  # group commit: logged before any is acknowledged
-            for reply in replies:
-                self._send(broker, reply)
+    def _poller(self, broker: zmq.Socket[bytes], sync: zmq.Socket[bytes]) -> zmq.Poller:
+        poller = zmq.Poller()
+        poller.register(broker, zmq.POLLIN)
+        poller.register(sync, zmq.POLLIN)
+        if self.replica is not None:
+            for sock in (self.replica.sub, self.replica.dealer):
+                if sock is not None:
+                    poller.register(sock, zmq.POLLIN)
+        return poller
 
-    def _handle_ready(self, broker: zmq.Socket[bytes], replies: list[list[bytes]]) -> None:
+    def _drain(
+        self,
+        broker: zmq.Socket[bytes],
+        replies: list[tuple[list[bytes], bool]],
+        poller: zmq.Poller,
+        sync: zmq.Socket[bytes],
+    ) -> zmq.Poller | None:
+        """Handle every ready broker message; a new poller if the replica's sockets changed."""
+        new_poller = None
         for _ in range(DRAIN_MAX):
             try:
                 frames = recv_frames(broker)
             except zmq.Again:
-                return
+                break
             if frames is None:
                 self._bad.warning("dropped a message from the broker with too many frames")
                 continue
@@ -237,25 +300,54 @@ class Node:
                 self._bad.warning("dropped a malformed message from the broker: %s", exc)
                 continue
             if kind == protocol.NODE_REQUEST and len(frames) == 5:
-                reply = self.handle(frames[2:])
+                reply, strong = self.handle(frames[2:])
                 replies.append(
-                    [protocol.node_header(protocol.NODE_REPLY, epoch), frames[1], *reply]
+                    ([protocol.node_header(protocol.NODE_REPLY, epoch), frames[1], *reply], strong)
                 )
-            elif kind == protocol.BROKER_HEARTBEAT:
-                pass  # the broker is alive; failure handling comes with replication
+            elif kind == protocol.BROKER_HEARTBEAT and len(frames) == 2:
+                if self._on_broker_heartbeat(frames[1]):
+                    new_poller = self._poller(broker, sync)
             else:
                 self._bad.warning(
                     "dropped a broker message of kind %r with %d frames", kind, len(frames)
                 )
+        return new_poller
 
-    def _drain_sync(self, sync: zmq.Socket[bytes]) -> None:
-        """Nothing talks to the sync socket before replication; drop what arrives."""
+    def _on_broker_heartbeat(self, body: bytes) -> bool:
+        """Follow the primary the broker names; True if the replica's sockets changed."""
+        if self.replica is None:
+            return False
+        try:
+            beat = protocol.unpackb(body)
+            primary = beat.get("primary") if isinstance(beat, dict) else None
+            if not isinstance(primary, dict):
+                return False
+            name, publish, sync = primary["name"], primary["publish"], primary["sync"]
+        except (ZkvError, KeyError) as exc:
+            self._bad.warning("dropped a malformed broker heartbeat: %s", exc)
+            return False
+        return bool(self.replica.follow(str(name), str(publish), str(sync)))
+
+    def _drain_sync(
+        self, sync: zmq.Socket[bytes], primary: Primary, now: float
+    ) -> list[list[bytes]]:
+        released: list[list[bytes]] = []
+        self._drain_each(sync, lambda frames: released.extend(primary.on_sync(frames, now)))
+        return released
+
+    def _drain_each(self, sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], Any]) -> None:
         for _ in range(DRAIN_MAX):
             try:
-                recv_frames(sync)
+                frames = recv_frames(sock)
             except zmq.Again:
                 return
-            self._bad.warning("dropped a message on the sync socket (replication is not enabled)")
+            if frames is None:
+                self._bad.warning("dropped a message with too many frames")
+                continue
+            try:
+                handle(frames)
+            except Exception as exc:
+                self._bad.warning("dropped a replication message: %s: %s", type(exc).__name__, exc)
 
     @staticmethod
     def _send(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
@@ -266,24 +358,41 @@ class Node:
 
     # ------------------------------------------------------------------ requests
 
-    def handle(self, frames: list[bytes]) -> list[bytes]:
-        """The reply frames for one request's ``[header, key, body]``."""
+    def handle(self, frames: list[bytes]) -> tuple[list[bytes], bool]:
+        """The reply frames for one request's ``[header, key, body]``, and whether it is a
+        ``strong`` write (whose reply waits for the in-sync replicas)."""
         self.requests += 1
         request: Request | None = None
         try:
             request = protocol.decode_request(frames, protocol.NODE_OPS)
             protocol.check_key(request.key, self.limits.max_key_bytes)
+            write = request.op in protocol.WRITE_OPS
+            if self.replica is not None:
+                self._check_replica_may_serve(write)
             result = self._handlers[request.op](request)
-            return protocol.encode_reply(request.seq, result)
+            strong = write and request.consistency is Consistency.STRONG
+            return protocol.encode_reply(request.seq, result), strong
         except ZkvError as exc:
             self.errors += 1
             seq = request.seq if request is not None else exc.seq
-            return protocol.encode_error(seq or 0, exc)
+            return protocol.encode_error(seq or 0, exc), False
         except Exception as exc:
             self.errors += 1
             log.exception("failed to handle %s", request.op.name if request else "a request")
             seq = request.seq if request is not None else 0
-            return protocol.encode_error(seq, ServerError(f"{type(exc).__name__}: {exc}"))
+            return protocol.encode_error(seq, ServerError(f"{type(exc).__name__}: {exc}")), False
+
+    def _check_replica_may_serve(self, write: bool) -> None:
+        assert self.replica is not None
+        if write:
+            raise Unavailable(
+                f"node {self.me.name} is a replica of shard {self.me.shard}; "
+                "writes go to its primary"
+            )
+        if self.replica.state != "following":
+            raise Unavailable(
+                f"replica {self.me.name} is {self.replica.state}; ask its primary or try again"
+            )
 
     def _value(self, request: Request, value: bytes) -> bytes:
         protocol.check_value(request.key, value, self.limits.max_value_bytes)

@@ -84,6 +84,13 @@ class Store:
         for listener in self._listeners:
             listener(self.seq, record)
 
+    def replicate(self, seq: int, record: Record) -> None:
+        """Apply a record a primary numbered ``seq`` (the next one) and tell the listeners."""
+        self.apply_record(record)
+        self.seq = seq
+        for listener in self._listeners:
+            listener(seq, record)
+
     def apply_record(self, record: Record) -> None:
         """Change the maps as ``record`` says (no sequence number, no listeners)."""
         op = record[0]

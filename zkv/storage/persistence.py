@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -68,6 +69,9 @@ class Persistence:
         self.compact_ratio = compact_ratio
         self.compact_min_bytes = compact_min_bytes
         self.log = AppendLog(directory, fsync)
+        #: Called with each record's sequence number and payload as it is logged (a primary
+        #: publishes them to its replicas).
+        self.tap: Callable[[int, bytes], None] | None = None
         self.max_stall_s = 0.0
         self.compactions = 0
         self._older_bytes = 0  # log segments before the current one
@@ -167,7 +171,10 @@ class Persistence:
     # ------------------------------------------------------------------ logging
 
     def _on_record(self, seq: int, record: Record) -> None:
-        self.log.append(msgpack.packb((seq, *record), use_bin_type=True))
+        payload = msgpack.packb((seq, *record), use_bin_type=True)
+        self.log.append(payload)
+        if self.tap is not None:
+            self.tap(seq, payload)
 
     def flush(self) -> None:
         """Hand this turn's records to the OS (and the disk under ``always``)."""
@@ -282,6 +289,37 @@ class Persistence:
             time.monotonic() - self._compact_started,
             self.max_stall_s * 1000,
         )
+
+    # ------------------------------------------------------------------ resync
+
+    def adopt(self, writer: SnapshotWriter) -> None:
+        """Replace everything on disk with the snapshot ``writer`` holds (a replica's resync).
+
+        Order matters for a crash at any point: the new snapshot is made durable under its
+        temporary name, the old log segments go, then the rename makes it visible and a new
+        segment starts at its sequence + 1. A crash before the rename leaves the old snapshot
+        (an older but consistent state, resynced again at start).
+        """
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+        if self._finisher is not None:
+            self._finisher.join()
+            self._complete()
+
+        def drop_old() -> None:
+            with self._lock:
+                self.log.close()
+            for segment in segments(self.directory):
+                segment.path.unlink()
+
+        writer.finish(before_rename=drop_old)
+        for seq, path in snapshots(self.directory):
+            if seq != writer.seq:
+                path.unlink()
+        with self._lock:
+            self.log.open(writer.seq + 1)
+        self._older_bytes = 0
 
     # ------------------------------------------------------------------ shutdown
 

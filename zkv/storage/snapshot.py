@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -74,15 +74,18 @@ class SnapshotWriter:
             self.keys += len(flat) // 3
             self._write(encode_frame(msgpack.packb(flat, use_bin_type=True)))
 
-    def finish(self) -> Path:
+    def finish(self, before_rename: Callable[[], None] | None = None) -> Path:
         """Write the end frame, fsync, rename into place; the final path.
 
-        Safe to run in a thread of its own (it touches only this writer's file).
+        ``before_rename`` runs once the file is durable under its temporary name. Safe to
+        run in a thread of its own (it touches only this writer's file).
         """
         self._write(encode_frame(msgpack.packb({"end": True, "keys": self.keys})))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        if before_rename is not None:
+            before_rename()
         os.replace(self.tmp, self.path)
         fsync_dir(self.path.parent)
         return self.path
