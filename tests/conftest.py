@@ -131,7 +131,8 @@ class Proc:
 class Cluster:
     """A running broker and nodes, with helpers to reach, kill and restart them."""
 
-    def __init__(self, tmp: Path, shards: dict[str, list[str]], **overrides: Any) -> None:
+    def __init__(self, tmp: Path, shards: dict[str, list[str]], *, lazy: tuple[str, ...] = (),
+                 **overrides: Any) -> None:
         self.tmp = tmp
         self.shards = shards
         self.clients: list[zkv.Client] = []
@@ -159,10 +160,37 @@ class Cluster:
         broker.argv[broker.argv.index(str(self.broker_config))] = str(self.config)
         names = [n for ns in shards.values() for n in ns]
         for name in names:
-            self._proc(name, ["node", "--config", str(self.config), "--name", name]).start()
-        for name in names:
+            proc = self._proc(name, ["node", "--config", str(self.config), "--name", name])
+            if name not in lazy:  # lazy nodes are started by the test: c.start(name)
+                proc.start()
+        started = [n for n in names if n not in lazy]
+        for name in started:
             self.procs[name].wait_ready()
-        self.wait_alive(names)
+        self.wait_alive(started)
+
+    def start(self, name: str) -> None:
+        """Start a node (a lazy one, or one that was stopped) and wait until it is alive."""
+        self.procs[name].start()
+        self.procs[name].wait_ready()
+        self.wait_alive([name])
+
+    def node(self, name: str) -> dict[str, Any]:
+        """One node's entry in the broker's status."""
+        return self.status()[name]
+
+    def wait_for(self, predicate: Any, what: str, timeout: float = 20.0) -> None:
+        """Poll ``predicate()`` until it is true; fail with ``what`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if predicate():
+                    return
+            except zkv.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout} s waiting for {what}\n"
+                                   f"{self.logs()}")
+            time.sleep(0.05)
 
     def _proc(self, name: str, args: list[str]) -> Proc:
         proc = Proc(

@@ -99,7 +99,10 @@ class Store:
         elif op == RecordOp.DEL:
             self._del(record[1])
         elif op == RecordOp.EXPIRE_AT:
-            self._set_expiry(record[1], record[2])
+            key = record[1]
+            table = self._by_slot.get(slot_of(key, self.slots))
+            if table is not None and key in table:  # replayed over a fuzzy snapshot it may
+                self._set_expiry(key, record[2])  # be gone already: then there is nothing
         elif op == RecordOp.MSET:
             for key, value in record[1]:
                 self._set(key, value, record[2])
@@ -140,6 +143,7 @@ class Store:
         table = self._by_slot.get(slot)
         value = None if table is None else table.pop(key, None)
         if value is None:
+            self._expires.pop(key, None)
             return False
         self.data_bytes -= len(key) + len(value)
         if not table:

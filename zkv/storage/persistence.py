@@ -30,7 +30,7 @@ import msgpack
 
 from zkv.errors import StorageCorrupted
 from zkv.storage.engine import Record, RecordOp, Store
-from zkv.storage.log import LOG_MAGIC, AppendLog, scan_file, segments
+from zkv.storage.log import LOG_MAGIC, AppendLog, scan_file, segment_path, segments
 from zkv.storage.snapshot import SnapshotWriter, load_snapshot, snapshots
 
 __all__ = ["COMPACT_STEP_KEYS", "Persistence", "Recovery", "check_directory"]
@@ -75,6 +75,7 @@ class Persistence:
         self.max_stall_s = 0.0
         self.compactions = 0
         self._older_bytes = 0  # log segments before the current one
+        self._since_snapshot = 0  # records logged since the last snapshot began
         self._lock = threading.Lock()  # the log's descriptor, shared with the fsync thread
         self._closed = threading.Event()
         self._syncer: threading.Thread | None = None
@@ -171,6 +172,7 @@ class Persistence:
     # ------------------------------------------------------------------ logging
 
     def _on_record(self, seq: int, record: Record) -> None:
+        self._since_snapshot += 1
         payload = msgpack.packb((seq, *record), use_bin_type=True)
         self.log.append(payload)
         if self.tap is not None:
@@ -210,7 +212,9 @@ class Persistence:
         elif self._finisher is not None:
             if not self._finisher.is_alive():
                 self._complete()
-        elif self.log_bytes > max(self.compact_min_bytes, self.compact_ratio * store.data_bytes):
+        elif self._since_snapshot and self.log_bytes > max(
+            self.compact_min_bytes, self.compact_ratio * store.data_bytes
+        ):
             self.start_compaction(store)
 
     def start_compaction(self, store: Store) -> None:
@@ -219,8 +223,10 @@ class Persistence:
             return
         seq = store.seq
         self.flush()
-        with self._lock:
-            self.log.rotate(seq + 1)
+        if self.log.path != segment_path(self.directory, seq + 1):  # else nothing new to cut
+            with self._lock:
+                self.log.rotate(seq + 1)
+        self._since_snapshot = 0
         current = self.log.path
         self._older_bytes = sum(
             s.path.stat().st_size for s in segments(self.directory) if s.path != current
@@ -373,11 +379,13 @@ def check_directory(directory: Path, repair: bool = False) -> tuple[bool, list[s
     ok = True
     if not directory.is_dir():
         return False, [f"{directory}: no such folder"]
+    expected = 0  # the newest sequence number accounted for so far
     for seq, path in snapshots(directory):
         try:
             _, chunks = load_snapshot(path)
             keys = sum(len(flat) // 3 for flat in chunks)
             lines.append(f"{path.name}: snapshot as of seq {seq}, {keys} keys: ok")
+            expected = max(expected, seq)
         except StorageCorrupted as exc:
             lines.append(f"{path.name}: BAD: {exc}")
     found = segments(directory)
@@ -385,6 +393,13 @@ def check_directory(directory: Path, repair: bool = False) -> tuple[bool, list[s
         scan, payloads = scan_file(segment.path, LOG_MAGIC)
         seqs = [msgpack.unpackb(p)[0] for p in payloads[:1] + payloads[-1:]]
         span = f"records {seqs[0]}..{seqs[-1]}" if seqs else "no records"
+        if seqs and seqs[0] > expected + 1:
+            ok = False
+            lines.append(
+                f"{segment.path.name}: GAP: records {expected + 1}..{seqs[0] - 1} are missing"
+            )
+        if seqs:
+            expected = max(expected, seqs[-1])
         if scan.clean:
             lines.append(f"{segment.path.name}: {scan.frames} records ({span}): ok")
             continue
