@@ -308,7 +308,7 @@ def test_cluster_status_lists_every_node(cluster: object, kv: zkv.Client) -> Non
         assert n["alive"] is True
         assert n["role"] == "primary"
         assert n["pid"] == cluster.procs[n["name"]].pid  # type: ignore[attr-defined]
-        assert n["epoch"] == 0
+        assert n["epoch"] == 1  # the first epoch of each shard
 
 
 def test_nothing_listening_times_out_as_unavailable() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from zkv.broker.routing import RoutingTable
 from zkv.config import ClusterConfig
 from zkv.protocol import NodeInfo
 
@@ -36,7 +37,10 @@ class Member:
 class Membership:
     """Liveness and roles of every node in the config."""
 
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(self, config: ClusterConfig, routing: RoutingTable) -> None:
+        self.routing = routing
+        #: Shards whose primary is being switched on purpose: no writes are routed meanwhile.
+        self.switching: set[str] = set()
         self.expiry_s = config.heartbeat.expiry_s
         self.members: dict[str, Member] = {
             node.name: Member(node.name, node.shard) for node in config.nodes()
@@ -93,12 +97,39 @@ class Membership:
             log.warning("node %s (shard %s) is unreachable; marked down", name, member.shard)
 
     def primary(self, shard: str) -> Member | None:
-        """The live node serving ``shard``'s writes, or None if there is none."""
-        for name in self.shards[shard]:
-            member = self.members[name]
-            if member.alive and member.info is not None and member.info.role == "primary":
-                return member
+        """The live node serving ``shard``'s writes, or None if there is none.
+
+        That is the routing table's primary once it has taken the role at the shard's
+        current epoch (it says so in its next heartbeat).
+        """
+        if shard in self.switching:
+            return None
+        member = self.members[self.routing.primaries[shard]]
+        info = member.info
+        if (
+            member.alive
+            and info is not None
+            and info.role == "primary"
+            and info.epoch == self.routing.epochs[shard]
+        ):
+            return member
         return None
+
+    def successor(self, shard: str) -> Member | None:
+        """The replica to promote if ``shard``'s primary is dead: of the live replicas the
+        primary last reported in sync, the one with the highest sequence number."""
+        old = self.members[self.routing.primaries[shard]]
+        if old.alive or old.info is None:
+            return None
+        candidates = [
+            m
+            for name in old.info.in_sync
+            if (m := self.members.get(name)) is not None
+            and m.alive
+            and m.info is not None
+            and m.shard == shard
+        ]
+        return max(candidates, key=lambda m: m.info.seq if m.info else -1, default=None)
 
     def reader(self, shard: str) -> Member | None:
         """A node for an ``eventual`` read: the following replicas in turn, else the primary."""
@@ -109,11 +140,18 @@ class Membership:
             and m.info is not None
             and m.info.role == "replica"
             and m.info.state == "following"
+            and m.info.epoch == self.routing.epochs[shard]
         ]
         if not replicas:
             return self.primary(shard)
         self._turn += 1
         return replicas[self._turn % len(replicas)]
+
+    def by_identity(self, identity: bytes) -> Member | None:
+        """The member a node socket identity (``node:<name>``) belongs to."""
+        if not identity.startswith(b"node:"):
+            return None
+        return self.members.get(identity[5:].decode("utf-8", "replace"))
 
     def alive(self) -> list[Member]:
         """Every live member."""

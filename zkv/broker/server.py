@@ -30,6 +30,7 @@ import zmq
 from zkv import protocol
 from zkv.broker import fanout
 from zkv.broker.membership import Member, Membership
+from zkv.broker.routing import RoutingTable
 from zkv.config import ClusterConfig
 from zkv.errors import (
     ErrorCode,
@@ -79,9 +80,11 @@ class Broker:
         self.ready_file = ready_file
         self.context = context or zmq.Context.instance()
         self.slot_map = SlotMap.even(list(config.shards), config.slots)
-        self.membership = Membership(config)
+        self.routing = RoutingTable(config, config.data_dir("broker") / "routing.json")
+        self.membership = Membership(config, self.routing)
         self.requests = 0
         self.errors = 0
+        self.failovers = 0
         self._gathers: dict[int, _Gather] = {}
         self._next_gather = 0
         self._stopping = False
@@ -158,22 +161,12 @@ class Broker:
 
     def _tick(self, now: float) -> None:
         self.membership.expire(now)
-        beats = {}
         for shard in self.config.shards:
-            primary = self.membership.primary(shard)
-            body: dict[str, Any] = {}
-            if primary is not None and primary.info is not None:
-                body["primary"] = {
-                    "name": primary.name,
-                    "publish": primary.info.publish,
-                    "sync": primary.info.sync,
-                }
-            beats[shard] = [
-                protocol.node_header(protocol.BROKER_HEARTBEAT, 0),
-                protocol.packb(body),
-            ]
+            successor = self.membership.successor(shard)
+            if successor is not None:
+                self._promote(shard, successor, "its primary is down")
         for member in self.membership.alive():
-            self._to_node(member, beats[member.shard])
+            self._beat(member)
         for gid, gather in list(self._gathers.items()):
             if now > gather.deadline:
                 del self._gathers[gid]
@@ -225,7 +218,12 @@ class Broker:
         if member is None:
             raise self._unavailable(shard, request)
         if not self._to_node(
-            member, [protocol.node_header(protocol.NODE_REQUEST, 0), _DIRECT + client, *frames]
+            member,
+            [
+                protocol.node_header(protocol.NODE_REQUEST, self.routing.epochs[member.shard]),
+                _DIRECT + client,
+                *frames,
+            ],
         ):
             raise self._unavailable(shard, request)
 
@@ -261,7 +259,7 @@ class Broker:
         for index, (part, member) in enumerate(zip(parts, members, strict=True)):
             envelope = _GATHER_ENVELOPE.pack(_GATHER, gid, index)
             frames = [
-                protocol.node_header(protocol.NODE_REQUEST, 0),
+                protocol.node_header(protocol.NODE_REQUEST, self.routing.epochs[member.shard]),
                 envelope,
                 *protocol.encode_request(part.request),
             ]
@@ -330,13 +328,57 @@ class Broker:
 
     # ------------------------------------------------------------------ nodes
 
+    def _beat(self, member: Member) -> None:
+        """Send ``member`` its heartbeat: its role and epoch, and where its primary is."""
+        shard = member.shard
+        epoch = self.routing.epochs[shard]
+        primary = self.membership.members[self.routing.primaries[shard]]
+        body: dict[str, Any] = {
+            "epoch": epoch,
+            "role": "primary"
+            if primary is member and shard not in self.membership.switching
+            else "replica",
+        }
+        if primary is not member and primary.alive and primary.info is not None:
+            body["primary"] = {
+                "name": primary.name,
+                "publish": primary.info.publish,
+                "sync": primary.info.sync,
+            }
+        self._to_node(
+            member, [protocol.node_header(protocol.BROKER_HEARTBEAT, epoch), protocol.packb(body)]
+        )
+
+    def _promote(self, shard: str, member: Member, why: str) -> None:
+        old = self.routing.primaries[shard]
+        epoch = self.routing.promote(shard, member.name)
+        self.failovers += 1
+        log.warning(
+            "promoted %s to primary of shard %s at epoch %d (seq %s): %s (was %s)",
+            member.name,
+            shard,
+            epoch,
+            member.info.seq if member.info else "?",
+            why,
+            old,
+        )
+        for name in self.membership.shards[shard]:
+            other = self.membership.members[name]
+            if other.alive:
+                self._beat(other)
+
     def _on_node(self, frames: list[bytes]) -> None:
         identity = frames[0]
         if len(frames) < 3:
             self._bad.warning("dropped a %d-frame message from %r", len(frames), identity[:32])
             return
-        kind, _epoch = protocol.decode_node_header(frames[1])
+        kind, epoch = protocol.decode_node_header(frames[1])
         if kind == protocol.NODE_REPLY and len(frames) == 5:
+            member = self.membership.by_identity(identity)
+            if member is None or epoch < self.routing.epochs[member.shard]:
+                # fencing: a node that lost its role at an older epoch acknowledges nothing
+                self._bad.warning("dropped a reply from %r at stale epoch %d", identity[:32], epoch)
+                return
             envelope = frames[2]
             if envelope[:1] == _DIRECT:
                 self._reply(envelope[1:], frames[3:])
@@ -355,6 +397,11 @@ class Broker:
             refused = self.membership.seen(identity, info, time.monotonic())
             if refused:
                 self._bad.warning("refused node: %s", refused)
+                return
+            if info.role == "primary":
+                self.routing.adopt(info.shard, info.name, info.epoch)
+            if kind == protocol.NODE_READY:
+                self._beat(self.membership.members[info.name])  # its role, without delay
         else:
             self._bad.warning(
                 "dropped a node message of kind %r with %d frames from %r",

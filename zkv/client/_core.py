@@ -137,13 +137,17 @@ class ClientCore:
     ) -> Call:
         """Send one request and return its result, raising the reply's error.
 
-        Retries, until the call's timeout, whatever cannot have taken effect: a request no
-        broker connection would take (the broker is down or restarting) and a request the
-        broker answered ``Unavailable`` (it forwarded nothing), with a back-off that doubles.
-        A read that gets no answer is sent again after a growing wait (the broker may have
-        restarted and lost it); a write that gets no answer raises ``Timeout``, since it may
-        have been applied. Out of time, the last error is raised: ``Unavailable`` if the
-        broker said so or could not be reached, else ``Timeout``.
+        Retries until the call's timeout: a request no broker connection would take (the
+        broker is down or restarting) and a request answered ``Unavailable`` (no live node
+        for the shard, e.g. during a failover), with a back-off that doubles; a request that
+        gets no answer is sent again, the same request with the same sequence number, after a
+        wait that grows. That is safe for writes too: a primary (and, through the
+        replication stream, any replica promoted after it) remembers the outcome of each
+        write by request id and answers a retry with it instead of applying it twice.
+
+        Out of time, a read raises the last error (``Unavailable`` if the cluster said so,
+        else ``Timeout``); a write that was sent and not answered raises ``Timeout``, since
+        it may or may not have been applied.
         """
         timeout_s = self.timeout_s if timeout is None else timeout
         if not timeout_s > 0:
@@ -167,22 +171,22 @@ class ClientCore:
                 f"{op.name} request is {size} bytes; the limit is {self.max_request_bytes} "
                 "bytes (limits.max_request_bytes): split the batch"
             )
-        resend = op not in protocol.WRITE_OPS
+        write = op in protocol.WRITE_OPS
         backoff, attempt_s = BACKOFF_FIRST_S, FIRST_ATTEMPT_S
         last: ZkvError | None = None
         while True:
-            wait_until = min(deadline, time.monotonic() + attempt_s) if resend else deadline
+            wait_until = min(deadline, time.monotonic() + attempt_s)
             reply = yield Send(frames, request.seq, wait_until)
             if reply is None:
-                if not resend:  # the write went out: its outcome is unknown
-                    raise Timeout(
-                        f"{op.name} got no reply within {timeout_s:g} s; "
-                        "the write may or may not have been applied"
-                    )
                 if time.monotonic() >= deadline:
+                    if write:  # the write went out: its outcome is unknown
+                        raise Timeout(
+                            f"{op.name} got no reply within {timeout_s:g} s; "
+                            "the write may or may not have been applied"
+                        )
                     raise last or Timeout(f"{op.name} got no reply within {timeout_s:g} s")
                 attempt_s = min(attempt_s * 2, MAX_ATTEMPT_S)
-                continue  # send the read again at once
+                continue  # send it again at once
             if reply is NOT_SENT:
                 last = Unavailable(f"no broker connection to {op.name} within {timeout_s:g} s")
             else:

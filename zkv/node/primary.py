@@ -61,7 +61,8 @@ class Primary:
         self.epoch = epoch
         self.heartbeat_s = heartbeat_s
         self.replicas = ReplicaSet(ack_timeout_s)
-        self._outbox: list[list[bytes]] = []
+        self._outbox: list[bytes] = []
+        self._outbox_seq = 0  # the sequence number of the first record in the outbox
         self._transfers: dict[bytes, _Transfer] = {}
         self._last_publish = 0.0
         self._bad = Throttle(log)
@@ -70,13 +71,19 @@ class Primary:
 
     def record(self, seq: int, payload: bytes) -> None:
         """Queue a logged record for the stream (sent by ``publish``)."""
-        self._outbox.append([rep.STREAM_RECORD, rep.STREAM_HEADER.pack(self.epoch, seq), payload])
+        if not self._outbox:
+            self._outbox_seq = seq
+        self._outbox.append(payload)
 
     def publish(self, now: float) -> None:
-        """Send the queued records (after the log flush), or a heartbeat if idle."""
+        """Send the turn's records (after its log flush) as one message, or a heartbeat.
+
+        One message per turn: a replica gets all of a turn's records or none, so a write and
+        the RESULT record that makes its retry exactly-once always travel together.
+        """
         if self._outbox:
-            for frames in self._outbox:
-                self.pub.send_multipart(frames)
+            header = rep.STREAM_HEADER.pack(self.epoch, self._outbox_seq)
+            self.pub.send_multipart([rep.STREAM_RECORD, header, *self._outbox])
             self._outbox.clear()
             self._last_publish = now
         elif now - self._last_publish >= self.heartbeat_s:
@@ -92,8 +99,10 @@ class Primary:
         if len(frames) < 2:
             return []
         identity, kind = frames[0], frames[1]
-        if kind == rep.ACK and len(frames) == 3 and len(frames[2]) == rep.SEQ.size:
+        if kind == rep.ACK and len(frames) == 4 and len(frames[2]) == rep.SEQ.size:
             (seq,) = rep.SEQ.unpack(frames[2])
+            if identity not in self.replicas.replicas:  # e.g. this primary restarted
+                self.replicas.hello(identity, frames[3].decode("utf-8", "replace"), now)
             return self.replicas.ack(identity, seq, self.store.seq, now)
         if kind == rep.HELLO and len(frames) == 3:
             try:

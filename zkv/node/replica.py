@@ -60,6 +60,10 @@ class Replica:
         self.sub: zmq.Socket[bytes] | None = None
         self.dealer: zmq.Socket[bytes] | None = None
         self.resyncs = 0
+        #: Resync by snapshot even if the sequence numbers match (a fenced former primary
+        #: may hold writes the new primary never saw).
+        self.force_snapshot = False
+        self.epoch = 0
         self._queue: list[tuple[int, bytes]] = []
         self._writer: SnapshotWriter | None = None
         self._acked = -1
@@ -69,8 +73,9 @@ class Replica:
 
     # ------------------------------------------------------------------ connection
 
-    def follow(self, name: str, publish: str, sync: str) -> bool:
-        """Follow this primary; True if the sockets changed (the caller re-polls them)."""
+    def follow(self, name: str, publish: str, sync: str, epoch: int = 0) -> bool:
+        """Follow this primary at ``epoch``; True if the sockets changed (re-poll them)."""
+        self.epoch = epoch
         if self.primary == (name, publish, sync):
             return False
         self.close()
@@ -128,33 +133,54 @@ class Replica:
             self._bad.warning("dropped a malformed stream message")
             return
         kind = frames[0]
-        _epoch, seq = rep.STREAM_HEADER.unpack(frames[1])
-        record = kind == rep.STREAM_RECORD and len(frames) == 3
-        if not record and kind != rep.STREAM_HEARTBEAT:
+        epoch, seq = rep.STREAM_HEADER.unpack(frames[1])
+        if epoch != self.epoch:
+            return  # from a primary of another epoch (a fenced one, or before a failover)
+        if kind == rep.STREAM_RECORD and len(frames) >= 3:
+            for i, payload in enumerate(frames[2:]):  # one turn's records, in order
+                self._on_record(seq + i, payload)
+        elif kind == rep.STREAM_HEARTBEAT and len(frames) == 2:
+            self._on_heartbeat(seq)
+        else:
             self._bad.warning("dropped a stream message of kind %r", kind[:16])
-            return
+
+    def _on_heartbeat(self, seq: int) -> None:
         self.primary_seq = max(self.primary_seq, seq)
         if self.state == "waiting":
-            in_step = seq == self.store.seq + 1 if record else seq == self.store.seq
-            if in_step:
+            if seq == self.store.seq and not self.force_snapshot:
+                self._enter("following")
+                log.info("in step with the primary at seq %d; following", self.store.seq)
+            else:
+                self._request_snapshot(f"primary at seq {seq}, this replica at {self.store.seq}")
+        elif self.state == "following" and seq > self.store.seq:
+            self._request_snapshot(f"gap: primary at seq {seq}, this replica at {self.store.seq}")
+        elif self.state == "following" and seq < self.store.seq:
+            # the primary restarted with fewer records than this replica applied (it lost
+            # some it had not fsynced): this replica holds writes the primary does not
+            self.force_snapshot = True
+            self._request_snapshot(
+                f"ahead of the primary: primary at seq {seq}, this replica at {self.store.seq}"
+            )
+
+    def _on_record(self, seq: int, payload: bytes) -> None:
+        self.primary_seq = max(self.primary_seq, seq)
+        if self.state == "waiting":
+            if seq == self.store.seq + 1 and not self.force_snapshot:
                 self._enter("following")
                 log.info("in step with the primary at seq %d; following", self.store.seq)
             else:
                 self._request_snapshot(f"primary at seq {seq}, this replica at {self.store.seq}")
         if self.state == "syncing":
-            if record:
-                self._queue.append((seq, frames[2]))
+            self._queue.append((seq, payload))
         elif self.state == "following":
-            if record:
-                if seq == self.store.seq + 1:
-                    self._apply(seq, frames[2])
-                elif seq > self.store.seq + 1:
-                    self._request_snapshot(f"gap: got record {seq}, expected {self.store.seq + 1}")
-                    self._queue.append((seq, frames[2]))
-            elif seq > self.store.seq:
-                self._request_snapshot(
-                    f"gap: primary at seq {seq}, this replica at {self.store.seq}"
-                )
+            if seq == self.store.seq + 1:
+                self._apply(seq, payload)
+            elif seq > self.store.seq + 1:
+                self._request_snapshot(f"gap: got record {seq}, expected {self.store.seq + 1}")
+                self._queue.append((seq, payload))
+            else:  # a record it already has: the primary's history differs from its own
+                self.force_snapshot = True
+                self._request_snapshot(f"record {seq} again, this replica at {self.store.seq}")
 
     def _apply(self, seq: int, payload: bytes) -> None:
         record_seq, *record = msgpack.unpackb(payload, raw=False, use_list=True)
@@ -188,6 +214,7 @@ class Replica:
             self._writer.write(flat)
         elif kind == rep.END and self._writer is not None:
             writer, self._writer = self._writer, None
+            self.force_snapshot = False
             self.persistence.adopt(writer)
             self.store.seq = writer.seq
             queued, self._queue = self._queue, []
@@ -217,7 +244,7 @@ class Replica:
         if self.state == "following" and (
             self.store.seq != self._acked or now - self._last_ack >= self.heartbeat_s
         ):
-            self._send([rep.ACK, rep.SEQ.pack(self.store.seq)])
+            self._send([rep.ACK, rep.SEQ.pack(self.store.seq), self.name.encode()])
             self._acked, self._last_ack = self.store.seq, now
         if self.state in ("waiting", "syncing") and time.monotonic() - self._progress > STALL_S:
             primary = self.primary

@@ -4,14 +4,15 @@ Pure: no sockets; the clock is passed in. The node's sockets carry these message
 
 The stream (primary PUB -> replica SUB), in sequence order::
 
-    [b"R", STREAM_HEADER(epoch, seq), payload]   one record: the log payload [seq, op, *args]
+    [b"R", STREAM_HEADER(epoch, seq), payload...]  one loop turn's records, the first numbered
+                                                   seq: each a log payload [seq, op, *args]
     [b"H", STREAM_HEADER(epoch, seq)]            heartbeat when idle: "I am at seq"
 
 The sync channel (replica DEALER -> primary ROUTER ``sync``)::
 
     replica -> primary: [b"HELLO", msgpack {"name", "seq"}]   I follow you
                         [b"SNAP"]                              send me your state
-                        [b"ACK", SEQ(seq)]                     I applied and logged up to seq
+                        [b"ACK", SEQ(seq), name]               I applied and logged up to seq
     primary -> replica: [b"BEGIN", SEQ(S)]                     a snapshot as of S follows
                         [b"CHUNK", msgpack [key, value, expires_at, ...]]
                         [b"END", SEQ(keys)]                    then follow the stream from S+1

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,14 +42,17 @@ from zkv.errors import (
 from zkv.node.primary import Primary
 from zkv.node.replica import Replica
 from zkv.protocol import Consistency, NodeInfo, Op, Request
-from zkv.runtime import Throttle, bind_endpoint, recv_frames, write_ready_file
-from zkv.storage.engine import Store
+from zkv.runtime import MAX_FRAMES, Throttle, bind_endpoint, recv_frames, write_ready_file
+from zkv.storage.engine import RecordOp, Store
 from zkv.storage.persistence import Persistence
 
 __all__ = ["Node"]
 
 log = logging.getLogger(__name__)
 
+REQUEST_ID_SEQ: Final = struct.Struct(">Q")
+#: A stream message carries one loop turn's records, one frame each.
+STREAM_MAX_FRAMES: Final = 1_000_000
 #: How often the active expiry sweep runs (seconds).
 SWEEP_INTERVAL_S: Final = 0.1
 #: The most messages handled per socket per loop turn before timers get a look-in.
@@ -71,10 +75,13 @@ class Node:
         self.ready_file = ready_file
         self.context = context or zmq.Context.instance()
         self.store = Store(config.slots)
-        self.role = "primary" if config.shards[self.me.shard][0].name == name else "replica"
-        self.store.primary = self.role == "primary"
+        # every node starts as a replica at epoch 0 and waits for the broker to name its role
+        self.role = "replica"
+        self.epoch = 0
+        self.store.primary = False
         self.primary: Primary | None = None
         self.replica: Replica | None = None
+        self._beat_now = False
         storage = config.storage
         self.persistence = Persistence(
             config.data_dir(name),
@@ -151,32 +158,57 @@ class Node:
             self.publish = pub.getsockopt_string(zmq.LAST_ENDPOINT)
             self.sync = sync.getsockopt_string(zmq.LAST_ENDPOINT)
             broker.connect(self.config.broker.nodes)
-            interval = self.config.heartbeat.interval_s
-            if self.role == "primary":
-                self.primary = Primary(
-                    self.store,
-                    pub,
-                    sync,
-                    epoch=0,
-                    heartbeat_s=interval,
-                    ack_timeout_s=self.config.replication.ack_timeout_s,
-                )
-                self.persistence.tap = self.primary.record
-            else:
-                self.replica = Replica(
-                    self.me.name,
-                    self.store,
-                    self.persistence,
-                    ctx,
-                    hwm=self.config.replication.hwm,
-                    heartbeat_s=interval,
-                )
+            self._pub, self._sync = pub, sync
+            self.replica = self._new_replica()
             self._serve(broker, sync)
         finally:
             if self.replica is not None:
                 self.replica.close()
             for sock in (broker, pub, sync):
                 sock.close(linger=0)
+
+    def _new_replica(self) -> Replica:
+        return Replica(
+            self.me.name,
+            self.store,
+            self.persistence,
+            self.context,
+            hwm=self.config.replication.hwm,
+            heartbeat_s=self.config.heartbeat.interval_s,
+        )
+
+    def _become_primary(self, epoch: int) -> None:
+        if self.replica is not None:
+            self.replica.close()
+            self.replica = None
+        if self.primary is None:
+            self.primary = Primary(
+                self.store,
+                self._pub,
+                self._sync,
+                epoch=epoch,
+                heartbeat_s=self.config.heartbeat.interval_s,
+                ack_timeout_s=self.config.replication.ack_timeout_s,
+            )
+            self.persistence.tap = self.primary.record
+        self.primary.epoch = epoch
+        log.info("primary of shard %s at epoch %d (seq %d)", self.me.shard, epoch, self.store.seq)
+        self.role, self.epoch, self.store.primary = "primary", epoch, True
+
+    def _become_replica(self, epoch: int) -> None:
+        if self.primary is not None:
+            log.warning(
+                "fenced: epoch %d is stale (shard %s is at epoch %d); no longer primary, "
+                "rejoining as a replica and resyncing",
+                self.epoch,
+                self.me.shard,
+                epoch,
+            )
+            self.primary = None  # strong replies it held are dropped: the clients retry
+            self.persistence.tap = None
+            self.replica = self._new_replica()
+            self.replica.force_snapshot = True  # its last writes may not be the new primary's
+        self.role, self.epoch, self.store.primary = "replica", epoch, False
 
     def info(self) -> NodeInfo:
         """What this node tells the broker about itself."""
@@ -188,7 +220,7 @@ class Node:
             lag=self.replica.lag if self.replica else 0,
             in_sync=self.primary.replicas.in_sync() if self.primary else [],
             pid=os.getpid(),
-            epoch=0,
+            epoch=self.epoch,
             seq=self.store.seq,
             keys=self.store.held,
             publish=self.publish,
@@ -222,8 +254,8 @@ class Node:
         next_heartbeat = time.monotonic() + interval
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
         persistence = self.persistence
-        primary, replica = self.primary, self.replica
         while not self._stopping:
+            primary, replica = self.primary, self.replica
             now = time.monotonic()
             wait_s = max(0.0, min(next_heartbeat, next_sweep) - now)
             if persistence.compacting or (primary is not None and primary.transferring):
@@ -237,7 +269,7 @@ class Node:
             replies: list[tuple[list[bytes], bool]] = []
             if replica is not None:
                 if replica.sub is not None and replica.sub in ready:
-                    self._drain_each(replica.sub, replica.on_stream)
+                    self._drain_each(replica.sub, replica.on_stream, STREAM_MAX_FRAMES)
                 if replica.dealer is not None and replica.dealer in ready:
                     self._drain_each(replica.dealer, replica.on_sync)
             if broker in ready:
@@ -263,7 +295,8 @@ class Node:
                         continue
                 self._send(broker, reply)
             persistence.maybe_compact(self.store)
-            if now >= next_heartbeat:
+            if now >= next_heartbeat or self._beat_now:
+                self._beat_now = False
                 self._send(broker, protocol.encode_node_info(protocol.NODE_HEARTBEAT, self.info()))
                 next_heartbeat = now + interval
 
@@ -300,10 +333,9 @@ class Node:
                 self._bad.warning("dropped a malformed message from the broker: %s", exc)
                 continue
             if kind == protocol.NODE_REQUEST and len(frames) == 5:
-                reply, strong = self.handle(frames[2:])
-                replies.append(
-                    ([protocol.node_header(protocol.NODE_REPLY, epoch), frames[1], *reply], strong)
-                )
+                reply, strong = self.handle(frames[2:], epoch)
+                header = protocol.node_header(protocol.NODE_REPLY, self.epoch)
+                replies.append(([header, frames[1], *reply], strong))
             elif kind == protocol.BROKER_HEARTBEAT and len(frames) == 2:
                 if self._on_broker_heartbeat(frames[1]):
                     new_poller = self._poller(broker, sync)
@@ -314,19 +346,36 @@ class Node:
         return new_poller
 
     def _on_broker_heartbeat(self, body: bytes) -> bool:
-        """Follow the primary the broker names; True if the replica's sockets changed."""
-        if self.replica is None:
-            return False
+        """Take the role and epoch the broker names, and follow the primary it names.
+
+        True if sockets changed (the loop then polls anew).
+        """
         try:
             beat = protocol.unpackb(body)
-            primary = beat.get("primary") if isinstance(beat, dict) else None
-            if not isinstance(primary, dict):
-                return False
-            name, publish, sync = primary["name"], primary["publish"], primary["sync"]
-        except (ZkvError, KeyError) as exc:
+            role, epoch = beat["role"], beat["epoch"]
+            primary = beat.get("primary")
+            if role not in ("primary", "replica") or type(epoch) is not int:
+                raise KeyError("role or epoch")
+        except (ZkvError, KeyError, TypeError) as exc:
             self._bad.warning("dropped a malformed broker heartbeat: %s", exc)
             return False
-        return bool(self.replica.follow(str(name), str(publish), str(sync)))
+        if epoch < self.epoch:
+            return False  # from a broker that has not caught up: ignore
+        changed = False
+        if role == "primary" and (self.role != "primary" or epoch != self.epoch):
+            self._become_primary(epoch)
+            self._beat_now = changed = True
+        elif role == "replica" and (self.role != "replica" or epoch != self.epoch):
+            self._become_replica(epoch)
+            self._beat_now = changed = True
+        if self.replica is not None and isinstance(primary, dict):
+            try:
+                target = (str(primary["name"]), str(primary["publish"]), str(primary["sync"]))
+            except KeyError as exc:
+                self._bad.warning("dropped a malformed broker heartbeat: %s", exc)
+                return changed
+            changed = self.replica.follow(*target, epoch=epoch) or changed
+        return changed
 
     def _drain_sync(
         self, sync: zmq.Socket[bytes], primary: Primary, now: float
@@ -335,10 +384,15 @@ class Node:
         self._drain_each(sync, lambda frames: released.extend(primary.on_sync(frames, now)))
         return released
 
-    def _drain_each(self, sock: zmq.Socket[bytes], handle: Callable[[list[bytes]], Any]) -> None:
+    def _drain_each(
+        self,
+        sock: zmq.Socket[bytes],
+        handle: Callable[[list[bytes]], Any],
+        max_frames: int = MAX_FRAMES,
+    ) -> None:
         for _ in range(DRAIN_MAX):
             try:
-                frames = recv_frames(sock)
+                frames = recv_frames(sock, max_frames)
             except zmq.Again:
                 return
             if frames is None:
@@ -358,9 +412,15 @@ class Node:
 
     # ------------------------------------------------------------------ requests
 
-    def handle(self, frames: list[bytes]) -> tuple[list[bytes], bool]:
+    def handle(self, frames: list[bytes], epoch: int | None = None) -> tuple[list[bytes], bool]:
         """The reply frames for one request's ``[header, key, body]``, and whether it is a
-        ``strong`` write (whose reply waits for the in-sync replicas)."""
+        ``strong`` write (whose reply waits for the in-sync replicas).
+
+        ``epoch`` is the shard epoch the broker stamped on the request: a write stamped with
+        another epoch than this primary's is refused (it was meant for another primary).
+        A write whose request id (client id, sequence number) this node has applied before
+        is answered with its first outcome, not applied again.
+        """
         self.requests += 1
         request: Request | None = None
         try:
@@ -369,9 +429,22 @@ class Node:
             write = request.op in protocol.WRITE_OPS
             if self.replica is not None:
                 self._check_replica_may_serve(write)
-            result = self._handlers[request.op](request)
             strong = write and request.consistency is Consistency.STRONG
-            return protocol.encode_reply(request.seq, result), strong
+            if not write:
+                return protocol.encode_reply(
+                    request.seq, self._handlers[request.op](request)
+                ), False
+            if epoch is not None and epoch != self.epoch:
+                raise Unavailable(f"request for epoch {epoch}; {self.me.name} is at {self.epoch}")
+            rid = request.client_id + REQUEST_ID_SEQ.pack(request.seq)
+            first = self.store.results.get(rid)
+            if first is not None:  # a retry of a write applied before: its first outcome
+                return [protocol.REPLY_HEADER.pack(protocol.VERSION, 0, request.seq), first], strong
+            before = self.store.seq
+            reply = protocol.encode_reply(request.seq, self._handlers[request.op](request))
+            if self.store.seq != before:  # it changed something: remember the outcome
+                self.store.emit((RecordOp.RESULT, rid, reply[1]))
+            return reply, strong
         except ZkvError as exc:
             self.errors += 1
             seq = request.seq if request is not None else exc.seq

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from enum import IntEnum
 from typing import Any, Final
@@ -34,6 +35,8 @@ __all__ = ["Record", "RecordOp", "Store"]
 SCAN_BUDGET_FACTOR: Final = 16
 #: The most expired keys one ``sweep`` call deletes (bounds the pause it can cause).
 SWEEP_BATCH: Final = 2000
+#: Write outcomes remembered for exactly-once retries (the oldest are forgotten first).
+MAX_RESULTS: Final = 100_000
 
 
 class RecordOp(IntEnum):
@@ -44,6 +47,7 @@ class RecordOp(IntEnum):
     EXPIRE_AT = 3  # key, expires_at | None
     MSET = 4  # [[key, value], ...], expires_at | None
     CLEAR = 5  # (no arguments)
+    RESULT = 6  # request id, reply body: a write's outcome, for exactly-once retries
 
 
 Record = tuple[Any, ...]
@@ -70,6 +74,10 @@ class Store:
         #: Bytes of live keys and values (what a snapshot must hold), for compaction.
         self.data_bytes = 0
         self._listeners: list[Callable[[int, Record], None]] = []
+        #: Reply bodies of recent writes, by request id (client id + sequence number), so a
+        #: retried write is answered with its first outcome instead of being applied twice.
+        #: Kept by every node through RESULT records, so a promoted replica has them too.
+        self.results: OrderedDict[bytes, bytes] = OrderedDict()
 
     # ------------------------------------------------------------------ records
 
@@ -106,6 +114,10 @@ class Store:
         elif op == RecordOp.MSET:
             for key, value in record[1]:
                 self._set(key, value, record[2])
+        elif op == RecordOp.RESULT:
+            self.results[record[1]] = record[2]
+            if len(self.results) > MAX_RESULTS:
+                self.results.popitem(last=False)
         elif op == RecordOp.CLEAR:
             self._by_slot.clear()
             self._expires.clear()
