@@ -2,6 +2,7 @@
 
 Processes: ``zkv up`` (the whole local cluster), ``zkv broker``, ``zkv node --name NAME``.
 Storage: ``zkv check --data DIR [--repair]``.
+Operations: ``zkv status``, ``zkv failover SHARD [--to NODE]``.
 Data: ``zkv put KEY VALUE [--ttl S] [--json]``, ``zkv get KEY``, ``zkv del KEY``,
 ``zkv keys [PREFIX]``, ``zkv status``; each takes ``--config FILE`` or ``--connect ENDPOINT``.
 
@@ -136,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     p = command("keys", _keys, "list keys, one per line")
     p.add_argument("prefix", nargs="?", default="")
     command("status", _status, "show every node of the cluster")
+    p = command("failover", _failover, "move a shard's primary role to a replica, losing no write")
+    p.add_argument("shard")
+    p.add_argument(
+        "--to",
+        metavar="NODE",
+        help="the replica to promote (default: the most advanced in-sync one)",
+    )
     return parser
 
 
@@ -247,6 +255,15 @@ def _keys(args: argparse.Namespace) -> int:
     with _client(args) as kv:
         for key in kv.keys(args.prefix):
             print(key if isinstance(key, str) else repr(key))
+    return EXIT_OK
+
+
+def _failover(args: argparse.Namespace) -> int:
+    with _client(args) as kv:
+        result = kv.failover(args.shard, args.to, timeout=args.timeout)
+    print(
+        f"shard {result['shard']}: {result['primary']} is the primary now (epoch {result['epoch']})"
+    )
     return EXIT_OK
 
 

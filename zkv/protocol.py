@@ -98,6 +98,7 @@ class Op(IntEnum):
     COUNT = 24
     SCAN = 30  # broker -> node page of KEYS; clients send KEYS
     STATUS = 40
+    FAILOVER = 41  # move a shard's primary role on purpose (broker only)
 
 
 class Consistency(StrEnum):
@@ -119,7 +120,7 @@ WRITE_OPS: Final = frozenset({Op.PUT, Op.DELETE, Op.CREATE, Op.CAS, Op.EXPIRE, O
 #: Ops the client may send (SCAN is broker -> node only).
 CLIENT_OPS: Final = frozenset(Op) - {Op.SCAN}
 #: Ops a node serves.
-NODE_OPS: Final = frozenset(Op) - {Op.KEYS, Op.STATUS}
+NODE_OPS: Final = frozenset(Op) - {Op.KEYS, Op.STATUS, Op.FAILOVER}
 
 
 # --------------------------------------------------------------------------- arguments
@@ -166,6 +167,14 @@ def _is_client_cursor(v: object) -> bool:
     )
 
 
+def _is_str(v: object) -> bool:
+    return type(v) is str and 0 < len(v) <= 64
+
+
+def _is_opt_str(v: object) -> bool:
+    return v is None or _is_str(v)
+
+
 def _is_slot(v: object) -> bool:
     return type(v) is int and v >= 0
 
@@ -194,6 +203,7 @@ ARG_SPECS: Final[dict[Op, tuple[tuple[str, _Check], ...]]] = {
         ("limit", _is_limit),
     ),
     Op.STATUS: (),
+    Op.FAILOVER: (("shard", _is_str), ("target", _is_opt_str)),
 }
 
 _ARG_HINTS: Final = {
@@ -208,6 +218,8 @@ _ARG_HINTS: Final = {
     "cursor": "nil or [shard, slot, after]",
     "limit": f"an int in 1..{MAX_PAGE}",
     "slot": "a non-negative int",
+    "shard": "a shard name",
+    "target": "nil or a node name",
     "after": "nil or bytes",
 }
 

@@ -34,6 +34,7 @@ from zkv.broker.routing import RoutingTable
 from zkv.config import ClusterConfig
 from zkv.errors import (
     ErrorCode,
+    InvalidRequest,
     RemoteProtocolError,
     ServerError,
     Timeout,
@@ -54,6 +55,16 @@ MAX_GATHER_S: Final = 60.0
 _DIRECT: Final = b"C"
 _GATHER: Final = b"F"
 _GATHER_ENVELOPE: Final = struct.Struct(">cQI")
+
+
+@dataclass(slots=True)
+class _Switch:
+    client: bytes
+    seq: int
+    old: Member
+    target: Member
+    started: float
+    deadline: float
 
 
 @dataclass(slots=True)
@@ -85,6 +96,7 @@ class Broker:
         self.requests = 0
         self.errors = 0
         self.failovers = 0
+        self._switches: dict[str, _Switch] = {}
         self._gathers: dict[int, _Gather] = {}
         self._next_gather = 0
         self._stopping = False
@@ -161,6 +173,7 @@ class Broker:
 
     def _tick(self, now: float) -> None:
         self.membership.expire(now)
+        self._advance_switches(now)
         for shard in self.config.shards:
             successor = self.membership.successor(shard)
             if successor is not None:
@@ -201,6 +214,8 @@ class Broker:
             elif op is Op.STATUS:
                 protocol.decode_request(frames[1:])
                 self._reply(client, protocol.encode_reply(request.seq, self.status()))
+            elif op is Op.FAILOVER:
+                self._start_switch(client, protocol.decode_request(frames[1:]))
             else:
                 raise RemoteProtocolError(f"unknown operation {op.name}")
         except ZkvError as exc:
@@ -317,7 +332,16 @@ class Broker:
         return {
             "cluster": self.config.cluster,
             "slots": self.config.slots,
+            "shards": {
+                s: {
+                    "primary": self.routing.primaries[s],
+                    "epoch": self.routing.epochs[s],
+                    "serving": self.membership.primary(s) is not None,
+                }
+                for s in self.config.shards
+            },
             "broker": {
+                "failovers": self.failovers,
                 "pid": os.getpid(),
                 "requests": self.requests,
                 "errors": self.errors,
@@ -348,6 +372,70 @@ class Broker:
         self._to_node(
             member, [protocol.node_header(protocol.BROKER_HEARTBEAT, epoch), protocol.packb(body)]
         )
+
+    def _start_switch(self, client: bytes, request: Request) -> None:
+        """Begin a manual switch-over of a shard's primary (``zkv failover``)."""
+        shard, target_name = request.args
+        if shard not in self.config.shards:
+            raise InvalidRequest(f"no shard named {shard!r}")
+        if shard in self.membership.switching:
+            raise InvalidRequest(f"shard {shard} is already switching")
+        old = self.membership.primary(shard)
+        if old is None or old.info is None:
+            raise Unavailable(f"shard {shard} has no live primary to switch from")
+        if target_name is None:
+            candidates = [self.membership.members[n] for n in old.info.in_sync]
+            target = max(
+                (m for m in candidates if m.alive and m.info is not None),
+                key=lambda m: m.info.seq if m.info else -1,
+                default=None,
+            )
+            if target is None:
+                raise Unavailable(f"shard {shard} has no in-sync replica to switch to")
+        else:
+            target = self.membership.members.get(target_name)
+            if target is None or target.shard != shard:
+                raise InvalidRequest(f"{target_name!r} is not a node of shard {shard}")
+            if target is old:
+                raise InvalidRequest(f"{target_name} is already the primary of {shard}")
+            if not target.alive or target.info is None or target.info.state != "following":
+                raise Unavailable(f"{target_name} is not a live, following replica")
+        now = time.monotonic()
+        self.membership.switching.add(shard)  # writes now get Unavailable: clients retry
+        self._switches[shard] = _Switch(client, request.seq, old, target, now, now + 10.0)
+        log.info("switching the primary of shard %s from %s to %s", shard, old.name, target.name)
+
+    def _advance_switches(self, now: float) -> None:
+        for shard, switch in list(self._switches.items()):
+            old, target = switch.old, switch.target
+            caught_up = (
+                old.last_seen > switch.started
+                and target.last_seen > old.last_seen
+                and old.info is not None
+                and target.info is not None
+                and target.info.seq >= old.info.seq
+            )
+            if caught_up:
+                del self._switches[shard]
+                self.membership.switching.discard(shard)
+                self._promote(shard, target, "manual switch-over")
+                result = {
+                    "shard": shard,
+                    "primary": target.name,
+                    "epoch": self.routing.epochs[shard],
+                }
+                self._reply(switch.client, protocol.encode_reply(switch.seq, result))
+            elif now > switch.deadline or not target.alive:
+                del self._switches[shard]
+                self.membership.switching.discard(shard)
+                self._fail(
+                    switch.client,
+                    switch.seq,
+                    Timeout(
+                        f"{target.name} did not catch up with {old.name} in time; "
+                        f"{old.name} stays the primary of {shard}"
+                    ),
+                )
 
     def _promote(self, shard: str, member: Member, why: str) -> None:
         old = self.routing.primaries[shard]
@@ -402,6 +490,8 @@ class Broker:
                 self.routing.adopt(info.shard, info.name, info.epoch)
             if kind == protocol.NODE_READY:
                 self._beat(self.membership.members[info.name])  # its role, without delay
+            if self._switches:
+                self._advance_switches(time.monotonic())
         else:
             self._bad.warning(
                 "dropped a node message of kind %r with %d frames from %r",

@@ -289,6 +289,11 @@ class ClientCore:
         result: int = yield from self.call(Op.COUNT, **kw)
         return result
 
+    def failover(self, shard: str, to: str | None, **kw: Any) -> Call:
+        """Move ``shard``'s primary role (to ``to``, or the most advanced in-sync replica)."""
+        result: dict[str, Any] = yield from self.call(Op.FAILOVER, args=[shard, to], **kw)
+        return result
+
     def status(self, **kw: Any) -> Call:
         """The broker's view of the cluster."""
         result: dict[str, Any] = yield from self.call(Op.STATUS, **kw)

@@ -338,6 +338,21 @@ class Client(MutableMapping[Key, Any]):
         result: int = self._run(self._core.count(timeout=timeout, consistency=consistency))
         return result
 
+    def failover(
+        self, shard: str, to: str | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Move ``shard``'s primary role on purpose, e.g. for maintenance, with no write lost.
+
+        The broker stops routing writes to the shard (clients retry meanwhile), waits until
+        the target (``to``, or the most advanced in-sync replica) holds every record of the
+        current primary, then promotes it; the former primary becomes its replica. Returns
+        ``{"shard", "primary", "epoch"}``.
+        """
+        result: dict[str, Any] = self._run(
+            self._core.failover(shard, to, timeout=10.0 if timeout is None else timeout)
+        )
+        return result
+
     def cluster_status(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The broker's view of the cluster: every node, its shard, role, liveness, counters."""
         result: dict[str, Any] = self._run(self._core.status(timeout=timeout))
