@@ -191,15 +191,14 @@ def test_kill_each_node_in_turn_under_load(cluster_factory: Any) -> None:
 
 @pytest.mark.fault
 def test_retried_writes_take_effect_once(cluster_factory: Any) -> None:
-    # the primary dies after applying a write, before the reply: the retry to the promoted
-    # replica must get the first outcome (no KeyExists, no second increment)
+    # a write retried across a failover gets its first outcome: no KeyExists for a create
+    # that was applied, no second increment for a cas
     c = cluster_factory(ONE_SHARD)
     kv = c.client(timeout_s=20.0)
     c.wait_for(lambda: following(c, "s0b"), "the replica to be in sync")
     kv.put("n", 0)
-    # pause the broker's forwarding of replies by pausing the broker right after the write
-    # reaches the node is not possible from outside; instead freeze the primary after it has
-    # replicated, so the client's in-flight retry lands on the new primary
+    # the primary is killed mid-stream: the write in flight may have been applied and
+    # replicated (the retry then gets its remembered outcome) or not (the retry applies it)
     results: list[Any] = []
 
     def writes() -> None:
