@@ -131,8 +131,14 @@ class Proc:
 class Cluster:
     """A running broker and nodes, with helpers to reach, kill and restart them."""
 
-    def __init__(self, tmp: Path, shards: dict[str, list[str]], *, lazy: tuple[str, ...] = (),
-                 **overrides: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        shards: dict[str, list[str]],
+        *,
+        lazy: tuple[str, ...] = (),
+        **overrides: Any,
+    ) -> None:
         self.tmp = tmp
         self.shards = shards
         self.clients: list[zkv.Client] = []
@@ -188,8 +194,7 @@ class Cluster:
             except zkv.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout} s waiting for {what}\n"
-                                   f"{self.logs()}")
+                raise TimeoutError(f"timed out after {timeout} s waiting for {what}\n{self.logs()}")
             time.sleep(0.05)
 
     def _proc(self, name: str, args: list[str]) -> Proc:

@@ -103,8 +103,9 @@ def test_get(core: ClientCore) -> None:
     stored = protocol.pack_value([1, "two"])
     request, result = _exchange(core.get("key"), stored)
     assert (request.op, request.key, request.args) == (Op.GET, b"key", [])
-    assert result == stored  # the core hands back the stored bytes
+    assert result == [1, "two"]  # the core decodes the stored bytes
     assert _exchange(core.get("key"), None)[1] is None
+    assert _exchange(core.get("key", "dflt"), None)[1] == "dflt"
 
 
 def test_create(core: ClientCore) -> None:

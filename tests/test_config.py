@@ -303,8 +303,8 @@ def test_bad_yaml_line_number() -> None:
         ({"cluster": "x"}, "shards: is required"),
         (
             _doc(bogus=1),
-            "bogus: unknown key (known: broker, cluster, defaults, heartbeat, limits, replication, shards, "
-            "slots, storage)",
+            "bogus: unknown key (known: broker, cluster, defaults, heartbeat, limits, "
+            "replication, shards, slots, storage)",
         ),
         (_doc(cluster=""), "cluster: must be a non-empty string"),
         (_doc(cluster=5), "cluster: must be a non-empty string"),
@@ -341,7 +341,10 @@ def test_bad_yaml_line_number() -> None:
         ),
         # storage
         (_doc(storage="data"), "storage: must be a mapping"),
-        (_doc(storage={"path": "x"}), "storage.path: unknown key (known: compact_min_bytes, compact_ratio, dir, fsync)"),
+        (
+            _doc(storage={"path": "x"}),
+            "storage.path: unknown key (known: compact_min_bytes, compact_ratio, dir, fsync)",
+        ),
         (_doc(storage={"dir": ""}), "storage.dir: must be a non-empty string"),
         (_doc(storage={"dir": 3}), "storage.dir: must be a non-empty string"),
         (

@@ -70,6 +70,8 @@ VALID_ARGS: dict[Op, list[list[Any]]] = {
     Op.COUNT: [[]],
     Op.SCAN: [[b"", 0, None, 10], [b"p", 16383, b"after", MAX_PAGE]],
     Op.STATUS: [[]],
+    Op.BATCH: [[[[1, b"k", []]]], [[[2, b"a", [b"v", None]], [3, b"b", []]]]],
+    Op.FAILOVER: [["s0", None], ["s1", "s1b"]],
 }
 
 
@@ -225,7 +227,7 @@ def test_decode_request_wrong_version(version: int) -> None:
     assert info.value.seq == 31337
 
 
-@pytest.mark.parametrize("op", [0, 9, 19, 25, 31, 41, 255])
+@pytest.mark.parametrize("op", [0, 9, 19, 26, 31, 42, 255])
 def test_decode_request_unknown_op_code(op: int) -> None:
     frames = [_header(op=op, seq=5), b"", msgpack.packb([])]
     with pytest.raises(RemoteProtocolError, match=f"unknown op {op}") as info:

@@ -7,7 +7,7 @@
 'hello'
 """
 
-from zkv.client import Client
+from zkv.client import AsyncClient, Client
 from zkv.errors import (
     ClientClosed,
     ConfigError,
@@ -32,6 +32,7 @@ from zkv.protocol import Consistency
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
     "Client",
     "ClientClosed",
     "ConfigError",

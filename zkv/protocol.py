@@ -96,6 +96,7 @@ class Op(IntEnum):
     KEYS = 22
     CLEAR = 23
     COUNT = 24
+    BATCH = 25  # single-key operations of a pipeline, grouped per shard
     SCAN = 30  # broker -> node page of KEYS; clients send KEYS
     STATUS = 40
     FAILOVER = 41  # move a shard's primary role on purpose (broker only)
@@ -116,7 +117,11 @@ SINGLE_KEY_OPS: Final = frozenset(
     {Op.GET, Op.PUT, Op.DELETE, Op.CREATE, Op.EXISTS, Op.CAS, Op.EXPIRE, Op.TTL}
 )
 #: Ops that change data (retries, consistency and logging treat them apart).
-WRITE_OPS: Final = frozenset({Op.PUT, Op.DELETE, Op.CREATE, Op.CAS, Op.EXPIRE, Op.MPUT, Op.CLEAR})
+WRITE_OPS: Final = frozenset(
+    {Op.PUT, Op.DELETE, Op.CREATE, Op.CAS, Op.EXPIRE, Op.MPUT, Op.CLEAR, Op.BATCH}
+)
+#: The most operations one BATCH may carry.
+MAX_BATCH: Final = 100_000
 #: Ops the client may send (SCAN is broker -> node only).
 CLIENT_OPS: Final = frozenset(Op) - {Op.SCAN}
 #: Ops a node serves.
@@ -167,6 +172,21 @@ def _is_client_cursor(v: object) -> bool:
     )
 
 
+def _is_batch(v: object) -> bool:
+    return (
+        type(v) is list
+        and 0 < len(v) <= MAX_BATCH
+        and all(
+            type(o) is list
+            and len(o) == 3
+            and type(o[0]) is int
+            and type(o[1]) is bytes
+            and type(o[2]) is list
+            for o in v
+        )
+    )
+
+
 def _is_str(v: object) -> bool:
     return type(v) is str and 0 < len(v) <= 64
 
@@ -196,6 +216,7 @@ ARG_SPECS: Final[dict[Op, tuple[tuple[str, _Check], ...]]] = {
     Op.KEYS: (("prefix", _is_bytes), ("cursor", _is_client_cursor), ("limit", _is_limit)),
     Op.CLEAR: (),
     Op.COUNT: (),
+    Op.BATCH: (("ops", _is_batch),),
     Op.SCAN: (
         ("prefix", _is_bytes),
         ("slot", _is_slot),
@@ -219,6 +240,7 @@ _ARG_HINTS: Final = {
     "limit": f"an int in 1..{MAX_PAGE}",
     "slot": "a non-negative int",
     "shard": "a shard name",
+    "ops": f"an array of 1..{MAX_BATCH} [op, key, args]",
     "target": "nil or a node name",
     "after": "nil or bytes",
 }

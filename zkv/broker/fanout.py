@@ -17,7 +17,7 @@ from zkv.slots import SlotMap
 
 __all__ = ["FANOUT_OPS", "Part", "merge", "plan"]
 
-FANOUT_OPS = frozenset({Op.MGET, Op.MPUT, Op.KEYS, Op.CLEAR, Op.COUNT})
+FANOUT_OPS = frozenset({Op.MGET, Op.MPUT, Op.KEYS, Op.CLEAR, Op.COUNT, Op.BATCH})
 
 
 @dataclass(slots=True)
@@ -44,6 +44,12 @@ def plan(request: Request, slot_map: SlotMap) -> list[Part]:
             Part(shard, replace(request, args=[[items[i] for i in positions], ttl]), positions)
             for shard, positions in slot_map.group(item[0] for item in items).items()
         ]
+    if op is Op.BATCH:
+        ops = request.args[0]
+        return [
+            Part(shard, replace(request, args=[[ops[i] for i in positions]]), positions)
+            for shard, positions in slot_map.group(o[1] for o in ops).items()
+        ]
     if op in (Op.CLEAR, Op.COUNT):
         return [Part(shard, request) for shard in slot_map.shards()]
     if op is Op.KEYS:
@@ -63,12 +69,14 @@ def plan(request: Request, slot_map: SlotMap) -> list[Part]:
 def merge(request: Request, parts: list[Part], results: list[Any], slot_map: SlotMap) -> Any:
     """The client's answer from each part's decoded result (in ``parts`` order)."""
     op = request.op
-    if op is Op.MGET:
-        values: list[bytes | None] = [None] * len(request.args[0])
+    if op in (Op.MGET, Op.BATCH):
+        values: list[Any] = [None] * len(request.args[0])
         for part, result in zip(parts, results, strict=True):
             positions = part.positions or []
             if type(result) is not list or len(result) != len(positions):
-                raise RemoteProtocolError(f"shard {part.shard} answered MGET with {result!r:.80}")
+                raise RemoteProtocolError(
+                    f"shard {part.shard} answered {op.name} with {result!r:.80}"
+                )
             for i, value in zip(positions, result, strict=True):
                 values[i] = value
         return values

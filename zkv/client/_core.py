@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, TypeAlias
 
 from zkv import protocol
+from zkv.config import load_config
 from zkv.errors import (
     InvalidRequest,
     RemoteProtocolError,
@@ -24,6 +26,7 @@ from zkv.errors import (
     Unavailable,
     ValueTooLarge,
     ZkvError,
+    error_from_code,
 )
 from zkv.protocol import Consistency, Op, Request
 
@@ -106,6 +109,89 @@ def _ttl(ttl: float | None) -> float | None:
     if not (math.isfinite(ttl) and ttl > 0):
         raise InvalidRequest(f"ttl must be a positive number of seconds, got {ttl!r}")
     return ttl
+
+
+def config_defaults(path: str | Path, kwargs: dict[str, Any]) -> str:
+    """The broker endpoint of the cluster file at ``path``; fills client defaults from it."""
+    config = load_config(path)
+    kwargs.setdefault("timeout_s", config.defaults.timeout_s)
+    kwargs.setdefault("consistency", config.defaults.consistency)
+    kwargs.setdefault("max_request_bytes", config.limits.max_request_bytes)
+    return config.broker.clients
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One single-key operation, encoded and checked, with the decoder of its result."""
+
+    op: Op
+    key: bytes
+    args: list[Any]
+    decode: Callable[[Any], Any]
+
+
+def _unpack_or(default: Any) -> Callable[[Any], Any]:
+    return lambda raw: default if raw is None else protocol.unpack_value(raw)
+
+
+def _nothing(_raw: Any) -> None:
+    return None
+
+
+def get_op(key: Key, default: Any = None) -> Operation:
+    """``get``: the value, or ``default``."""
+    return Operation(Op.GET, key_bytes(key), [], _unpack_or(default))
+
+
+def put_op(key: Key, value: Any, ttl: float | None = None) -> Operation:
+    """``put``."""
+    return Operation(Op.PUT, key_bytes(key), [protocol.pack_value(value), _ttl(ttl)], _nothing)
+
+
+def create_op(key: Key, value: Any, ttl: float | None = None) -> Operation:
+    """``create`` (``KeyExists`` if present)."""
+    args = [protocol.pack_value(value), _ttl(ttl)]
+    return Operation(Op.CREATE, key_bytes(key), args, _nothing)
+
+
+def delete_op(key: Key) -> Operation:
+    """``delete``: whether it was there."""
+    return Operation(Op.DELETE, key_bytes(key), [], bool)
+
+
+def exists_op(key: Key) -> Operation:
+    """``exists``."""
+    return Operation(Op.EXISTS, key_bytes(key), [], bool)
+
+
+def cas_op(key: Key, expected: Any, new: Any) -> Operation:
+    """``cas``: whether it swapped."""
+    args = [protocol.pack_value(expected), protocol.pack_value(new)]
+    return Operation(Op.CAS, key_bytes(key), args, bool)
+
+
+def expire_op(key: Key, seconds: float) -> Operation:
+    """``expire``: whether the key was there."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise TypeError(f"seconds must be a number, not {type(seconds).__name__}")
+    if not math.isfinite(seconds):
+        raise InvalidRequest(f"seconds must be finite, got {seconds!r}")
+    return Operation(Op.EXPIRE, key_bytes(key), [seconds], bool)
+
+
+def ttl_op(key: Key) -> Operation:
+    """``ttl``: seconds left or None (``KeyNotFound`` when absent)."""
+    return Operation(Op.TTL, key_bytes(key), [], lambda raw: raw)
+
+
+def _batch_result(operation: Operation, result: Any) -> Any:
+    if type(result) is not list or not result or type(result[0]) is not int:
+        raise RemoteProtocolError(f"malformed batch result {result!r:.60}")
+    if result[0] == 0 and len(result) == 2:
+        return operation.decode(result[1])
+    message = result[1] if len(result) > 1 and type(result[1]) is str else ""
+    key = result[2] if len(result) > 2 and type(result[2]) is bytes else None
+    return error_from_code(result[0], message, key)
 
 
 class ClientCore:
@@ -217,46 +303,53 @@ class ClientCore:
 
     # ------------------------------------------------------------------ operations
 
-    def get(self, key: Key, **kw: Any) -> Call:
-        """The stored bytes of ``key``, or None."""
-        result: bytes | None = yield from self.call(Op.GET, key_bytes(key), **kw)
-        return result
+    def run(self, operation: Operation, **kw: Any) -> Call:
+        """One single-key operation."""
+        raw = yield from self.call(operation.op, operation.key, operation.args, **kw)
+        return operation.decode(raw)
+
+    def batch(self, operations: list[Operation], **kw: Any) -> Call:
+        """Many single-key operations in one request per shard; each one's result, or the
+        error instance it met, in order."""
+        if not operations:
+            return []
+        ops = [[o.op, o.key, o.args] for o in operations]
+        results = yield from self.call(Op.BATCH, args=[ops], **kw)
+        if type(results) is not list or len(results) != len(operations):
+            raise RemoteProtocolError("a batch reply does not match its request")
+        return [_batch_result(o, r) for o, r in zip(operations, results, strict=True)]
+
+    def get(self, key: Key, default: Any = None, **kw: Any) -> Call:
+        """The value of ``key``, or ``default``."""
+        return (yield from self.run(get_op(key, default), **kw))
 
     def put(self, key: Key, value: Any, ttl: float | None, **kw: Any) -> Call:
         """Set ``key``."""
-        args = [protocol.pack_value(value), _ttl(ttl)]
-        yield from self.call(Op.PUT, key_bytes(key), args, **kw)
+        return (yield from self.run(put_op(key, value, ttl), **kw))
 
     def create(self, key: Key, value: Any, ttl: float | None, **kw: Any) -> Call:
         """Set ``key`` only if absent (``KeyExists`` otherwise)."""
-        args = [protocol.pack_value(value), _ttl(ttl)]
-        yield from self.call(Op.CREATE, key_bytes(key), args, **kw)
+        return (yield from self.run(create_op(key, value, ttl), **kw))
 
     def delete(self, key: Key, **kw: Any) -> Call:
         """Remove ``key``; whether it was there."""
-        return bool((yield from self.call(Op.DELETE, key_bytes(key), **kw)))
+        return (yield from self.run(delete_op(key), **kw))
 
     def exists(self, key: Key, **kw: Any) -> Call:
         """Whether ``key`` is present."""
-        return bool((yield from self.call(Op.EXISTS, key_bytes(key), **kw)))
+        return (yield from self.run(exists_op(key), **kw))
 
     def cas(self, key: Key, expected: Any, new: Any, **kw: Any) -> Call:
         """Compare-and-swap; whether it swapped."""
-        args = [protocol.pack_value(expected), protocol.pack_value(new)]
-        return bool((yield from self.call(Op.CAS, key_bytes(key), args, **kw)))
+        return (yield from self.run(cas_op(key, expected, new), **kw))
 
     def expire(self, key: Key, seconds: float, **kw: Any) -> Call:
         """Set a TTL; whether the key was there."""
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise TypeError(f"seconds must be a number, not {type(seconds).__name__}")
-        if not math.isfinite(seconds):
-            raise InvalidRequest(f"seconds must be finite, got {seconds!r}")
-        return bool((yield from self.call(Op.EXPIRE, key_bytes(key), [seconds], **kw)))
+        return (yield from self.run(expire_op(key, seconds), **kw))
 
     def ttl(self, key: Key, **kw: Any) -> Call:
         """Seconds left, or None without a TTL (``KeyNotFound`` when absent)."""
-        result: float | None = yield from self.call(Op.TTL, key_bytes(key), **kw)
-        return result
+        return (yield from self.run(ttl_op(key), **kw))
 
     def mget(self, keys: Iterable[Key], **kw: Any) -> Call:
         """``{key: value}`` for the keys present, keyed as passed."""

@@ -21,7 +21,6 @@ from typing import Any, Final
 
 import zmq
 
-from zkv import protocol
 from zkv.client._core import (
     DEFAULT_TIMEOUT_S,
     KEYS_PAGE,
@@ -30,14 +29,24 @@ from zkv.client._core import (
     ClientCore,
     Key,
     Send,
+    config_defaults,
 )
-from zkv.config import load_config
+from zkv.client._pipeline import Pipeline
 from zkv.errors import ClientClosed, KeyNotFound
 from zkv.protocol import Consistency
 
 __all__ = ["Client"]
 
 _MISSING: Final = object()
+
+
+def configure_socket(sock: zmq.Socket[Any]) -> None:
+    """Options every client socket gets (sync or async): no linger, no queueing on a dead
+    connection, quick reconnection to a restarted broker."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.setsockopt(zmq.RECONNECT_IVL, 50)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
 
 
 class Client(MutableMapping[Key, Any]):
@@ -72,18 +81,11 @@ class Client(MutableMapping[Key, Any]):
     @classmethod
     def from_config(cls, path: str | Path, **kwargs: Any) -> Client:
         """A client for the cluster described by the YAML file at ``path``."""
-        config = load_config(path)
-        kwargs.setdefault("timeout_s", config.defaults.timeout_s)
-        kwargs.setdefault("consistency", config.defaults.consistency)
-        kwargs.setdefault("max_request_bytes", config.limits.max_request_bytes)
-        return cls(config.broker.clients, **kwargs)
+        return cls(config_defaults(path, kwargs), **kwargs)
 
     def _connect(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.RECONNECT_IVL, 50)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        configure_socket(sock)
         sock.connect(self.endpoint)
         return sock
 
@@ -161,8 +163,7 @@ class Client(MutableMapping[Key, Any]):
         consistency: str | None = None,
     ) -> Any:
         """The value of ``key``, or ``default`` when it is absent (as ``dict.get``)."""
-        raw = self._run(self._core.get(key, timeout=timeout, consistency=consistency))
-        return default if raw is None else protocol.unpack_value(raw)
+        return self._run(self._core.get(key, default, timeout=timeout, consistency=consistency))
 
     def put(
         self,
@@ -352,6 +353,15 @@ class Client(MutableMapping[Key, Any]):
             self._core.failover(shard, to, timeout=10.0 if timeout is None else timeout)
         )
         return result
+
+    def pipeline(self) -> Pipeline:
+        """Queue operations and send them as one request per shard::
+
+        with kv.pipeline() as p:
+            p.put("a", 1).get("a")
+            results = p.execute()
+        """
+        return Pipeline(self._core, self._run)
 
     def cluster_status(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The broker's view of the cluster: every node, its shard, role, liveness, counters."""

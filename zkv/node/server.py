@@ -38,6 +38,7 @@ from zkv.errors import (
     ServerError,
     Unavailable,
     ZkvError,
+    code_of,
 )
 from zkv.node.primary import Primary
 from zkv.node.replica import Replica
@@ -109,6 +110,7 @@ class Node:
             Op.SCAN: self._scan,
             Op.CLEAR: lambda r: self.store.clear(),
             Op.COUNT: lambda r: len(self.store),
+            Op.BATCH: self._batch,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -481,6 +483,30 @@ class Node:
         items, ttl = request.args
         protocol.check_items(items, self.limits.max_key_bytes, self.limits.max_value_bytes)
         self.store.mput(items, ttl)
+
+    def _batch(self, request: Request) -> list[list[Any]]:
+        """Run a pipeline's operations for this shard in order; each one's result or error."""
+        results: list[list[Any]] = []
+        for op_code, key, args in request.args[0]:
+            sub = Request(
+                Op.GET,
+                key,
+                args,
+                request.client_id,
+                request.seq,
+                request.consistency,
+                request.timeout_ms,
+            )
+            try:
+                if op_code not in protocol.SINGLE_KEY_OPS:
+                    raise InvalidRequest(f"a batch holds single-key operations, not {op_code}")
+                sub.op = Op(op_code)
+                protocol.check_args(sub)
+                protocol.check_key(key, self.limits.max_key_bytes)
+                results.append([0, self._handlers[sub.op](sub)])
+            except ZkvError as exc:
+                results.append([code_of(exc), exc.message, exc.key])
+        return results
 
     def _scan(self, request: Request) -> list[Any]:
         prefix, slot, after, limit = request.args

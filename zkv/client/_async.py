@@ -1,0 +1,359 @@
+"""AsyncClient: the asyncio zkv client, many requests in flight on one socket.
+
+It drives the same ``ClientCore`` call generators as ``Client``, with a
+``zmq.asyncio.Socket``: each call registers a future under its sequence number, sends, and
+awaits; one receiver task reads every reply and resolves the future of its sequence number
+(a reply nobody waits for any more, late after a timeout, is dropped). Its operations are
+``Client``'s, awaitable (``keys()``, ``items()`` and ``values()`` are async iterators), and
+a test keeps their names and signatures in step. It is not a mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from zkv.client._core import (
+    DEFAULT_TIMEOUT_S,
+    KEYS_PAGE,
+    NOT_SENT,
+    Call,
+    ClientCore,
+    Key,
+    Send,
+    config_defaults,
+)
+from zkv.client._pipeline import AsyncPipeline
+from zkv.client._sync import configure_socket
+from zkv.errors import ClientClosed
+from zkv.protocol import Consistency
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient:
+    """An asyncio connection to a zkv cluster through its broker.
+
+    ``AsyncClient("tcp://127.0.0.1:7400")`` or ``AsyncClient.from_config(path)``; use it as
+    ``async with``, or call ``await aclose()``. Operations and their arguments are those of
+    ``zkv.Client``; any number may be awaited at once, from any tasks of one event loop.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = "tcp://127.0.0.1:7400",
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        consistency: Consistency | str = Consistency.STRONG,
+        max_request_bytes: int = 64 * 1024 * 1024,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self._core = ClientCore(
+            timeout_s=timeout_s, consistency=consistency, max_request_bytes=max_request_bytes
+        )
+        self._context = context or zmq.asyncio.Context.instance()
+        self._socket: zmq.asyncio.Socket | None = self._context.socket(zmq.DEALER)
+        configure_socket(self._socket)
+        self._socket.connect(endpoint)
+        self._pending: dict[int, asyncio.Future[list[bytes]]] = {}
+        self._receiver: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(cls, path: str | Path, **kwargs: Any) -> AsyncClient:
+        """A client for the cluster described by the YAML file at ``path``."""
+        return cls(config_defaults(path, kwargs), **kwargs)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def aclose(self) -> None:
+        """Close the connection; later calls raise ``ClientClosed``. Safe to call twice."""
+        if self._receiver is not None:
+            self._receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._receiver
+            self._receiver = None
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ClientClosed("this client was closed"))
+        self._pending.clear()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``aclose()`` was called."""
+        return self._socket is None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<zkv.AsyncClient {self.endpoint} {'closed' if self.closed else 'open'}>"
+
+    # ------------------------------------------------------------------ driver
+
+    async def _run(self, call: Call) -> Any:
+        if self._socket is None:
+            call.close()
+            raise ClientClosed("this client was closed")
+        if self._receiver is None:
+            self._receiver = asyncio.get_running_loop().create_task(self._receive())
+        try:
+            action = next(call)
+            while True:
+                if isinstance(action, Send):
+                    action = call.send(await self._exchange(action))
+                else:
+                    await asyncio.sleep(action.seconds)
+                    action = next(call)
+        except StopIteration as stop:
+            return stop.value
+
+    async def _exchange(self, send: Send) -> list[bytes] | None:
+        sock = self._socket
+        if sock is None:
+            raise ClientClosed("this client was closed")
+        future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+        self._pending[send.seq] = future
+        try:
+            try:
+                await sock.send_multipart(send.frames, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return NOT_SENT
+            left = send.deadline - time.monotonic()
+            try:
+                return await asyncio.wait_for(future, max(left, 0.0))
+            except TimeoutError:
+                return None
+        finally:
+            if self._pending.get(send.seq) is future:
+                del self._pending[send.seq]
+
+    async def _receive(self) -> None:
+        sock = self._socket
+        assert sock is not None
+        while True:
+            frames = await sock.recv_multipart()
+            future = self._pending.get(ClientCore.reply_seq(frames) or -1)
+            if future is not None and not future.done():
+                future.set_result(frames)
+
+    # ------------------------------------------------------------------ operations
+
+    async def get(
+        self,
+        key: Key,
+        default: Any = None,
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> Any:
+        """As ``Client.get``."""
+        return await self._run(
+            self._core.get(key, default, timeout=timeout, consistency=consistency)
+        )
+
+    async def put(
+        self,
+        key: Key,
+        value: Any,
+        ttl: float | None = None,
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> None:
+        """As ``Client.put``."""
+        await self._run(self._core.put(key, value, ttl, timeout=timeout, consistency=consistency))
+
+    async def delete(
+        self, key: Key, *, timeout: float | None = None, consistency: str | None = None
+    ) -> bool:
+        """As ``Client.delete``."""
+        result: bool = await self._run(
+            self._core.delete(key, timeout=timeout, consistency=consistency)
+        )
+        return result
+
+    async def create(
+        self,
+        key: Key,
+        value: Any,
+        ttl: float | None = None,
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> None:
+        """As ``Client.create``."""
+        await self._run(
+            self._core.create(key, value, ttl, timeout=timeout, consistency=consistency)
+        )
+
+    async def exists(
+        self, key: Key, *, timeout: float | None = None, consistency: str | None = None
+    ) -> bool:
+        """As ``Client.exists``."""
+        result: bool = await self._run(
+            self._core.exists(key, timeout=timeout, consistency=consistency)
+        )
+        return result
+
+    async def cas(
+        self,
+        key: Key,
+        expected: Any,
+        new: Any,
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> bool:
+        """As ``Client.cas``."""
+        result: bool = await self._run(
+            self._core.cas(key, expected, new, timeout=timeout, consistency=consistency)
+        )
+        return result
+
+    async def expire(
+        self,
+        key: Key,
+        seconds: float,
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> bool:
+        """As ``Client.expire``."""
+        result: bool = await self._run(
+            self._core.expire(key, seconds, timeout=timeout, consistency=consistency)
+        )
+        return result
+
+    async def ttl(
+        self, key: Key, *, timeout: float | None = None, consistency: str | None = None
+    ) -> float | None:
+        """As ``Client.ttl``."""
+        result: float | None = await self._run(
+            self._core.ttl(key, timeout=timeout, consistency=consistency)
+        )
+        return result
+
+    async def mget(
+        self,
+        keys: Iterable[Key],
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> dict[Key, Any]:
+        """As ``Client.mget``."""
+        result: dict[Key, Any] = await self._run(
+            self._core.mget(keys, timeout=timeout, consistency=consistency)
+        )
+        return result
+
+    async def mput(
+        self,
+        mapping: Mapping[Key, Any],
+        ttl: float | None = None,
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> None:
+        """As ``Client.mput``."""
+        await self._run(self._core.mput(mapping, ttl, timeout=timeout, consistency=consistency))
+
+    async def keys(
+        self,
+        prefix: Key = "",
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> AsyncIterator[Key]:
+        """As ``Client.keys``, an async iterator."""
+        cursor: list[Any] | None = None
+        while True:
+            page, cursor = await self._run(
+                self._core.keys_page(
+                    prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
+                )
+            )
+            for key in page:
+                yield key
+            if cursor is None:
+                return
+
+    async def items(
+        self,
+        prefix: Key = "",
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> AsyncIterator[tuple[Key, Any]]:
+        """As ``Client.items``, an async iterator."""
+        cursor: list[Any] | None = None
+        while True:
+            page, cursor = await self._run(
+                self._core.keys_page(
+                    prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
+                )
+            )
+            if page:
+                values = await self.mget(page, timeout=timeout, consistency=consistency)
+                for key in page:
+                    if key in values:
+                        yield key, values[key]
+            if cursor is None:
+                return
+
+    async def values(
+        self,
+        prefix: Key = "",
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> AsyncIterator[Any]:
+        """As ``Client.values``, an async iterator."""
+        async for _key, value in self.items(prefix, timeout=timeout, consistency=consistency):
+            yield value
+
+    async def clear(self, *, timeout: float | None = None, consistency: str | None = None) -> None:
+        """As ``Client.clear``."""
+        await self._run(self._core.clear(timeout=timeout, consistency=consistency))
+
+    async def count(self, *, timeout: float | None = None, consistency: str | None = None) -> int:
+        """As ``Client.count``."""
+        result: int = await self._run(self._core.count(timeout=timeout, consistency=consistency))
+        return result
+
+    async def failover(
+        self, shard: str, to: str | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """As ``Client.failover``."""
+        result: dict[str, Any] = await self._run(
+            self._core.failover(shard, to, timeout=10.0 if timeout is None else timeout)
+        )
+        return result
+
+    async def cluster_status(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """As ``Client.cluster_status``."""
+        result: dict[str, Any] = await self._run(self._core.status(timeout=timeout))
+        return result
+
+    def pipeline(self) -> AsyncPipeline:
+        """As ``Client.pipeline``: ``async with kv.pipeline() as p: ...; await p.execute()``."""
+        return AsyncPipeline(self._core, self._run)
