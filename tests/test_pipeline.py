@@ -63,6 +63,7 @@ def test_leaving_without_execute_discards(kv: zkv.Client, ns: str) -> None:
     assert kv.get(ns + "never") is None
     p.put(ns + "reused", 1)
     assert p.execute() == [None]
+
     def leave_by_exception() -> None:
         with kv.pipeline() as q:
             q.put(ns + "never2", 1)
