@@ -39,6 +39,7 @@ class _Transfer:
     slots: list[int]
     pos: int = 0
     keys: int = 0
+    results_sent: bool = False
     started: float = field(default_factory=time.monotonic)
 
 
@@ -138,6 +139,11 @@ class Primary:
         for identity, transfer in list(self._transfers.items()):
             for _ in range(CHUNKS_PER_TURN):
                 if transfer.pos >= len(transfer.slots):
+                    if not transfer.results_sent:
+                        results = msgpack.packb(self.store.result_items(), use_bin_type=True)
+                        if not self._send(identity, [rep.RESULTS, results]):
+                            break
+                        transfer.results_sent = True
                     if self._send(identity, [rep.END, rep.SEQ.pack(transfer.keys)]):
                         del self._transfers[identity]
                         log.info(

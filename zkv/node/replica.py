@@ -212,6 +212,10 @@ class Replica:
             flat = msgpack.unpackb(frames[1], raw=False, use_list=True)
             self.store.load(flat)
             self._writer.write(flat)
+        elif kind == rep.RESULTS and len(frames) == 2 and self._writer is not None:
+            pairs = msgpack.unpackb(frames[1], raw=False, use_list=True)
+            self.store.load_results(pairs)
+            self._writer.write_results(pairs)
         elif kind == rep.END and self._writer is not None:
             writer, self._writer = self._writer, None
             self.force_snapshot = False

@@ -15,6 +15,7 @@ The sync channel (replica DEALER -> primary ROUTER ``sync``)::
                         [b"ACK", SEQ(seq), name]               I applied and logged up to seq
     primary -> replica: [b"BEGIN", SEQ(S)]                     a snapshot as of S follows
                         [b"CHUNK", msgpack [key, value, expires_at, ...]]
+                        [b"RESULTS", msgpack [[request id, reply body], ...]]
                         [b"END", SEQ(keys)]                    then follow the stream from S+1
 
 A replica subscribes first, waits for the first stream message (so its subscription is
@@ -63,6 +64,7 @@ ACK: Final = b"ACK"
 BEGIN: Final = b"BEGIN"
 CHUNK: Final = b"CHUNK"
 END: Final = b"END"
+RESULTS: Final = b"RESULTS"
 
 
 @dataclass(slots=True)

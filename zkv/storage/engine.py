@@ -169,6 +169,17 @@ class Store:
         for i in range(0, len(flat), 3):
             self._set(flat[i], flat[i + 1], flat[i + 2])
 
+    def result_items(self) -> list[list[bytes]]:
+        """``[request id, reply body]`` of each remembered write outcome, oldest first."""
+        return [[rid, body] for rid, body in self.results.items()]
+
+    def load_results(self, pairs: list[list[bytes]]) -> None:
+        """Remember write outcomes from a snapshot (no records, no listeners)."""
+        for rid, body in pairs:
+            self.results[rid] = body
+        while len(self.results) > MAX_RESULTS:
+            self.results.popitem(last=False)
+
     def slot_numbers(self) -> list[int]:
         """The slots that hold keys, ascending."""
         return sorted(self._by_slot)

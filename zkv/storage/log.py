@@ -64,7 +64,7 @@ def read_frames(data: bytes | memoryview, start: int) -> Iterator[tuple[int, byt
     while offset + header.size <= end:
         length, crc = header.unpack_from(view, offset)
         body = offset + header.size
-        if length > end - body:
+        if length == 0 or length > end - body:  # no record is empty: zeros are a torn tail
             return
         payload = bytes(view[body : body + length])
         if zlib.crc32(payload) != crc:
@@ -120,6 +120,8 @@ def _why_bad(data: bytes, offset: int) -> str:
     if len(data) - offset < FRAME_HEADER.size:
         return f"record header cut short ({len(data) - offset} of {FRAME_HEADER.size} bytes)"
     length, _crc = FRAME_HEADER.unpack_from(data, offset)
+    if length == 0:
+        return "empty record (zeros where a record should be)"
     if length > len(data) - offset - FRAME_HEADER.size:
         return f"record of {length} bytes cut short"
     return "record checksum mismatch"

@@ -117,8 +117,11 @@ class Persistence:
         for seq, path in snapshots(self.directory):
             try:
                 snap_seq, chunks = load_snapshot(path)
-                for flat in chunks:
-                    store.load(flat)
+                for chunk in chunks:
+                    if isinstance(chunk, dict):
+                        store.load_results(chunk.get("results", []))
+                    else:
+                        store.load(chunk)
             except StorageCorrupted as exc:
                 store.apply_record((RecordOp.CLEAR,))  # drop what a bad snapshot half-loaded
                 message = f"skipped snapshot {path.name}: {exc}"
@@ -252,6 +255,7 @@ class Persistence:
             self._pos += 1
         self._writer.write(flat)
         if self._pos >= len(walk):
+            self._writer.write_results(store.result_items())
             writer, self._writer = self._writer, None
             self._finisher = threading.Thread(
                 target=self._finish, args=(writer,), name="zkv-snapshot", daemon=True
@@ -383,7 +387,7 @@ def check_directory(directory: Path, repair: bool = False) -> tuple[bool, list[s
     for seq, path in snapshots(directory):
         try:
             _, chunks = load_snapshot(path)
-            keys = sum(len(flat) // 3 for flat in chunks)
+            keys = sum(len(flat) // 3 for flat in chunks if isinstance(flat, list))
             lines.append(f"{path.name}: snapshot as of seq {seq}, {keys} keys: ok")
             expected = max(expected, seq)
         except StorageCorrupted as exc:
@@ -391,7 +395,11 @@ def check_directory(directory: Path, repair: bool = False) -> tuple[bool, list[s
     found = segments(directory)
     for i, segment in enumerate(found):
         scan, payloads = scan_file(segment.path, LOG_MAGIC)
-        seqs = [msgpack.unpackb(p)[0] for p in payloads[:1] + payloads[-1:]]
+        try:
+            seqs = [msgpack.unpackb(p)[0] for p in payloads[:1] + payloads[-1:]]
+        except Exception as exc:  # a valid checksum over a payload that does not decode
+            lines.append(f"{segment.path.name}: CORRUPT: a record does not decode: {exc}")
+            return False, lines
         span = f"records {seqs[0]}..{seqs[-1]}" if seqs else "no records"
         if seqs and seqs[0] > expected + 1:
             ok = False

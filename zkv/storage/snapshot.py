@@ -74,6 +74,10 @@ class SnapshotWriter:
             self.keys += len(flat) // 3
             self._write(encode_frame(msgpack.packb(flat, use_bin_type=True)))
 
+    def write_results(self, pairs: list[list[bytes]]) -> None:
+        """Add the remembered write outcomes (``[request id, reply body]`` pairs)."""
+        self._write(encode_frame(msgpack.packb({"results": pairs}, use_bin_type=True)))
+
     def finish(self, before_rename: Callable[[], None] | None = None) -> Path:
         """Write the end frame, fsync, rename into place; the final path.
 
@@ -96,8 +100,11 @@ class SnapshotWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def load_snapshot(path: Path) -> tuple[int, Iterator[list[Any]]]:
-    """The snapshot's sequence number and its data chunks; ``StorageCorrupted`` if invalid.
+def load_snapshot(path: Path) -> tuple[int, Iterator[list[Any] | dict[str, Any]]]:
+    """The snapshot's sequence number and its chunks; ``StorageCorrupted`` if invalid.
+
+    A chunk is a flat ``[key, value, expires_at, ...]`` list, or ``{"results": pairs}``
+    with the write outcomes kept for exactly-once retries.
 
     The whole file is checked before the first chunk is returned, so a caller never applies
     half of a bad snapshot.
@@ -119,11 +126,12 @@ def load_snapshot(path: Path) -> tuple[int, Iterator[list[Any]]]:
         raise StorageCorrupted(f"{where}: {exc}") from None
     chunks = payloads[1:-1]
 
-    def decode() -> Iterator[list[Any]]:
+    def decode() -> Iterator[list[Any] | dict[str, Any]]:
         seen = 0
         for chunk in chunks:
             flat = msgpack.unpackb(chunk, raw=False, use_list=True)
-            seen += len(flat) // 3
+            if isinstance(flat, list):
+                seen += len(flat) // 3
             yield flat
         if seen != count:
             raise StorageCorrupted(f"{where}: end frame says {count} keys, found {seen}")
