@@ -104,3 +104,42 @@ def test_entry_points_run(cluster: Any) -> None:
         )
         assert done.returncode == 1, done.stderr
         assert "not found" in done.stderr
+
+
+def test_bench_prints_a_table_and_json(cluster: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys,
+        "bench",
+        "--connect",
+        cluster.endpoint,
+        "--seconds",
+        "0.5",
+        "--keys",
+        "200",
+        "--threads",
+        "2",
+        "--pipeline",
+        "10",
+        "--json",
+    )
+    assert code == 0
+    result = json.loads(out)["result"]
+    assert result["ops"] > 0
+    assert result["errors"] == 0
+    assert result["ops"] == result["requests"] * 10
+    assert 0 < result["p50_us"] <= result["p99_us"] <= result["max_us"]
+    code, out, _ = run(
+        capsys,
+        "bench",
+        "--connect",
+        cluster.endpoint,
+        "--seconds",
+        "0.3",
+        "--keys",
+        "100",
+        "--workload",
+        "mixed",
+    )
+    assert code == 0
+    assert "ops/s" in out and "p99.9 us" in out
+    assert run(capsys, "bench", "--connect", cluster.endpoint, "--threads", "0")[0] == 2

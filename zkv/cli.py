@@ -137,6 +137,17 @@ def _parser() -> argparse.ArgumentParser:
     p = command("keys", _keys, "list keys, one per line")
     p.add_argument("prefix", nargs="?", default="")
     command("status", _status, "show every node of the cluster")
+    p = command("bench", _bench, "measure throughput and latency of a running cluster")
+    p.add_argument("--workload", choices=["get", "put", "mixed"], default="get")
+    p.add_argument("--read-ratio", type=float, default=0.9, help="share of reads in mixed")
+    p.add_argument("--keys", type=int, default=10_000)
+    p.add_argument("--value-size", type=int, default=100, metavar="BYTES")
+    p.add_argument("--threads", type=int, default=1, help="client threads per process")
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--pipeline", type=int, default=1, metavar="N", help="operations per request")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--consistency", choices=["strong", "eventual"])
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = command("failover", _failover, "move a shard's primary role to a replica, losing no write")
     p.add_argument("shard")
     p.add_argument(
@@ -255,6 +266,34 @@ def _keys(args: argparse.Namespace) -> int:
     with _client(args) as kv:
         for key in kv.keys(args.prefix):
             print(key if isinstance(key, str) else repr(key))
+    return EXIT_OK
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from zkv.bench import BenchConfig, report, run_bench
+
+    for name in ("keys", "value_size", "threads", "processes", "pipeline"):
+        if getattr(args, name) < 1:
+            raise _UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.seconds > 0 or not 0 <= args.read_ratio <= 1:
+        raise _UsageError("--seconds must be positive and --read-ratio between 0 and 1")
+    with _client(args) as kv:
+        kv.cluster_status()  # fail fast, with exit 3, if nothing answers
+        endpoint = kv.endpoint
+    config = BenchConfig(
+        endpoint=endpoint,
+        workload=args.workload,
+        read_ratio=args.read_ratio,
+        keys=args.keys,
+        value_size=args.value_size,
+        threads=args.threads,
+        processes=args.processes,
+        pipeline=args.pipeline,
+        seconds=args.seconds,
+        consistency=args.consistency,
+    )
+    result = run_bench(config, show_progress=not args.json)
+    print(report(config, result, args.json))
     return EXIT_OK
 
 
