@@ -29,9 +29,10 @@ Broker <-> node (broker ROUTER, node DEALER)::
 ``envelope`` is the broker's return address, echoed untouched by the node. The epoch is 0
 until replication bumps it on promotion.
 
-Every decoder here checks counts and sizes before decoding and hands msgpack limits derived
-from the frame's length, so no input can make it allocate without bound; anything malformed
-raises ``RemoteProtocolError`` (or ``InvalidRequest`` for well-formed but wrong arguments).
+Every decoder here checks counts and sizes before decoding; msgpack bounds every length by
+the frame's size and its nesting by a fixed stack, so no input can make it allocate without
+bound; anything malformed raises ``RemoteProtocolError`` (or ``InvalidRequest`` for
+well-formed but wrong arguments, shapes checked field by field, never walked recursively).
 """
 
 from __future__ import annotations
@@ -69,8 +70,6 @@ MAX_TIMEOUT_MS: Final = 2**32 - 1
 MAX_KEY_FRAME_BYTES: Final = 64 * 1024
 #: The most keys one KEYS/SCAN page may ask for.
 MAX_PAGE: Final = 10_000
-#: The deepest nesting any control body may have (values are opaque, so this is plenty).
-MAX_DEPTH: Final = 8
 
 # Node message kinds (the first byte of NODE_HEADER).
 NODE_REQUEST: Final = b"Q"
@@ -540,25 +539,14 @@ def unpackb(data: bytes) -> Any:
     """msgpack-decode a control body; ``RemoteProtocolError`` on anything malformed.
 
     msgpack bounds every length by the buffer's size, so allocation is bounded by
-    ``len(data)``; nesting deeper than ``MAX_DEPTH`` is refused.
+    ``len(data)``, and its C decoder refuses nesting past its fixed stack. Nothing here walks
+    a decoded body recursively: every decoder checks the shape it expects, field by field
+    (``check_args``, ``decode_node_info``), so a deep but decodable body is refused there.
     """
     try:
-        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises many types for garbage
         raise RemoteProtocolError(f"invalid msgpack body: {exc}") from exc
-    if _depth(obj, 0) > MAX_DEPTH:
-        raise RemoteProtocolError(f"body nested deeper than {MAX_DEPTH}")
-    return obj
-
-
-def _depth(obj: Any, level: int) -> int:
-    if level > MAX_DEPTH:
-        return level
-    if type(obj) is list:
-        return max((_depth(o, level + 1) for o in obj), default=level + 1)
-    if type(obj) is dict:
-        return max((_depth(o, level + 1) for o in obj.values()), default=level + 1)
-    return level
 
 
 def pack_value(value: Any) -> bytes:
