@@ -303,7 +303,7 @@ def test_bad_yaml_line_number() -> None:
         ({"cluster": "x"}, "shards: is required"),
         (
             _doc(bogus=1),
-            "bogus: unknown key (known: broker, cluster, defaults, heartbeat, limits, "
+            "bogus: unknown key (known: broker, cluster, defaults, heartbeat, http, limits, "
             "replication, shards, slots, storage)",
         ),
         (_doc(cluster=""), "cluster: must be a non-empty string"),
@@ -571,3 +571,13 @@ def test_config_is_frozen() -> None:
 def test_trailing_newline_is_rejected(node: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         parse_config(yaml.safe_dump(_doc(shards={"s1": [node]})))
+
+
+def test_http_listen() -> None:
+    base = "shards: {s0: [{name: a, publish: 'tcp://h:1', sync: 'tcp://h:2'}]}\n"
+    assert parse_config(base).http.listen == "127.0.0.1:7480"
+    config = parse_config(base + "http: {listen: '0.0.0.0:8080'}\n")
+    assert (config.http.host, config.http.port) == ("0.0.0.0", 8080)
+    for bad in ("'8080'", "'host:99999'", "'tcp://h:1'", "3"):
+        with pytest.raises(ConfigError, match=r"^http\.listen: "):
+            parse_config(base + f"http: {{listen: {bad}}}\n")

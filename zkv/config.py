@@ -25,6 +25,7 @@ __all__ = [
     "ClusterConfig",
     "DefaultsConfig",
     "HeartbeatConfig",
+    "HttpConfig",
     "LimitsConfig",
     "NodeConfig",
     "ReplicationConfig",
@@ -36,6 +37,7 @@ __all__ = [
 FSYNC_POLICIES = ("always", "everysec", "no")
 _ENDPOINT = re.compile(r"^tcp://(?P<host>[^:/\s]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5}|\*)$")
 _TOP = "(top level)"
+_LISTEN = re.compile(r"(?P<host>[^:/\s]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5})")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -101,6 +103,23 @@ class ReplicationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The HTTP gateway (``zkv http``): where it listens, ``HOST:PORT``."""
+
+    listen: str = "127.0.0.1:7480"
+
+    @property
+    def host(self) -> str:
+        """The host part of ``listen``."""
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        """The port part of ``listen``."""
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """One shard node: its name, its shard and the endpoints it binds."""
 
@@ -123,6 +142,7 @@ class ClusterConfig:
     heartbeat: HeartbeatConfig
     shards: dict[str, tuple[NodeConfig, ...]]
     replication: ReplicationConfig = ReplicationConfig()
+    http: HttpConfig = HttpConfig()
     path: Path | None = None
 
     def nodes(self) -> list[NodeConfig]:
@@ -213,6 +233,7 @@ class _Parser:
                 "heartbeat",
                 "shards",
                 "replication",
+                "http",
             },
         )
         cluster = self._str(top.get("cluster", "zkv"), "cluster")
@@ -277,6 +298,12 @@ class _Parser:
             ack_timeout_s=self._seconds(r.get("ack_timeout_s", 1.0), "replication.ack_timeout_s"),
             hwm=self._int(r.get("hwm", 100_000), "replication.hwm", 1, 2**31),
         )
+        w = self._map(top.get("http", {}), "http", allowed={"listen"})
+        listen = w.get("listen", "127.0.0.1:7480")
+        if not isinstance(listen, str) or not _LISTEN.fullmatch(listen):
+            raise _Invalid("http.listen", "must be HOST:PORT, e.g. 127.0.0.1:7480")
+        if int(listen.rsplit(":", 1)[1]) > 65535:
+            raise _Invalid("http.listen", "port is out of range")
         shards = self._shards(top["shards"], broker)
         if slots < len(shards):
             raise _Invalid("slots", f"must be at least the number of shards ({len(shards)})")
@@ -290,6 +317,7 @@ class _Parser:
             heartbeat=heartbeat,
             shards=shards,
             replication=replication,
+            http=HttpConfig(listen),
             path=path,
         )
 
