@@ -101,10 +101,7 @@ class Persistence:
         report.seq = store.seq
         report.seconds = time.perf_counter() - started
         self.log.open(store.seq + 1)
-        current = self.log.path
-        self._older_bytes = sum(
-            s.path.stat().st_size for s in segments(self.directory) if s.path != current
-        )
+        self._count_older_bytes()
         store.subscribe(self._on_record)
         if self.fsync == "everysec":
             self._syncer = threading.Thread(
@@ -172,6 +169,12 @@ class Persistence:
                 store.seq = seq
                 report.records += 1
 
+    def _count_older_bytes(self) -> None:
+        current = self.log.path
+        self._older_bytes = sum(
+            s.path.stat().st_size for s in segments(self.directory) if s.path != current
+        )
+
     # ------------------------------------------------------------------ logging
 
     def _on_record(self, seq: int, record: Record) -> None:
@@ -230,10 +233,7 @@ class Persistence:
             with self._lock:
                 self.log.rotate(seq + 1)
         self._since_snapshot = 0
-        current = self.log.path
-        self._older_bytes = sum(
-            s.path.stat().st_size for s in segments(self.directory) if s.path != current
-        )
+        self._count_older_bytes()
         self._writer = SnapshotWriter(self.directory, seq)
         self._walk = store.slot_numbers()
         self._pos = 0
@@ -286,9 +286,7 @@ class Persistence:
         for seq, path in snapshots(self.directory):
             if seq < writer.seq:
                 path.unlink()
-        self._older_bytes = sum(
-            s.path.stat().st_size for s in segments(self.directory) if s.path != current
-        )
+        self._count_older_bytes()
         self.compactions += 1
         log.info(
             "compaction: snapshot of %d keys as of seq %d (%.1f MB) in %.2f s; "
@@ -302,6 +300,15 @@ class Persistence:
 
     # ------------------------------------------------------------------ resync
 
+    def _drop_compaction(self) -> None:
+        """Abandon a snapshot being walked, or wait for one being finished."""
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+        if self._finisher is not None:
+            self._finisher.join()
+            self._complete()
+
     def adopt(self, writer: SnapshotWriter) -> None:
         """Replace everything on disk with the snapshot ``writer`` holds (a replica's resync).
 
@@ -310,12 +317,7 @@ class Persistence:
         segment starts at its sequence + 1. A crash before the rename leaves the old snapshot
         (an older but consistent state, resynced again at start).
         """
-        if self._writer is not None:
-            self._writer.abort()
-            self._writer = None
-        if self._finisher is not None:
-            self._finisher.join()
-            self._complete()
+        self._drop_compaction()
 
         def drop_old() -> None:
             with self._lock:
@@ -336,12 +338,7 @@ class Persistence:
     def close(self) -> None:
         """Finish or drop a compaction, flush, fsync and close the log."""
         self._closed.set()
-        if self._writer is not None:
-            self._writer.abort()
-            self._writer = None
-        if self._finisher is not None:
-            self._finisher.join()
-            self._complete()
+        self._drop_compaction()
         with self._lock:
             self.log.close()
         if self._syncer is not None:
