@@ -46,6 +46,7 @@ class Membership:
             node.name: Member(node.name, node.shard) for node in config.nodes()
         }
         self._turn = 0
+        self._by_identity: dict[bytes, Member] = {}
         self.shards: dict[str, list[str]] = {
             shard: [n.name for n in nodes] for shard, nodes in config.shards.items()
         }
@@ -69,6 +70,7 @@ class Membership:
         elif member.info is not None and member.info.pid != info.pid:
             log.info("node %s restarted (pid %d -> %d)", info.name, member.info.pid, info.pid)
         member.identity = identity
+        self._by_identity[identity] = member
         member.info = info
         member.alive = True
         member.last_seen = now
@@ -148,10 +150,8 @@ class Membership:
         return replicas[self._turn % len(replicas)]
 
     def by_identity(self, identity: bytes) -> Member | None:
-        """The member a node socket identity (``node:<name>``) belongs to."""
-        if not identity.startswith(b"node:"):
-            return None
-        return self.members.get(identity[5:].decode("utf-8", "replace"))
+        """The member a node socket identity (``node:<name>``) belongs to, once it joined."""
+        return self._by_identity.get(identity)
 
     def alive(self) -> list[Member]:
         """Every live member."""
