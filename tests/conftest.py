@@ -51,6 +51,7 @@ def cluster_doc(
         "limits": {"max_key_bytes": 256, "max_value_bytes": 64 * 1024},
         "defaults": {"consistency": "strong", "timeout_s": 5.0},
         "heartbeat": {"interval_s": 0.1, "liveness": 3},
+        "http": {"listen": "127.0.0.1:0"},
         "shards": {
             shard: [
                 {"name": n, "publish": "tcp://127.0.0.1:0", "sync": "tcp://127.0.0.1:0"}

@@ -1,6 +1,7 @@
 """The ``zkv`` command line.
 
-Processes: ``zkv up`` (the whole local cluster), ``zkv broker``, ``zkv node --name NAME``.
+Processes: ``zkv up`` (the whole local cluster), ``zkv broker``, ``zkv node --name NAME``,
+``zkv http`` (the HTTP gateway).
 Storage: ``zkv check --data DIR [--repair]``.
 Operations: ``zkv status``, ``zkv failover SHARD [--to NODE]``.
 Data: ``zkv put KEY VALUE [--ttl S] [--json]``, ``zkv get KEY``, ``zkv del KEY``,
@@ -108,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     command("up", _up, "run the whole cluster of a config file on this machine", True)
     p = command("broker", _broker, "run the broker process", True)
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    p = command("http", _http, "run the HTTP gateway (REST API, /metrics) at http.listen", True)
+    p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     p = command("node", _node, "run one shard node process", True)
     p.add_argument("--name", required=True, help="the node's name in the config file")
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
@@ -188,6 +191,51 @@ def _node(args: argparse.Namespace) -> int:
     node = Node(load_config(args.config), args.name, ready_file=args.ready_file)
     on_stop_signals(node.stop)
     return _serve(node.run, f"node {args.name}")
+
+
+def _http(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+    import signal
+
+    from zkv.http import serve
+    from zkv.runtime import configure_logging, write_ready_file
+
+    configure_logging("http", args.log_level)
+    config = load_config(args.config)
+    host = config.http.host
+
+    def ready(port: int) -> None:
+        if args.ready_file is not None:
+            write_ready_file(args.ready_file, {"listen": f"{host}:{port}"})
+
+    async def main() -> None:
+        task = asyncio.ensure_future(
+            serve(
+                config.broker.clients,
+                host,
+                config.http.port,
+                timeout_s=config.defaults.timeout_s,
+                consistency=config.defaults.consistency,
+                max_request_bytes=config.limits.max_request_bytes,
+                ready=ready,
+            )
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        print(
+            f"zkv: http gateway cannot listen at {config.http.listen}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _serve(run: Callable[[], None], what: str) -> int:

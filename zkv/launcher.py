@@ -89,6 +89,7 @@ class Launcher:
         base = [sys.executable, "-m", "zkv"]
         common = ["--config", str(config_path), "--log-level", log_level]
         self.children = [Child("broker", [*base, "broker", *common], self._run_dir / "broker.json")]
+        self.http = Child("http", [*base, "http", *common], self._run_dir / "http.json")
         for node in config.nodes():
             self.children.append(
                 Child(
@@ -97,6 +98,7 @@ class Launcher:
                     self._run_dir / f"{node.name}.json",
                 )
             )
+        self.children.append(self.http)
 
     def stop(self) -> None:
         """Ask ``run`` to stop every child and return (safe from a signal handler)."""
@@ -105,11 +107,11 @@ class Launcher:
     def run(self) -> int:
         """Start the cluster, supervise it until asked to stop; the exit status."""
         on_stop_signals(self.stop)
-        for path in {self.config.storage.dir / c.name for c in self.children}:
+        for path in {self.config.storage.dir / c.name for c in self.children[:-1]}:
             path.mkdir(parents=True, exist_ok=True)
         try:
-            broker, nodes = self.children[0], self.children[1:]
-            if not self._start_all([broker]) or not self._start_all(nodes):
+            broker, nodes = self.children[0], self.children[1:-1]
+            if not all(self._start_all(group) for group in ([broker], nodes, [self.http])):
                 return 1
             self._announce()
             while not self._stopping:
@@ -148,11 +150,12 @@ class Launcher:
         return not self._stopping
 
     def _announce(self) -> None:
-        nodes = len(self.children) - 1
+        nodes = len(self.children) - 2
         shards = len(self.config.shards)
         print(
             f"zkv up: cluster {self.config.cluster!r} is up: {shards} shards, {nodes} nodes. "
-            f"Clients connect to {self.config.broker.clients}. Ctrl-C stops it.",
+            f"Clients connect to {self.config.broker.clients}; HTTP at "
+            f"http://{self.config.http.listen}/. Ctrl-C stops it.",
             flush=True,
         )
 

@@ -1,0 +1,84 @@
+"""The zkv HTTP gateway: a JSON API, an OpenAPI document and Prometheus metrics.
+
+``serve(endpoint, host, port)`` runs it against the cluster whose broker is ``endpoint``
+(``zkv http``); ``create_app(client)`` builds the ``aiohttp.web.Application`` around an
+``AsyncClient`` you own (for tests, or to mount it in a larger app).
+
+Routes (JSON in and out)
+========================
+
+``POST /api/kv`` with ``{"key", "value", "ttl"?, "consistency"?, "create"?}``
+    Creates the key: **201** ``{"message"}``; or overwrites it: **200** ``{"message"}``.
+    With ``"create": true`` an existing key is left alone: **409** ``KeyExists``. The
+    gateway calls ``create`` and, on ``KeyExists``, ``put``: the created/overwritten answer is
+    best-effort when other writers touch the key at the same moment (a key deleted between
+    the two calls is reported overwritten). ``ttl`` is seconds (> 0); without it the key has
+    no expiry (a TTL it had is removed, as Redis SET does).
+``POST /put``, ``POST /set``
+    The same as ``POST /api/kv``, for users of simpler stores.
+``PUT /api/kv/{key}?ttl=&consistency=``
+    The body is the JSON value; **200** ``{"message"}``.
+``GET /api/kv/{key}?consistency=`` and ``GET /get?key=K``
+    **200** ``{"key", "value"}``; **404** ``KeyNotFound`` if absent or expired.
+``DELETE /api/kv/{key}?consistency=`` and ``DELETE /delete?key=K``
+    **200** ``{"message"}``; **404** ``KeyNotFound`` if absent.
+``GET /api/kv?prefix=&limit=&cursor=&consistency=``
+    One page of the keys starting with ``prefix``: **200** ``{"keys": [...], "cursor"}``.
+    ``limit`` is 1 to 10,000 (default 100). ``cursor`` is null once the listing has ended;
+    otherwise pass it back for the next page. It is an opaque string that holds the prefix
+    and where the cluster's key walk stands (shard, slot, last key), so each page resumes
+    the walk without reading the listing again from its start, and the gateway keeps no
+    state (any gateway process can serve the next page). A page may hold fewer than
+    ``limit`` keys while the cursor is not null (the gateway stops filling a page after
+    about a second on a sparse prefix): only a null cursor ends the listing. Keys present
+    for the whole listing are listed exactly once; keys added or removed meanwhile may or
+    may not be. The order is the cluster's (by shard, then slot), not alphabetical.
+``POST /api/kv/batch`` with ``{"items": {key: value}, "ttl"?, "consistency"?}``
+    Stores every item (``mput``: atomic per shard): **200** ``{"message", "count"}``.
+``POST /api/kv/mget`` with ``{"keys": [...], "consistency"?}``
+    **200** ``{"values": {key: value}}``, missing keys left out.
+``GET /api/status``
+    The broker's ``cluster_status()`` as JSON (nodes, shards, broker counters).
+``GET /openapi.json``
+    The OpenAPI 3.1 document of exactly these routes.
+``GET /metrics``
+    Prometheus metrics (``zkv.http.metrics`` lists them): the gateway's requests by
+    operation and outcome, its latency by route and status, and per-node gauges and
+    counters read from ``cluster_status()`` at each scrape.
+
+Keys and values
+---------------
+Keys are non-empty strings; in a path they are percent-encoded and may contain ``/``
+(``/api/kv/users/1/name`` is the key ``users/1/name``). HTTP clients may normalise ``.``,
+``..`` and ``//`` in paths: such keys are best passed as ``?key=`` to ``/get`` and
+``/delete``. A listing shows a key that is not UTF-8 as ``{"$b64": ...}``.
+
+Values are any JSON; bytes travel as ``{"$b64": "<base64>"}`` in both directions, at any
+depth (see ``zkv.http.codec``). ``consistency`` is ``"strong"`` or ``"eventual"`` (default:
+the client's, from the cluster config). Request bodies must be JSON objects where one is
+expected, and unknown fields are refused (a misspelt ``"tll"`` is an error, not ignored);
+``null`` for an optional field means absent. Unknown query parameters are ignored.
+
+Errors
+------
+Every error is ``{"error": {"code": "...", "message": "..."}}``, ``code`` being the zkv
+exception's name (or the HTTP one for routing errors):
+
+=====  ==========================================================================
+400    ``InvalidRequest``: not JSON, a missing, unknown or mistyped field, a bad parameter
+404    ``KeyNotFound``; ``NotFound`` for an unknown path
+405    ``MethodNotAllowed`` (with an ``Allow`` header)
+409    ``KeyExists``
+413    ``KeyTooLarge``, ``ValueTooLarge`` (the cluster's limits); ``RequestTooLarge``
+       (a body over the gateway's ``max_body_bytes``, 64 MiB by default)
+502    another zkv error from the cluster (``ServerError``, a malformed reply)
+503    ``Unavailable``: the key's shard has no live node, or no broker can be reached
+504    ``Timeout``: no answer in time (a write may or may not have been applied)
+500    ``InternalError``: a bug in the gateway (logged with its traceback; never sent)
+=====  ==========================================================================
+"""
+
+from zkv.http.app import create_app, serve
+from zkv.http.openapi import openapi_document
+
+__all__ = ["create_app", "openapi_document", "serve"]
