@@ -45,6 +45,15 @@ Routes (JSON in and out)
     Prometheus metrics (``zkv.http.metrics`` lists them): the gateway's requests by
     operation and outcome, its latency by route and status, and per-node gauges and
     counters read from ``cluster_status()`` at each scrape.
+``GET /``
+    The cluster's status page (HTML): every shard and node (role, alive, epoch, sequence,
+    lag, in-sync, keys, slots), the cluster's operations per second, refreshed every second
+    from ``/api/status`` (a node that is down is shown in red), and a form that gets, puts
+    and deletes a key through the routes above. Plain HTML, CSS and JavaScript from
+    ``zkv/http/static/``: no CDN, no build step, works offline.
+``GET /static/{name}``
+    The page's files (``status.css``, ``status.js``): only the files directly in that
+    folder; any other name is 404 ``NotFound``.
 
 Keys and values
 ---------------

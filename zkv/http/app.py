@@ -13,8 +13,10 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
@@ -56,6 +58,7 @@ __all__ = [
     "MAX_LINE_BYTES",
     "METRICS",
     "ROUTES",
+    "STATIC_DIR",
     "create_app",
     "serve",
 ]
@@ -79,6 +82,29 @@ MAX_LIMIT: Final = 10_000
 #: ``GET /api/kv`` stops filling a page after this long (seconds) and answers with fewer
 #: than ``limit`` keys and a cursor: a sparse prefix over many keys takes many scan steps.
 LIST_FILL_S: Final = 1.0
+#: The status page's files (``GET /`` is ``index.html``; ``GET /static/{name}`` the others).
+STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
+#: A static file's name: one path segment of safe characters, no leading dot (so no ``..``).
+_STATIC_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_STATIC_TYPES: Final = {
+    ".html": "text/html",
+    ".css": "text/css",
+    ".js": "text/javascript",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".json": "application/json",
+    ".txt": "text/plain",
+}
+#: The page loads only what the gateway serves: no CDN, no inline script or style.
+_STATIC_HEADERS: Final = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
 _CONSISTENCIES: Final = ("strong", "eventual")
 _MISSING: Final = object()
 
@@ -364,6 +390,43 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+def _static_response(name: str) -> web.Response:
+    """The file ``name`` of ``STATIC_DIR``; 404 for any other name (no path traversal).
+
+    ``name`` must be a plain file name (no ``/``, no leading dot) of a regular file directly
+    in the folder: the path is never joined from anything else.
+    """
+    if _STATIC_NAME.fullmatch(name) is None or name not in _static_names():
+        raise web.HTTPNotFound()
+    path = STATIC_DIR / name
+    content_type = _STATIC_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    charset = "utf-8" if content_type.startswith("text/") or content_type.endswith("+xml") else None
+    return web.Response(
+        body=path.read_bytes(),
+        content_type=content_type,
+        charset=charset,
+        headers=_STATIC_HEADERS,
+    )
+
+
+def _static_names() -> frozenset[str]:
+    """The names of the regular files directly in ``STATIC_DIR``."""
+    try:
+        return frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file())
+    except OSError:
+        return frozenset()
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """``GET /``: the cluster's status page (``static/index.html``)."""
+    return _static_response("index.html")
+
+
+async def static_file(request: web.Request) -> web.Response:
+    """``GET /static/{name}``: a file of the status page (HTML, CSS, JavaScript)."""
+    return _static_response(request.match_info["name"])
+
+
 #: Every route: (method, path, handler, operation name for the metrics).
 ROUTES: Final[tuple[tuple[str, str, Handler, str], ...]] = (
     ("POST", "/api/kv/batch", batch_put, "batch"),
@@ -380,6 +443,8 @@ ROUTES: Final[tuple[tuple[str, str, Handler, str], ...]] = (
     ("GET", "/api/status", cluster_status, "status"),
     ("GET", "/openapi.json", openapi, "openapi"),
     ("GET", "/metrics", metrics, "metrics"),
+    ("GET", "/", status_page, "page"),
+    ("GET", "/static/{name}", static_file, "static"),
 )
 
 

@@ -6,7 +6,8 @@ number of apps can live in one process. ``/metrics`` renders, with prometheus-cl
 The gateway itself (updated on every request)
     ``zkv_http_requests_total{operation, outcome}`` counter: ``operation`` is the route's
     operation (``set`` for ``POST /api/kv``, ``/put`` and ``/set``; ``put``, ``get``,
-    ``delete``, ``list``, ``batch``, ``mget``, ``status``, ``openapi``, ``metrics``; and
+    ``delete``, ``list``, ``batch``, ``mget``, ``status``, ``openapi``, ``metrics``,
+    ``page`` for ``GET /`` and ``static`` for ``GET /static/{name}``; and
     ``unmatched`` for unknown paths and methods), ``outcome`` is ``ok`` or the error code of
     the answer (``KeyNotFound``, ``InvalidRequest``, ``Timeout``, ``NotFound``, ...).
 

@@ -280,6 +280,13 @@ _PARAMETERS: Final[dict[str, Any]] = {
         "required": False,
         "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
     },
+    "staticName": {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "description": "A file name of the page's folder (`status.css`, `status.js`, ...).",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
+    },
     "cursor": {
         "name": "cursor",
         "in": "query",
@@ -438,6 +445,48 @@ _PATHS: Final[dict[str, Any]] = {
             },
         }
     },
+    "/": {
+        "get": {
+            "operationId": "statusPage",
+            "summary": "The cluster's status page (HTML)",
+            "description": (
+                "A page that polls `/api/status` every second: each shard and node (role, "
+                "alive, epoch, sequence, lag, in-sync, keys, slots), the cluster's "
+                "operations per second, and a form to get, put and delete a key. It loads "
+                "only files from `/static/` (no CDN)."
+            ),
+            "tags": ["page"],
+            "responses": {
+                "200": {
+                    "description": "The page.",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+    "/static/{name}": {
+        "get": {
+            "operationId": "staticFile",
+            "summary": "A file of the status page (CSS, JavaScript)",
+            "description": (
+                "Only the files directly in the gateway's `static` folder; any other name "
+                "(a path, `..`, a hidden file) is 404 `NotFound`."
+            ),
+            "tags": ["page"],
+            "parameters": [_param("staticName")],
+            "responses": {
+                "200": {
+                    "description": "The file.",
+                    "content": {
+                        "text/css": {"schema": {"type": "string"}},
+                        "text/javascript": {"schema": {"type": "string"}},
+                        "text/html": {"schema": {"type": "string"}},
+                    },
+                },
+                "404": _json_body(_schema("Error"), "No such file (`NotFound`)."),
+            },
+        }
+    },
 }
 
 
@@ -458,6 +507,7 @@ def openapi_document() -> dict[str, Any]:
                 {"name": "keys", "description": "Reading and writing keys."},
                 {"name": "cluster", "description": "The cluster's state."},
                 {"name": "meta", "description": "This document and the metrics."},
+                {"name": "page", "description": "The status page and its files."},
             ],
             "paths": _PATHS,
             "components": {

@@ -1,0 +1,342 @@
+"""The gateway's status page in a real browser: Debian's Chromium, headless, via selenium.
+
+It starts a real cluster and the gateway (``zkv.http.serve`` in a thread, on a free port of
+127.0.0.1), loads ``/``, and checks what a person would: every node listed, a key put and
+read back through the page's form, a killed node turning red within seconds. A screenshot
+is saved under the test's ``tmp_path`` and copied to ``$ZKV_ARTIFACTS`` when that is set.
+
+The browser is the system's (``/usr/bin/chromium`` with ``/usr/bin/chromedriver``): never
+a download, never Selenium Manager. Without them the test is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+import zkv
+from zkv.http import serve
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+#: Every wait on the page is bounded by this (seconds), unless it says otherwise.
+WAIT_S = 10.0
+SHARDS = {"s0": ["s0a", "s0b"], "s1": ["s1a"]}
+
+T = TypeVar("T")
+
+
+def _missing_browser() -> str | None:
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            return f"{path} is not installed (apt-get install chromium chromium-driver)"
+    return None
+
+
+class GatewayThread:
+    """``zkv.http.serve`` on 127.0.0.1, a free port, in a thread with its own event loop."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.port = 0
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="zkv-http", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported by start()
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+
+        def ready(port: int) -> None:
+            self.port = port
+            self._ready.set()
+
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(self.endpoint, "127.0.0.1", 0, ready=ready)
+
+    def start(self) -> str:
+        """Start serving; the page's URL."""
+        self._thread.start()
+        if not self._ready.wait(WAIT_S) or not self.port:
+            raise RuntimeError(f"the gateway did not start: {self._error!r}")
+        return f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(task.cancel)
+        self._thread.join(WAIT_S)
+        assert not self._thread.is_alive(), "the gateway thread did not stop"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """A headless Chromium driven by the system's chromedriver; quit at teardown."""
+    reason = _missing_browser()
+    if reason is not None:
+        pytest.skip(reason)
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1280,1000",
+    ):
+        options.add_argument(arg)
+    service = Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    try:
+        driver.set_page_load_timeout(WAIT_S)
+        driver.set_script_timeout(WAIT_S)
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_until(what: str, probe: Callable[[], T | None], timeout: float = WAIT_S) -> T:
+    """Poll ``probe()`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+        time.sleep(0.05)
+
+
+def node_rows(driver: Any) -> dict[str, dict[str, Any]]:
+    """The page's node table: name -> its cells, class and background colour."""
+    rows: list[dict[str, Any]] = driver.execute_script(
+        """
+        return Array.from(document.querySelectorAll('#nodes tbody tr'), (tr) => ({
+          name: tr.dataset.node,
+          alive: tr.dataset.alive,
+          down: tr.classList.contains('down'),
+          background: getComputedStyle(tr).backgroundColor,
+          cells: Object.fromEntries(Array.from(tr.cells, (c) => [c.dataset.label, c.textContent])),
+        }));
+        """
+    )
+    return {row["name"]: row for row in rows}
+
+
+def text_of(driver: Any, element_id: str) -> str:
+    """The text content of the page's element ``element_id``."""
+    text: str = driver.execute_script(
+        "return document.getElementById(arguments[0]).textContent", element_id
+    )
+    return text
+
+
+def is_red(css_color: str) -> bool:
+    """``rgb(...)``/``rgba(...)`` that is clearly red (red well above green and blue)."""
+    match = re.match(r"rgba?\((\d+), (\d+), (\d+)", css_color)
+    assert match, css_color
+    r, g, b = (int(x) for x in match.groups())
+    return r > g + 20 and r > b + 20
+
+
+def use_form(driver: Any, action: str, key: str, value: str | None = None) -> tuple[str, str]:
+    """Fill the key form, press ``action``'s button; the answer (class, text) once shown."""
+    from selenium.webdriver.common.by import By
+
+    driver.execute_script("document.getElementById('kv-result').replaceChildren()")
+    key_input = driver.find_element(By.ID, "kv-key")
+    key_input.clear()
+    key_input.send_keys(key)
+    if value is not None:
+        value_input = driver.find_element(By.ID, "kv-value")
+        value_input.clear()
+        value_input.send_keys(value)
+    driver.find_element(By.ID, f"kv-{action}").click()
+    shown: tuple[str, str] = wait_until(
+        f"the answer to {action} {key!r}",
+        lambda: driver.execute_script(
+            """
+            const box = document.getElementById('kv-result');
+            return box.textContent ? [box.className, box.innerText] : null;
+            """
+        ),
+    )
+    return shown
+
+
+def save_screenshot(driver: Any, tmp_path: Path, name: str) -> Path:
+    """Save a PNG of the page in ``tmp_path`` (and in ``$ZKV_ARTIFACTS`` if set)."""
+    path = tmp_path / name
+    assert driver.save_screenshot(str(path)), "no screenshot"
+    print(f"screenshot: {path}")
+    artifacts = os.environ.get("ZKV_ARTIFACTS")
+    if artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        copy = Path(shutil.copy(path, Path(artifacts) / name))
+        print(f"screenshot copied to: {copy}")
+    return path
+
+
+def test_static_files_are_served_without_path_traversal(cluster_factory: Any) -> None:
+    """The page and its files come from the gateway; nothing outside ``static/`` does."""
+    c = cluster_factory({"s0": ["s0a"]})
+    gateway = GatewayThread(c.endpoint)
+    try:
+        base = gateway.start()
+
+        def fetch(path: str) -> tuple[int, str, bytes]:
+            try:
+                with urllib.request.urlopen(base.rstrip("/") + path, timeout=WAIT_S) as r:
+                    return r.status, r.headers["Content-Type"], r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.headers["Content-Type"], e.read()
+
+        status, content_type, page = fetch("/")
+        assert status == 200 and content_type.startswith("text/html")
+        assert b'name="viewport"' in page and b"/static/status.js" in page
+        assert b"http://" not in page and b"https://" not in page  # no CDN
+        for name, kind in [("status.css", "text/css"), ("status.js", "text/javascript")]:
+            status, content_type, body = fetch(f"/static/{name}")
+            assert status == 200 and content_type.startswith(kind), (name, content_type)
+            assert b"https://" not in body
+        for path in [
+            "/static/../app.py",
+            "/static/..%2Fapp.py",
+            "/static/%2e%2e%2fapp.py",
+            "/static/.hidden",
+            "/static/nope.js",
+            "/static/",
+            "/static/a/b.css",
+        ]:
+            status, content_type, body = fetch(path)
+            assert status == 404, path
+            assert json.loads(body)["error"]["code"] == "NotFound", path
+    finally:
+        gateway.stop()
+
+
+def test_status_page_in_a_browser(browser: Any, cluster_factory: Any, tmp_path: Path) -> None:
+    """Nodes listed, a key through the form, a killed node red within seconds."""
+    c = cluster_factory(SHARDS)
+    gateway = GatewayThread(c.endpoint)
+    try:
+        url = gateway.start()
+        browser.get(url)
+        assert "zkv" in browser.title
+
+        # every node is listed, alive, with its shard and role
+        names = {n for nodes in SHARDS.values() for n in nodes}
+        rows = wait_until(
+            "every node listed and up",
+            lambda: (
+                (r := node_rows(browser)).keys() == names
+                and all(row["cells"]["Alive"] == "up" for row in r.values())
+                and r
+            ),
+        )
+        for shard, members in SHARDS.items():
+            for name in members:
+                assert rows[name]["cells"]["Shard"] == shard
+                assert not rows[name]["down"] and not is_red(rows[name]["background"])
+        assert rows["s0a"]["cells"]["Role"] == "primary"
+        assert rows["s0b"]["cells"]["Role"] == "replica"
+        assert int(rows["s1a"]["cells"]["Slots"].split()[0].replace(",", "")) > 0
+        shards = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#shards tbody tr'), r=>r.dataset.shard)"
+        )
+        assert shards == sorted(SHARDS)
+        wait_until("the connection marked live", lambda: text_of(browser, "connection") == "live")
+
+        # a key put through the form is in the cluster, and the form reads it back
+        key, value = "page/key 1", {"n": 1, "s": "h\u00e9llo", "list": [1, 2]}
+        kind, text = use_form(browser, "put", key, json.dumps(value, ensure_ascii=False))
+        assert "ok" in kind and "created" in text, text
+        with zkv.Client(c.endpoint, timeout_s=5.0) as kv:
+            assert kv.get(key) == value
+            kv.put("page/from-client", [True, None])
+        kind, text = use_form(browser, "get", key)
+        assert "ok" in kind, text
+        assert json.loads(text_of(browser, "kv-output")) == value
+        use_form(browser, "get", "page/from-client")
+        assert json.loads(text_of(browser, "kv-output")) == [True, None]
+        # errors are shown too
+        kind, text = use_form(browser, "delete", "page/from-client")
+        assert "ok" in kind and "deleted" in text, text
+        kind, text = use_form(browser, "get", "page/from-client")
+        assert "error" in kind and "KeyNotFound" in text, text
+
+        # some load: the page's operations per second go above 0
+        with zkv.Client(c.endpoint, timeout_s=5.0) as kv:
+
+            def ops_per_second() -> float:
+                for i in range(20):
+                    kv.put(f"page/load{i}", i)
+                text = text_of(browser, "ops")
+                return 0.0 if text == "\u2013" else float(text.replace(",", ""))
+
+            assert wait_until("operations per second above 0", ops_per_second) > 0
+
+        # a killed node turns red within a few seconds
+        killed_at = time.monotonic()
+        c.procs["s1a"].signal(signal.SIGKILL)
+        rows = wait_until(
+            "s1a marked down",
+            lambda: (r := node_rows(browser))["s1a"]["down"] and r,
+            timeout=8.0,
+        )
+        print(f"s1a shown down {time.monotonic() - killed_at:.1f} s after SIGKILL")
+        down = rows["s1a"]
+        assert down["alive"] == "false" and down["cells"]["Alive"] == "DOWN"
+        assert is_red(down["background"]), down["background"]
+        assert not rows["s0a"]["down"] and not rows["s0b"]["down"]
+        assert text_of(browser, "nodes-up") == "2 / 3"
+        save_screenshot(browser, tmp_path, "status-page.png")
+
+        # and on a phone-sized screen the nodes are still all there, as cards
+        browser.set_window_size(390, 3000)
+        wait_until(
+            "the phone layout",
+            lambda: (
+                browser.execute_script(
+                    "return getComputedStyle(document.querySelector('#nodes tbody tr')).display"
+                )
+                == "block"
+            ),
+        )
+        assert set(node_rows(browser)) == names
+        save_screenshot(browser, tmp_path, "status-page-phone.png")
+    finally:
+        gateway.stop()

@@ -1,0 +1,261 @@
+/*
+ * The zkv status page: polls GET /api/status every second and renders the shards and
+ * nodes (a node that is not alive is marked DOWN in red), the cluster's operations per
+ * second (from the nodes' request counters between polls), and a form that gets, puts
+ * and deletes a key through the gateway's REST routes. Plain JavaScript, no library.
+ */
+"use strict";
+
+(function () {
+  const POLL_MS = 1000;          // time between two polls (after the previous one ended)
+  const FETCH_TIMEOUT_MS = 4000; // a poll or form request is abandoned after this long
+  const RATE_WINDOW_MS = 5000;   // operations per second are averaged over this window
+
+  const $ = (id) => document.getElementById(id);
+  const nodeRows = new Map();    // node name -> <tr>
+  const shardRows = new Map();   // shard name -> <tr>
+  const lastRequests = new Map(); // node name -> its last `requests` counter
+  let totalOps = 0;              // operations counted since the page loaded
+  const samples = [];            // [time ms, totalOps], oldest first
+
+  /** Text for a value the broker may not know yet (null). */
+  function show(value) {
+    if (value === null || value === undefined || value === "") return "\u2013";
+    if (typeof value === "boolean") return value ? "yes" : "no";
+    if (typeof value === "number") return value.toLocaleString("en-US");
+    return String(value);
+  }
+
+  /** fetch() with a timeout; resolves to {status, body} where body is parsed JSON or text. */
+  async function request(method, url, body) {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
+    try {
+      const init = { method, signal: controller.signal, cache: "no-store", headers: {} };
+      if (body !== undefined) {
+        init.body = JSON.stringify(body);
+        init.headers["Content-Type"] = "application/json";
+      }
+      const response = await fetch(url, init);
+      const text = await response.text();
+      let parsed = text;
+      if ((response.headers.get("Content-Type") || "").startsWith("application/json")) {
+        try { parsed = JSON.parse(text); } catch (e) { /* keep the text */ }
+      }
+      return { status: response.status, body: parsed };
+    } catch (err) {
+      const reason = err && err.name === "AbortError" ? "no answer in time" : String(err && err.message || err);
+      throw new Error("the gateway cannot be reached: " + reason);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** The error message of a gateway answer ({"error": {"code", "message"}}), or its text. */
+  function errorText(reply) {
+    const error = reply.body && reply.body.error;
+    if (error && error.code) return error.code + ": " + error.message;
+    return "HTTP " + reply.status + (typeof reply.body === "string" && reply.body ? ": " + reply.body : "");
+  }
+
+  /** A <tr> with one cell per column; the first is a row header. Cells carry data-label for phones. */
+  function makeRow(table, key, attribute) {
+    const headers = Array.from(table.tHead.rows[0].cells, (th) => th.textContent);
+    const tr = document.createElement("tr");
+    tr.dataset[attribute] = key;
+    headers.forEach((label, i) => {
+      const cell = document.createElement(i === 0 ? "th" : "td");
+      if (i === 0) cell.scope = "row";
+      cell.dataset.label = label;
+      tr.appendChild(cell);
+    });
+    table.tBodies[0].appendChild(tr);
+    return tr;
+  }
+
+  function setCells(tr, values) {
+    values.forEach((value, i) => {
+      const text = show(value);
+      if (tr.cells[i].textContent !== text) tr.cells[i].textContent = text;
+    });
+  }
+
+  /** Keep exactly the rows of `keys` (in that order) in `table`. */
+  function syncRows(table, rows, keys, attribute) {
+    for (const [key, tr] of rows) {
+      if (!keys.includes(key)) { tr.remove(); rows.delete(key); }
+    }
+    const body = table.tBodies[0];
+    keys.forEach((key, i) => {
+      let tr = rows.get(key);
+      if (!tr) { tr = makeRow(table, key, attribute); rows.set(key, tr); }
+      if (body.rows[i] !== tr) body.insertBefore(tr, body.rows[i] || null);
+    });
+  }
+
+  function renderNodes(nodes) {
+    const table = $("nodes");
+    syncRows(table, nodeRows, nodes.map((n) => n.name), "node");
+    for (const node of nodes) {
+      const tr = nodeRows.get(node.name);
+      const alive = node.alive === true;
+      tr.dataset.alive = String(alive);
+      tr.classList.toggle("down", !alive);
+      tr.classList.toggle("primary", node.role === "primary");
+      const slots = node.slots ? show(node.slots) + (node.slot_ranges ? " (" + node.slot_ranges + ")" : "") : node.slots;
+      setCells(tr, [
+        node.name, node.shard, node.role, alive ? "up" : "DOWN", node.state, node.epoch,
+        node.seq, node.lag, node.in_sync, node.keys, slots, node.requests, node.errors,
+      ]);
+      const aliveCell = tr.cells[3];
+      aliveCell.className = alive ? "badge up" : "badge down";
+      tr.title = alive ? "" : "node " + node.name + " is down (last seen " + show(node.last_seen_s) + " s ago)";
+      const inSync = tr.cells[8];
+      inSync.classList.toggle("warn", node.role !== "primary" && node.in_sync === false);
+    }
+  }
+
+  function renderShards(shards, nodes) {
+    const names = Object.keys(shards).sort();
+    syncRows($("shards"), shardRows, names, "shard");
+    for (const name of names) {
+      const shard = shards[name];
+      const members = nodes.filter((n) => n.shard === name);
+      const up = members.filter((n) => n.alive === true).length;
+      const primary = members.find((n) => n.name === shard.primary);
+      const slots = members.reduce((sum, n) => sum + (n.role === "primary" && n.slots ? n.slots : 0), 0);
+      const tr = shardRows.get(name);
+      setCells(tr, [
+        name, shard.primary, shard.epoch, shard.serving, up + " / " + members.length,
+        primary ? primary.keys : null, slots,
+      ]);
+      tr.classList.toggle("down", shard.serving === false || up === 0);
+      tr.classList.toggle("degraded", shard.serving !== false && up > 0 && up < members.length);
+    }
+  }
+
+  /** Cluster-wide operations per second: the nodes' request counters, over the last seconds. */
+  function renderRate(nodes, now) {
+    for (const node of nodes) {
+      if (typeof node.requests !== "number") continue;
+      const before = lastRequests.get(node.name);
+      if (before !== undefined) {
+        // a restarted node counts from 0 again: its new count is all new operations
+        totalOps += node.requests >= before ? node.requests - before : node.requests;
+      }
+      lastRequests.set(node.name, node.requests);
+    }
+    samples.push([now, totalOps]);
+    while (samples.length > 2 && now - samples[1][0] >= RATE_WINDOW_MS) samples.shift();
+    const [t0, ops0] = samples[0];
+    if (now > t0) {
+      const rate = ((totalOps - ops0) * 1000) / (now - t0);
+      $("ops").textContent = rate.toLocaleString("en-US", { maximumFractionDigits: rate < 10 ? 1 : 0 });
+    }
+  }
+
+  function render(status, now) {
+    const nodes = Array.isArray(status.nodes) ? status.nodes : [];
+    const shards = status.shards || {};
+    const broker = status.broker || {};
+    if (status.cluster) $("cluster-name").textContent = status.cluster;
+    renderShards(shards, nodes);
+    renderNodes(nodes);
+    renderRate(nodes, now);
+    const up = nodes.filter((n) => n.alive === true).length;
+    $("nodes-up").textContent = up + " / " + nodes.length;
+    $("nodes-up").parentElement.classList.toggle("bad", up < nodes.length);
+    const keys = nodes.reduce((sum, n) => sum + (n.role === "primary" && n.alive && n.keys ? n.keys : 0), 0);
+    $("keys-total").textContent = show(keys);
+    $("failovers").textContent = show(broker.failovers);
+  }
+
+  function setConnection(state, text) {
+    const el = $("connection");
+    el.className = "connection " + state;
+    el.textContent = text;
+    document.body.classList.toggle("stale", state === "error");
+  }
+
+  async function poll() {
+    try {
+      const reply = await request("GET", "/api/status");
+      if (reply.status !== 200) throw new Error(errorText(reply));
+      render(reply.body, performance.now());
+      setConnection("ok", "live");
+      $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+    } catch (err) {
+      setConnection("error", "status unavailable: " + err.message);
+    } finally {
+      setTimeout(poll, POLL_MS);
+    }
+  }
+
+  // ------------------------------------------------------------------------ the key form
+
+  function showResult(ok, title, detail) {
+    const box = $("kv-result");
+    box.className = "kv-result " + (ok ? "ok" : "error");
+    box.replaceChildren();
+    const strong = document.createElement("strong");
+    strong.textContent = title;
+    box.appendChild(strong);
+    if (detail !== undefined) {
+      const pre = document.createElement("pre");
+      pre.id = "kv-output";
+      pre.textContent = detail;
+      box.appendChild(pre);
+    }
+  }
+
+  /** The value field as JSON; text that is not JSON is a string. */
+  function valueOf(text) {
+    try { return JSON.parse(text); } catch (e) { return text; }
+  }
+
+  async function submit(action) {
+    const key = $("kv-key").value;
+    if (!key) { showResult(false, "InvalidRequest: enter a key"); $("kv-key").focus(); return; }
+    const query = "?key=" + encodeURIComponent(key);
+    try {
+      let reply;
+      if (action === "get") {
+        reply = await request("GET", "/get" + query);
+        if (reply.status === 200) {
+          showResult(true, "value of " + JSON.stringify(key), JSON.stringify(reply.body.value, null, 2));
+          return;
+        }
+      } else if (action === "put") {
+        const body = { key, value: valueOf($("kv-value").value) };
+        const ttl = $("kv-ttl").value.trim();
+        if (ttl) body.ttl = Number(ttl);
+        reply = await request("POST", "/api/kv", body);
+      } else {
+        reply = await request("DELETE", "/delete" + query);
+      }
+      if (reply.status < 300) showResult(true, reply.body.message || "done");
+      else showResult(false, errorText(reply));
+    } catch (err) {
+      showResult(false, err.message);
+    }
+  }
+
+  function start() {
+    const form = $("kv-form");
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const action = (event.submitter && event.submitter.value) || "get";
+      const buttons = form.querySelectorAll("button");
+      buttons.forEach((b) => { b.disabled = true; });
+      $("kv-result").setAttribute("aria-busy", "true");
+      submit(action).finally(() => {
+        buttons.forEach((b) => { b.disabled = false; });
+        $("kv-result").removeAttribute("aria-busy");
+      });
+    });
+    poll();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
