@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 import zkv
-from zkv.slots import SlotMap
 
 ONE_SHARD = {"s0": ["s0a", "s0b"]}
 THREE_BY_TWO = {"s0": ["s0a", "s0b"], "s1": ["s1a", "s1b"], "s2": ["s2a", "s2b"]}
@@ -254,4 +253,3 @@ def test_broker_keeps_the_routing_table_across_a_restart(cluster_factory: Any) -
     kv.put("after-restart", 1)
     status = kv.cluster_status()
     assert status["shards"]["s0"] == {"primary": "s0b", "epoch": 2, "serving": True}
-    assert SlotMap.even(["s0"], 16384).shard_of(b"x") == "s0"
