@@ -287,15 +287,28 @@ class AsyncClient:
         """As ``Client.keys``, an async iterator."""
         cursor: list[Any] | None = None
         while True:
-            page, cursor = await self._run(
-                self._core.keys_page(
-                    prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
-                )
+            page, cursor = await self.keys_page(
+                prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
             )
             for key in page:
                 yield key
             if cursor is None:
                 return
+
+    async def keys_page(
+        self,
+        prefix: Key = "",
+        cursor: list[Any] | None = None,
+        limit: int = KEYS_PAGE,
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> tuple[list[Key], list[Any] | None]:
+        """As ``Client.keys_page``."""
+        result: tuple[list[Key], list[Any] | None] = await self._run(
+            self._core.keys_page(prefix, cursor, limit, timeout=timeout, consistency=consistency)
+        )
+        return result
 
     async def items(
         self,
@@ -307,10 +320,8 @@ class AsyncClient:
         """As ``Client.items``, an async iterator."""
         cursor: list[Any] | None = None
         while True:
-            page, cursor = await self._run(
-                self._core.keys_page(
-                    prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
-                )
+            page, cursor = await self.keys_page(
+                prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
             )
             if page:
                 values = await self.mget(page, timeout=timeout, consistency=consistency)

@@ -289,14 +289,32 @@ class Client(MutableMapping[Key, Any]):
         """
         cursor: list[Any] | None = None
         while True:
-            page, cursor = self._run(
-                self._core.keys_page(
-                    prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
-                )
+            page, cursor = self.keys_page(
+                prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
             )
             yield from page
             if cursor is None:
                 return
+
+    def keys_page(
+        self,
+        prefix: Key = "",
+        cursor: list[Any] | None = None,
+        limit: int = KEYS_PAGE,
+        *,
+        timeout: float | None = None,
+        consistency: str | None = None,
+    ) -> tuple[list[Key], list[Any] | None]:
+        """One page of ``keys(prefix)``: up to ``limit`` keys and the cursor of the next page.
+
+        Start with ``cursor=None``; a returned cursor of None ends the walk. A page may be
+        short (or empty) before the end. For callers that keep their place between calls
+        (e.g. an HTTP listing); ``keys()`` pages by itself.
+        """
+        result: tuple[list[Key], list[Any] | None] = self._run(
+            self._core.keys_page(prefix, cursor, limit, timeout=timeout, consistency=consistency)
+        )
+        return result
 
     def items(  # type: ignore[override]
         self,
@@ -308,10 +326,8 @@ class Client(MutableMapping[Key, Any]):
         """``(key, value)`` for every key starting with ``prefix`` (one ``mget`` per page)."""
         cursor: list[Any] | None = None
         while True:
-            page, cursor = self._run(
-                self._core.keys_page(
-                    prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
-                )
+            page, cursor = self.keys_page(
+                prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
             )
             if page:
                 values = self.mget(page, timeout=timeout, consistency=consistency)

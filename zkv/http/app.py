@@ -240,8 +240,8 @@ async def _scan(
     keys: list[Key] = []
     deadline = time.monotonic() + LIST_FILL_S
     while True:
-        page, position = await client._run(
-            client._core.keys_page(prefix, position, limit - len(keys), consistency=consistency)
+        page, position = await client.keys_page(
+            prefix, position, limit - len(keys), consistency=consistency
         )
         keys.extend(page)
         if position is None or len(keys) >= limit or time.monotonic() >= deadline:
