@@ -15,6 +15,7 @@ from zkv.config import (
     ClusterConfig,
     DefaultsConfig,
     HeartbeatConfig,
+    LauncherConfig,
     LimitsConfig,
     NodeConfig,
     StorageConfig,
@@ -303,8 +304,8 @@ def test_bad_yaml_line_number() -> None:
         ({"cluster": "x"}, "shards: is required"),
         (
             _doc(bogus=1),
-            "bogus: unknown key (known: broker, cluster, defaults, heartbeat, http, limits, "
-            "replication, shards, slots, storage)",
+            "bogus: unknown key (known: broker, cluster, defaults, heartbeat, http, launcher, "
+            "limits, replication, shards, slots, storage)",
         ),
         (_doc(cluster=""), "cluster: must be a non-empty string"),
         (_doc(cluster=5), "cluster: must be a non-empty string"),
@@ -416,6 +417,31 @@ def test_bad_yaml_line_number() -> None:
         (_doc(heartbeat={"liveness": 0}), "heartbeat.liveness: must be between 1 and 1000"),
         (_doc(heartbeat={"liveness": 1001}), "heartbeat.liveness: must be between 1 and 1000"),
         (_doc(heartbeat={"liveness": 2.5}), "heartbeat.liveness: must be an integer"),
+        # launcher
+        (_doc(launcher=[]), "launcher: must be a mapping"),
+        (
+            _doc(launcher={"retries": 3}),
+            "launcher.retries: unknown key (known: backoff_first_s, backoff_max_s, "
+            "crash_window_s, max_crashes)",
+        ),
+        (_doc(launcher={"max_crashes": 0}), "launcher.max_crashes: must be between 1 and 1000"),
+        (_doc(launcher={"max_crashes": 2.5}), "launcher.max_crashes: must be an integer"),
+        (
+            _doc(launcher={"crash_window_s": 0}),
+            "launcher.crash_window_s: must be a positive number of seconds",
+        ),
+        (
+            _doc(launcher={"backoff_first_s": "1s"}),
+            "launcher.backoff_first_s: must be a positive number of seconds",
+        ),
+        (
+            _doc(launcher={"backoff_max_s": -1}),
+            "launcher.backoff_max_s: must be a positive number of seconds",
+        ),
+        (
+            _doc(launcher={"backoff_first_s": 2, "backoff_max_s": 1}),
+            "launcher.backoff_max_s: must be at least launcher.backoff_first_s",
+        ),
         # shards
         (_doc(shards={}), "shards: must map each shard name to a list of nodes"),
         (_doc(shards=[]), "shards: must map each shard name to a list of nodes"),
@@ -581,3 +607,18 @@ def test_http_listen() -> None:
     for bad in ("'8080'", "'host:99999'", "'tcp://h:1'", "3"):
         with pytest.raises(ConfigError, match=r"^http\.listen: "):
             parse_config(base + f"http: {{listen: {bad}}}\n")
+
+
+def test_launcher_section() -> None:
+    assert parse_config(yaml.safe_dump(_doc())).launcher == LauncherConfig()
+    assert LauncherConfig() == LauncherConfig(
+        max_crashes=5, crash_window_s=60.0, backoff_first_s=0.5, backoff_max_s=8.0
+    )
+    doc = _doc(launcher={"max_crashes": 3, "crash_window_s": 10, "backoff_first_s": 0.1})
+    launcher = parse_config(yaml.safe_dump(doc)).launcher
+    assert launcher == LauncherConfig(
+        max_crashes=3, crash_window_s=10.0, backoff_first_s=0.1, backoff_max_s=8.0
+    )
+    assert type(launcher.crash_window_s) is float
+    with pytest.raises(AttributeError):
+        launcher.max_crashes = 1  # type: ignore[misc]

@@ -340,3 +340,106 @@ def test_status_page_in_a_browser(browser: Any, cluster_factory: Any, tmp_path: 
         save_screenshot(browser, tmp_path, "status-page-phone.png")
     finally:
         gateway.stop()
+
+
+def test_status_page_shows_a_failed_node(browser: Any, tmp_path: Path) -> None:
+    """A node ``zkv up`` gave up on: red, a FAILED badge and its error line, as text.
+
+    No cluster: the page's ``fetch`` of ``/api/status`` is replaced (before the page's own
+    script runs) by one answering a made-up status, so only the page is under test.
+    """
+    error = "zkv: node s1a cannot start: <img src=x onerror=alert(1)> & Address in use"
+    node = {
+        "shard": "s0",
+        "role": "primary",
+        "alive": True,
+        "state": "serving",
+        "epoch": 1,
+        "seq": 5,
+        "lag": 0,
+        "in_sync": True,
+        "keys": 3,
+        "slots": 16384,
+        "slot_ranges": "0-16383",
+        "requests": 10,
+        "errors": 0,
+    }
+    status = {
+        "cluster": "fake",
+        "slots": 16384,
+        "shards": {"s0": {"primary": "s0a", "epoch": 1, "serving": True}},
+        "broker": {"failovers": 0},
+        "nodes": [
+            {**node, "name": "s0a"},
+            {
+                **node,
+                "name": "s1a",
+                "shard": "s1",
+                "alive": False,
+                "state": "failed",
+                "error": error,
+            },
+            # given up on, though the broker has not noticed it is gone yet: red all the same
+            {**node, "name": "s2a", "shard": "s2", "state": "failed", "error": None},
+        ],
+    }
+    fake_fetch = f"const status = {json.dumps(status)};" + (
+        """
+        const realFetch = window.fetch.bind(window);
+        window.fetch = (url, init) => String(url).startsWith("/api/status")
+          ? Promise.resolve(new Response(JSON.stringify(status),
+              {status: 200, headers: {"Content-Type": "application/json"}}))
+          : realFetch(url, init);
+        """
+    )
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": fake_fetch})
+    gateway = GatewayThread("tcp://127.0.0.1:9")  # never asked: the status is the fake one
+    try:
+        browser.get(gateway.start())
+        rows = wait_until(
+            "the nodes listed",
+            lambda: (r := node_rows(browser)).keys() == {"s0a", "s1a", "s2a"} and r,
+        )
+        failed = rows["s1a"]
+        assert failed["cells"]["Alive"] == "FAILED"
+        assert failed["down"] and is_red(failed["background"]), failed
+        assert failed["cells"]["State"] == "failed" + error  # the text, never markup
+        details = browser.execute_script(
+            """
+            const tr = document.querySelector('#nodes tr[data-node="s1a"]');
+            const badge = tr.cells[3], line = tr.querySelector('.error-line');
+            return {
+              failedClass: tr.classList.contains('failed'),
+              badgeClass: badge.className,
+              badgeBackground: getComputedStyle(badge).backgroundColor,
+              line: line && line.textContent,
+              images: document.querySelectorAll('#nodes img').length,
+              title: tr.title,
+            };
+            """
+        )
+        assert details["failedClass"] and details["badgeClass"] == "badge failed", details
+        assert is_red(details["badgeBackground"]), details
+        assert details["line"] == error and details["images"] == 0, details
+        assert error in details["title"], details
+        assert rows["s2a"]["cells"]["Alive"] == "FAILED" and is_red(rows["s2a"]["background"])
+        assert rows["s2a"]["cells"]["State"] == "failedno error line recorded"
+        assert rows["s0a"]["cells"]["Alive"] == "up" and not is_red(rows["s0a"]["background"])
+        assert rows["s0a"]["cells"]["State"] == "serving"
+        assert text_of(browser, "nodes-up") == "1 / 3"
+        save_screenshot(browser, tmp_path, "status-page-failed.png")
+
+        browser.set_window_size(390, 2000)  # a phone: the error line is on the node's card
+        wait_until(
+            "the phone layout",
+            lambda: (
+                browser.execute_script(
+                    "return getComputedStyle(document.querySelector('#nodes tbody tr')).display"
+                )
+                == "block"
+            ),
+        )
+        assert node_rows(browser)["s1a"]["cells"]["State"] == "failed" + error
+        save_screenshot(browser, tmp_path, "status-page-failed-phone.png")
+    finally:
+        gateway.stop()

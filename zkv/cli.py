@@ -382,6 +382,12 @@ def _status(args: argparse.Namespace) -> int:
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    for node in status["nodes"]:
+        if node.get("state") == "failed":  # the launcher (`zkv up`) gave up restarting it
+            print(
+                f"{node.get('name')}: FAILED, no longer restarted; last error: "
+                f"{node.get('error') or '(none recorded)'}"
+            )
     return EXIT_OK
 
 

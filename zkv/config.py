@@ -26,6 +26,7 @@ __all__ = [
     "DefaultsConfig",
     "HeartbeatConfig",
     "HttpConfig",
+    "LauncherConfig",
     "LimitsConfig",
     "NodeConfig",
     "ReplicationConfig",
@@ -120,6 +121,21 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LauncherConfig:
+    """How ``zkv up`` restarts a child that exits, and when it gives up on one.
+
+    A child that exits is restarted after ``backoff_first_s``, doubling with each quick
+    crash up to ``backoff_max_s``; one that exits ``max_crashes`` times within
+    ``crash_window_s`` is given up on (the rest of the cluster keeps running).
+    """
+
+    max_crashes: int = 5
+    crash_window_s: float = 60.0
+    backoff_first_s: float = 0.5
+    backoff_max_s: float = 8.0
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """One shard node: its name, its shard and the endpoints it binds."""
 
@@ -143,6 +159,7 @@ class ClusterConfig:
     shards: dict[str, tuple[NodeConfig, ...]]
     replication: ReplicationConfig = ReplicationConfig()
     http: HttpConfig = HttpConfig()
+    launcher: LauncherConfig = LauncherConfig()
     path: Path | None = None
 
     def nodes(self) -> list[NodeConfig]:
@@ -234,6 +251,7 @@ class _Parser:
                 "shards",
                 "replication",
                 "http",
+                "launcher",
             },
         )
         cluster = self._str(top.get("cluster", "zkv"), "cluster")
@@ -304,6 +322,7 @@ class _Parser:
             raise _Invalid("http.listen", "must be HOST:PORT, e.g. 127.0.0.1:7480")
         if int(listen.rsplit(":", 1)[1]) > 65535:
             raise _Invalid("http.listen", "port is out of range")
+        launcher = self._launcher(top.get("launcher", {}))
         shards = self._shards(top["shards"], broker)
         if slots < len(shards):
             raise _Invalid("slots", f"must be at least the number of shards ({len(shards)})")
@@ -318,8 +337,27 @@ class _Parser:
             shards=shards,
             replication=replication,
             http=HttpConfig(listen),
+            launcher=launcher,
             path=path,
         )
+
+    def _launcher(self, raw: Any) -> LauncherConfig:
+        u = self._map(
+            raw,
+            "launcher",
+            allowed={"max_crashes", "crash_window_s", "backoff_first_s", "backoff_max_s"},
+        )
+        config = LauncherConfig(
+            max_crashes=self._int(u.get("max_crashes", 5), "launcher.max_crashes", 1, 1000),
+            crash_window_s=self._seconds(u.get("crash_window_s", 60.0), "launcher.crash_window_s"),
+            backoff_first_s=self._seconds(
+                u.get("backoff_first_s", 0.5), "launcher.backoff_first_s"
+            ),
+            backoff_max_s=self._seconds(u.get("backoff_max_s", 8.0), "launcher.backoff_max_s"),
+        )
+        if config.backoff_max_s < config.backoff_first_s:
+            raise _Invalid("launcher.backoff_max_s", "must be at least launcher.backoff_first_s")
+        return config
 
     def _shards(self, raw: Any, broker: BrokerConfig) -> dict[str, tuple[NodeConfig, ...]]:
         if not isinstance(raw, dict) or not raw:

@@ -7,10 +7,17 @@ Each child writes a ready file when it serves, and the launcher says where clien
 once all have.
 
 Supervision: a child that dies is restarted after a back-off that doubles with each quick
-crash; a child that crashes ``MAX_CRASHES`` times within ``CRASH_WINDOW_S`` is given up on,
-with a clear message, and the others keep running. SIGINT or SIGTERM stops every child
-(SIGTERM, then SIGKILL after a grace period). On Linux, children also get SIGTERM if the
-launcher itself dies (``PR_SET_PDEATHSIG``), so nothing is left orphaned.
+crash; a child that crashes ``launcher.max_crashes`` times within ``launcher.crash_window_s``
+(config file) is given up on, with a clear message, and the others keep running. SIGINT or
+SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period). On Linux, children
+also get SIGTERM if the launcher itself dies (``PR_SET_PDEATHSIG``), so nothing is left
+orphaned.
+
+Each child's stderr goes through a pipe: a thread per child process forwards every line,
+unchanged, to the launcher's stderr and remembers the child's last error line. The state of
+every child (running, restarting, failed, with that error line) is recorded in
+``<storage.dir>/launcher.json`` (see ``zkv.supervision``), which the broker reads for its
+STATUS reply; the file is removed when the launcher stops.
 """
 
 from __future__ import annotations
@@ -23,33 +30,141 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import IO, Any, Final
 
 from zkv.config import ClusterConfig
 from zkv.runtime import on_stop_signals, read_ready_file
+from zkv.supervision import ProcessState, remove_launcher_state, write_launcher_state
 
-__all__ = ["Child", "Launcher"]
+__all__ = ["Child", "ErrorLine", "Launcher", "StderrTap"]
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S: Final = 15.0
 STOP_GRACE_S: Final = 5.0
-BACKOFF_FIRST_S: Final = 0.5
-BACKOFF_MAX_S: Final = 8.0
-MAX_CRASHES: Final = 5
-CRASH_WINDOW_S: Final = 60.0
+#: How long to wait, once a child exited, for its last stderr lines to be read.
+STDERR_DRAIN_S: Final = 1.0
+#: An error line longer than this is cut (it goes into a JSON file and the STATUS reply).
+MAX_ERROR_CHARS: Final = 1000
+
+_PR_SET_PDEATHSIG: Final = 1
+_stderr_lock = threading.Lock()
+
+
+def _load_libc() -> Any:
+    """libc, loaded in the launcher (never in a child between fork and exec), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC: Final = _load_libc()
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    if sys.platform.startswith("linux"):
+    # Only a call into the already loaded libc: the launcher has threads, so the child
+    # must not import, dlopen or take locks here.
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class ErrorLine:
+    """Picks a process's last error line out of its stderr, fed one line at a time.
+
+    The error line is the last line containing `` ERROR `` or `` CRITICAL `` (a log
+    record), starting with ``zkv: `` (the command line's one-line failures), or ending a
+    traceback (``ValueError: ...``); without any, the last non-blank line.
+    """
+
+    def __init__(self) -> None:
+        self._error: str | None = None
+        self._last: str | None = None
+        self._in_traceback = False
+
+    @property
+    def line(self) -> str | None:
+        """The error line so far, or None if nothing but blank lines was seen."""
+        return self._error if self._error is not None else self._last
+
+    def feed(self, line: str) -> None:
+        """Take the next line of output (its line ending may be there or not)."""
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            return
+        text = line.strip()
+        if len(text) > MAX_ERROR_CHARS:
+            text = text[: MAX_ERROR_CHARS - 1] + "\u2026"
+        self._last = text
+        if line.startswith("Traceback (most recent call last):"):
+            self._in_traceback = True
+        elif self._in_traceback:
+            if not line[0].isspace():  # the exception after the indented frames
+                self._in_traceback = False
+                self._error = text
+        elif " ERROR " in line or " CRITICAL " in line or line.startswith("zkv: "):
+            self._error = text
+
+
+def _forward(line: bytes) -> None:
+    """Write ``line`` to our stderr unchanged; never raises (the pipe must keep draining)."""
+    with _stderr_lock:
         try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
+            out = getattr(sys.stderr, "buffer", None)
+            if out is not None:
+                out.write(line)
+                out.flush()
+            else:
+                sys.stderr.write(line.decode(errors="replace"))
+                sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # our stderr is closed or broken: keep reading, drop the line
+
+
+class StderrTap:
+    """A thread that drains one child process's stderr pipe until it closes.
+
+    Every line is forwarded unchanged to the launcher's stderr (so ``zkv up`` shows what it
+    always did) and fed to an ``ErrorLine``. The thread always reads, whatever happens to
+    the forwarding, so the child can never block on a full pipe; it ends when the pipe
+    closes (the child and anything that inherited the pipe exited).
+    """
+
+    def __init__(self, name: str, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._errors = ErrorLine()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"zkv-up-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for line in iter(self._stream.readline, b""):
+                _forward(line)
+                with self._lock:
+                    self._errors.feed(line.decode(errors="replace"))
+        except (OSError, ValueError):
+            pass  # the pipe went away
+        finally:
+            with contextlib.suppress(OSError):
+                self._stream.close()
+
+    @property
+    def error(self) -> str | None:
+        """The child's last error line so far (see ``ErrorLine``)."""
+        with self._lock:
+            return self._errors.line
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the pipe to close; whether it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
 
 @dataclass
@@ -60,18 +175,30 @@ class Child:
     argv: list[str]
     ready_file: Path
     process: subprocess.Popen[bytes] | None = None
+    tap: StderrTap | None = None
     crashes: list[float] = field(default_factory=list)
     restart_at: float | None = None
+    restarts: int = 0
     given_up: bool = False
 
     def start(self) -> None:
-        """Start (or restart) the process."""
+        """Start (or restart) the process, its stderr through a pipe that ``tap`` drains."""
         self.ready_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(
             [*self.argv, "--ready-file", str(self.ready_file)],
+            stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent,
         )
+        assert self.process.stderr is not None
+        self.tap = StderrTap(self.name, self.process.stderr)
         log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def last_error(self) -> str | None:
+        """Once the process exited: its last error line (after reading what it left)."""
+        if self.tap is None:
+            return None
+        self.tap.join(STDERR_DRAIN_S)
+        return self.tap.error
 
     @property
     def pid(self) -> int | None:
@@ -86,6 +213,8 @@ class Launcher:
         self.config = config
         self._stopping = False
         self._run_dir = Path(tempfile.mkdtemp(prefix="zkv-up-"))
+        self._states: dict[str, ProcessState] = {}
+        self._state_write_failed = False
         base = [sys.executable, "-m", "zkv"]
         common = ["--config", str(config_path), "--log-level", log_level]
         self.children = [Child("broker", [*base, "broker", *common], self._run_dir / "broker.json")]
@@ -121,9 +250,41 @@ class Launcher:
         finally:
             self._stop_all()
 
+    def _start(self, child: Child) -> None:
+        child.start()
+        self._record(child, "running", pid=child.pid)
+
+    def _record(
+        self,
+        child: Child,
+        state: str,
+        *,
+        pid: int | None = None,
+        exit_status: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Note ``child``'s new state and rewrite ``launcher.json``."""
+        self._states[child.name] = ProcessState(
+            name=child.name,
+            state=state,
+            pid=pid,
+            restarts=child.restarts,
+            exit_status=exit_status,
+            error=error,
+            since=time.time(),
+        )
+        try:
+            write_launcher_state(self.config.storage.dir, self._states)
+        except OSError as exc:
+            if not self._state_write_failed:  # say it once, not on every change
+                log.warning("cannot record the launcher's state in %s: %s", exc.filename, exc)
+            self._state_write_failed = True
+        else:
+            self._state_write_failed = False
+
     def _start_all(self, children: list[Child]) -> bool:
         for child in children:
-            child.start()
+            self._start(child)
         deadline = time.monotonic() + START_TIMEOUT_S
         waiting = list(children)
         while waiting and not self._stopping:
@@ -131,6 +292,7 @@ class Launcher:
                 assert child.process is not None
                 code = child.process.poll()
                 if code is not None:
+                    self._record(child, "failed", exit_status=code, error=child.last_error())
                     print(
                         f"zkv up: {child.name} exited with status {code} while starting "
                         "(see its log above); stopping the cluster",
@@ -160,31 +322,40 @@ class Launcher:
         )
 
     def _supervise(self, now: float) -> None:
+        limits = self.config.launcher
         for child in self.children:
             if child.given_up or child.process is None:
                 continue
             if child.restart_at is not None:
                 if now >= child.restart_at:
                     child.restart_at = None
-                    child.start()
+                    child.restarts += 1
+                    self._start(child)
                 continue
             code = child.process.poll()
             if code is None:
                 continue
-            child.crashes = [t for t in child.crashes if now - t < CRASH_WINDOW_S] + [now]
-            if len(child.crashes) >= MAX_CRASHES:
+            error = child.last_error()
+            window = limits.crash_window_s
+            child.crashes = [t for t in child.crashes if now - t < window] + [now]
+            if len(child.crashes) >= limits.max_crashes:
                 child.given_up = True
+                self._record(child, "failed", exit_status=code, error=error)
                 log.error(
                     "%s exited (status %s) %d times within %g s; giving up on it, "
-                    "the rest of the cluster keeps running",
+                    "the rest of the cluster keeps running. Its last error: %s",
                     child.name,
                     code,
                     len(child.crashes),
-                    CRASH_WINDOW_S,
+                    window,
+                    error or "(nothing on stderr)",
                 )
                 continue
-            delay = min(BACKOFF_FIRST_S * 2 ** (len(child.crashes) - 1), BACKOFF_MAX_S)
+            delay = min(
+                limits.backoff_first_s * 2 ** (len(child.crashes) - 1), limits.backoff_max_s
+            )
             child.restart_at = now + delay
+            self._record(child, "restarting", exit_status=code, error=error)
             log.warning(
                 "%s (pid %d) exited with status %s; restarting it in %.1f s",
                 child.name,
@@ -209,7 +380,11 @@ class Launcher:
                 process.kill()
                 process.wait()
         for child in self.children:
+            if child.tap is not None:  # let the last lines of each child through first
+                child.tap.join(STDERR_DRAIN_S)
             child.ready_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            remove_launcher_state(self.config.storage.dir)
         with contextlib.suppress(OSError):
             os.rmdir(self._run_dir)
         if running:

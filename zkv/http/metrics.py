@@ -19,7 +19,8 @@ The cluster (read with ``cluster_status()`` at each scrape)
     Per node, labelled ``node`` and ``shard``: gauges ``zkv_node_alive``, ``zkv_node_keys``,
     ``zkv_node_seq``, ``zkv_node_lag``, ``zkv_node_epoch``, ``zkv_node_primary`` (1 for the
     node in the primary role), ``zkv_node_in_sync``, ``zkv_node_log_bytes``,
-    ``zkv_node_max_stall_seconds``; counters ``zkv_node_requests_total``,
+    ``zkv_node_max_stall_seconds``, ``zkv_node_failed`` (1 for a node ``zkv up`` gave up
+    restarting: its state is ``failed``); counters ``zkv_node_requests_total``,
     ``zkv_node_errors_total``, ``zkv_node_fsyncs_total``, ``zkv_node_compactions_total``
     (cumulative counts kept by the node, so they restart from 0 when the node does, which
     ``rate()`` allows for). A value the broker does not know yet (a node that never
@@ -162,6 +163,17 @@ class ClusterCollector:
                     1.0 if node.get("role") == "primary" else 0.0,
                 )
         yield primary
+        failed = GaugeMetricFamily(
+            "zkv_node_failed",
+            "1 if the launcher (zkv up) gave up restarting the node, else 0.",
+            labels=labels,
+        )
+        for node in nodes:
+            failed.add_metric(
+                [str(node.get("name")), str(node.get("shard"))],
+                1.0 if node.get("state") == "failed" else 0.0,
+            )
+        yield failed
         yield per_node(
             GaugeMetricFamily(
                 "zkv_node_in_sync", "1 if the node is in its primary's in-sync set.", labels=labels

@@ -1,8 +1,10 @@
 /*
  * The zkv status page: polls GET /api/status every second and renders the shards and
- * nodes (a node that is not alive is marked DOWN in red), the cluster's operations per
- * second (from the nodes' request counters between polls), and a form that gets, puts
- * and deletes a key through the gateway's REST routes. Plain JavaScript, no library.
+ * nodes (a node that is not alive is marked DOWN in red; one that `zkv up` gave up
+ * restarting, state "failed", is marked FAILED in red with its last error line), the
+ * cluster's operations per second (from the nodes' request counters between polls), and a
+ * form that gets, puts and deletes a key through the gateway's REST routes. Plain
+ * JavaScript, no library.
  */
 "use strict";
 
@@ -24,6 +26,11 @@
     if (typeof value === "boolean") return value ? "yes" : "no";
     if (typeof value === "number") return value.toLocaleString("en-US");
     return String(value);
+  }
+
+  /** Whether a node counts as up: alive, and not given up on by `zkv up`. */
+  function isUp(node) {
+    return node.alive === true && node.state !== "failed";
   }
 
   /** fetch() with a timeout; resolves to {status, body} where body is parsed JSON or text. */
@@ -73,8 +80,12 @@
     return tr;
   }
 
+  /** Marks a cell that setCells leaves alone (its content is rendered elsewhere). */
+  const CUSTOM = Object.freeze({});
+
   function setCells(tr, values) {
     values.forEach((value, i) => {
+      if (value === CUSTOM) return;
       const text = show(value);
       if (tr.cells[i].textContent !== text) tr.cells[i].textContent = text;
     });
@@ -93,23 +104,52 @@
     });
   }
 
+  /**
+   * The State cell: the node's state, or for a failed node (given up on by `zkv up`)
+   * "failed" and its last error line beneath. Text only (textContent), never markup.
+   */
+  function renderState(cell, node, failed) {
+    const error = failed ? show(node.error === null || node.error === undefined ? "no error line recorded" : node.error) : "";
+    const key = failed ? "failed\n" + error : show(node.state);
+    if (cell.dataset.shown === key) return;
+    cell.dataset.shown = key;
+    if (!failed) { cell.textContent = key; return; }
+    const box = document.createElement("span");
+    box.className = "failed-state";
+    const state = document.createElement("strong");
+    state.textContent = "failed";
+    const line = document.createElement("span");
+    line.className = "error-line";
+    line.textContent = error;
+    box.append(state, line);
+    cell.replaceChildren(box);
+  }
+
   function renderNodes(nodes) {
     const table = $("nodes");
     syncRows(table, nodeRows, nodes.map((n) => n.name), "node");
     for (const node of nodes) {
       const tr = nodeRows.get(node.name);
       const alive = node.alive === true;
+      const failed = node.state === "failed";
       tr.dataset.alive = String(alive);
-      tr.classList.toggle("down", !alive);
+      tr.dataset.failed = String(failed);
+      tr.classList.toggle("down", !alive || failed);
+      tr.classList.toggle("failed", failed);
       tr.classList.toggle("primary", node.role === "primary");
       const slots = node.slots ? show(node.slots) + (node.slot_ranges ? " (" + node.slot_ranges + ")" : "") : node.slots;
       setCells(tr, [
-        node.name, node.shard, node.role, alive ? "up" : "DOWN", node.state, node.epoch,
-        node.seq, node.lag, node.in_sync, node.keys, slots, node.requests, node.errors,
+        node.name, node.shard, node.role, failed ? "FAILED" : alive ? "up" : "DOWN", CUSTOM,
+        node.epoch, node.seq, node.lag, node.in_sync, node.keys, slots, node.requests, node.errors,
       ]);
+      renderState(tr.cells[4], node, failed);
       const aliveCell = tr.cells[3];
-      aliveCell.className = alive ? "badge up" : "badge down";
-      tr.title = alive ? "" : "node " + node.name + " is down (last seen " + show(node.last_seen_s) + " s ago)";
+      aliveCell.className = failed ? "badge failed" : alive ? "badge up" : "badge down";
+      if (failed) {
+        tr.title = "node " + node.name + " failed: zkv up gave up restarting it. Last error: " + show(node.error);
+      } else {
+        tr.title = alive ? "" : "node " + node.name + " is down (last seen " + show(node.last_seen_s) + " s ago)";
+      }
       const inSync = tr.cells[8];
       inSync.classList.toggle("warn", node.role !== "primary" && node.in_sync === false);
     }
@@ -121,7 +161,7 @@
     for (const name of names) {
       const shard = shards[name];
       const members = nodes.filter((n) => n.shard === name);
-      const up = members.filter((n) => n.alive === true).length;
+      const up = members.filter(isUp).length;
       const primary = members.find((n) => n.name === shard.primary);
       const slots = members.reduce((sum, n) => sum + (n.role === "primary" && n.slots ? n.slots : 0), 0);
       const tr = shardRows.get(name);
@@ -162,10 +202,10 @@
     renderShards(shards, nodes);
     renderNodes(nodes);
     renderRate(nodes, now);
-    const up = nodes.filter((n) => n.alive === true).length;
+    const up = nodes.filter(isUp).length;
     $("nodes-up").textContent = up + " / " + nodes.length;
     $("nodes-up").parentElement.classList.toggle("bad", up < nodes.length);
-    const keys = nodes.reduce((sum, n) => sum + (n.role === "primary" && n.alive && n.keys ? n.keys : 0), 0);
+    const keys = nodes.reduce((sum, n) => sum + (n.role === "primary" && isUp(n) && n.keys ? n.keys : 0), 0);
     $("keys-total").textContent = show(keys);
     $("failovers").textContent = show(broker.failovers);
   }
