@@ -546,8 +546,15 @@ def test_check_directory_bad_snapshot_is_reported(tmp_path: Path) -> None:
     path = _write_store_snapshot(tmp_path, store)
     _flip(path, path.stat().st_size - 2)
     ok, lines = check_directory(tmp_path)
-    assert ok is True  # the log still holds everything
+    assert ok is False  # any BAD file fails the check, even if the log still holds everything
     assert lines[0].startswith(f"{path.name}: BAD: ")
+    ok, lines = check_directory(tmp_path, repair=True)  # sets the bad snapshot aside
+    assert ok is True
+    assert f"  repaired: moved {path.name} aside to {path.name}.corrupt" in lines
+    assert not path.exists() and path.with_name(path.name + ".corrupt").exists()
+    assert check_directory(tmp_path)[0] is True
+    store, _ = _recover(tmp_path)
+    assert store.get(b"a") == b"1"
 
 
 # --------------------------------------------------------------------------- snapshots

@@ -11,6 +11,7 @@ from zkv.client import AsyncClient, Client
 from zkv.errors import (
     ClientClosed,
     ConfigError,
+    FolderLocked,
     InvalidRequest,
     KeyExists,
     KeyNotFound,
@@ -37,6 +38,7 @@ __all__ = [
     "ClientClosed",
     "ConfigError",
     "Consistency",
+    "FolderLocked",
     "InvalidRequest",
     "KeyExists",
     "KeyNotFound",

@@ -7,8 +7,9 @@ Operations: ``zkv status``, ``zkv failover SHARD [--to NODE]``.
 Data: ``zkv put KEY VALUE [--ttl S] [--json]``, ``zkv get KEY``, ``zkv del KEY``,
 ``zkv keys [PREFIX]``, ``zkv status``; each takes ``--config FILE`` or ``--connect ENDPOINT``.
 
-Exit status: 0 success, 1 the key is missing, 2 bad usage or a bad config file, 3 the
-cluster is unavailable or timed out; every failure prints one line on stderr.
+Exit status: 0 success, 1 the key is missing (``check``: the folder is damaged), 2 bad
+usage, a bad config file, or a data folder in use by another process, 3 the cluster is
+unavailable or timed out; every failure prints one line on stderr.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from zkv import __version__
 from zkv.config import load_config
 from zkv.errors import (
     ConfigError,
+    FolderLocked,
     KeyNotFound,
     RequestError,
     StorageCorrupted,
@@ -244,6 +246,9 @@ def _serve(run: Callable[[], None], what: str) -> int:
     except zmq.ZMQError as exc:
         print(f"zkv: {what} cannot start: {exc}", file=sys.stderr)
         return 1
+    except FolderLocked as exc:  # another process uses the data folder: the operator's to fix
+        print(f"zkv: {what} cannot start: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except StorageCorrupted as exc:
         print(f"zkv: {what} cannot start: {exc}", file=sys.stderr)
         return 1
@@ -254,19 +259,54 @@ def _serve(run: Callable[[], None], what: str) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from zkv.storage.lock import folder_holder, lock_folder
     from zkv.storage.persistence import check_directory
 
-    ok, lines = check_directory(Path(args.data), repair=args.repair)
+    directory = Path(args.data)
+    if not directory.is_dir():
+        return _fail(f"{directory}: no such folder", EXIT_USAGE)
+    if args.repair:
+        try:
+            lock = lock_folder(directory)  # no node may start (or write) while we cut
+        except FolderLocked as exc:
+            return _fail(
+                f"cannot repair {directory}: it is in use by a live zkv process "
+                f"({_pid(exc.pid)}); stop it first",
+                EXIT_USAGE,
+            )
+        with lock:
+            ok, lines = check_directory(directory, repair=True)
+    else:
+        holder = folder_holder(directory)
+        if holder is not None:
+            print(
+                f"zkv: note: a live zkv process ({_pid(holder)}) holds {directory} and may "
+                "write to it meanwhile, so this result may be stale",
+                file=sys.stderr,
+            )
+        ok, lines = check_directory(directory)
     for line in lines:
         print(line)
-    if not ok:
+    if ok:
+        return EXIT_OK
+    if args.repair:
         print(
-            f"zkv: {args.data} is damaged; `zkv check --data {args.data} --repair` cuts the "
-            "log at the first bad record (losing what follows)",
+            f"zkv: {args.data} is still not fit to start from: records are missing that no "
+            "cut brings back; restore the missing files, or move the folder aside so the "
+            "node starts empty and resyncs from its shard",
             file=sys.stderr,
         )
-        return 1
-    return EXIT_OK
+    else:
+        print(
+            f"zkv: {args.data} is damaged; `zkv check --data {args.data} --repair` cuts the "
+            "log at the first bad record and sets bad snapshots aside (losing what follows)",
+            file=sys.stderr,
+        )
+    return 1
+
+
+def _pid(pid: int | None) -> str:
+    return f"pid {pid}" if pid else "pid unknown"
 
 
 # ---------------------------------------------------------------------------- data

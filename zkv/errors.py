@@ -5,6 +5,7 @@ Every failure a zkv user can see is a ``ZkvError``::
     ZkvError
     ├── ConfigError (ValueError)          bad YAML: names the file and the key path
     ├── StorageCorrupted                  a node's files are damaged beyond a torn tail
+    ├── FolderLocked                      another live process uses the data folder
     ├── ProtocolError                     malformed or unexpected frames
     │   ├── LocalProtocolError            we tried to send something invalid
     │   └── RemoteProtocolError           the peer sent something invalid
@@ -30,6 +31,7 @@ This module imports nothing from zkv.
 from __future__ import annotations
 
 from enum import IntEnum
+from pathlib import Path
 from typing import ClassVar
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "ClientClosed",
     "ConfigError",
     "ErrorCode",
+    "FolderLocked",
     "InvalidRequest",
     "KeyExists",
     "KeyNotFound",
@@ -94,9 +97,48 @@ class ConfigError(ZkvError, ValueError):
 class StorageCorrupted(ZkvError):
     """A node's data files are damaged in a way recovery will not guess about.
 
-    The message names the file and offset; ``zkv check --data DIR`` reports, and
-    ``--repair`` cuts the damaged part (losing what follows it).
+    The disk's or an operator's fault (a crash alone leaves at most a torn tail, which is cut).
+    The message is one line naming the file and offset; ``zkv check --data DIR`` reports,
+    and ``--repair`` cuts the damaged part (losing what follows it). Attributes, where the
+    raiser knows them: ``path`` (the damaged file), ``offset`` (where in it), ``last_seq``
+    (the highest sequence number the folder shows evidence of, from its file names and
+    valid records; 0 if none), so a node can tell how much history it would lose.
     """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        path: Path | None = None,
+        offset: int | None = None,
+        last_seq: int = 0,
+    ) -> None:
+        super().__init__(message)
+        #: The damaged file, where known.
+        self.path = path
+        #: The byte offset of the damage in ``path``, where known.
+        self.offset = offset
+        #: The highest sequence number the damaged folder shows evidence of (0 if none).
+        self.last_seq = last_seq
+
+
+class FolderLocked(ZkvError):
+    """Another live process holds the data folder's lock (``<folder>/LOCK``).
+
+    The operator's fault: two processes were given the same folder (one node started
+    twice, or two nodes sharing ``storage.dir`` and name), or the old process still runs.
+    The message is one line naming the folder and the holder's PID; ``directory`` and
+    ``pid`` (None if the holder had not written it yet) carry them.
+    """
+
+    def __init__(
+        self, message: str = "", *, directory: Path | None = None, pid: int | None = None
+    ) -> None:
+        super().__init__(message)
+        #: The locked data folder.
+        self.directory = directory
+        #: The holder's process id, as it wrote it into the lock file (None if unknown).
+        self.pid = pid
 
 
 class ProtocolError(ZkvError):

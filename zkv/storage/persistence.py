@@ -12,13 +12,23 @@
   log segments it covers are deleted. The longest step is kept in ``max_stall_s``.
 - Recovery loads the newest valid snapshot, replays every later record in sequence order,
   cuts a torn tail off the last segment (with a warning naming the file and offset), and
-  refuses to start (``StorageCorrupted``) on damage followed by valid records, or a gap.
+  refuses to start (``StorageCorrupted``, naming the file and offset) on damage followed by
+  valid records, a gap, a duplicate or out-of-order sequence number (two processes wrote
+  to the folder), or a history shorter than the folder's file names prove: every file
+  names a sequence (``snapshot-<S>`` says history reached S, ``log-<F>`` that it reached
+  F-1), and recovery must reach the highest of them without a gap. A bad snapshot is
+  skipped only when an older one plus the log still get there.
+- ``set_aside`` moves a folder's data files into ``damaged-<UTC time>/`` (deleting
+  nothing), for a node that will start over and resync instead.
+- ``check_directory`` (``zkv check``) reports on a folder by the same rules, file by file,
+  and can repair what a cut can.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +40,15 @@ import msgpack
 
 from zkv.errors import StorageCorrupted
 from zkv.storage.engine import Record, RecordOp, Store
-from zkv.storage.log import LOG_MAGIC, AppendLog, scan_file, segment_path, segments
+from zkv.storage.log import (
+    FRAME_HEADER,
+    LOG_MAGIC,
+    AppendLog,
+    fsync_dir,
+    scan_file,
+    segment_path,
+    segments,
+)
 from zkv.storage.snapshot import SnapshotWriter, load_snapshot, snapshots
 
 __all__ = ["COMPACT_STEP_KEYS", "Persistence", "Recovery", "check_directory"]
@@ -39,6 +57,9 @@ log = logging.getLogger(__name__)
 
 #: Keys copied into the snapshot per step (a step is a few milliseconds).
 COMPACT_STEP_KEYS: Final = 2000
+#: ``set_aside`` moves files whose names match these into ``damaged-<UTC time>/``.
+_DATA_PATTERNS: Final = ("snapshot-*.zkv", "log-*.zkv", "*.corrupt", "*.tmp")
+_DAMAGED_PREFIX: Final = "damaged-"
 
 
 @dataclass(slots=True)
@@ -90,14 +111,29 @@ class Persistence:
     # ------------------------------------------------------------------ recovery
 
     def recover(self, store: Store) -> Recovery:
-        """Load this folder into the empty ``store``, then log what the store emits."""
+        """Load this folder into the empty ``store``, then log what the store emits.
+
+        Raises ``StorageCorrupted`` (with ``path``, ``offset`` and ``last_seq``) when the
+        folder cannot give back its whole history; then no file was changed and the log
+        was not opened, so the caller may ``set_aside()`` the damaged files and call
+        ``recover()`` again with a new, empty ``Store`` (or make a new ``Persistence``).
+        """
+        if self.log.fileno() is not None:
+            raise RuntimeError(f"{self.directory}: recover() called on an open log")
         started = time.perf_counter()
         self.directory.mkdir(parents=True, exist_ok=True)
+        report = Recovery()
+        skipped = self._load_snapshot(store, report)
+        cut = self._replay(store, report, skipped)
+        self._check_evidence(store, skipped)
+        # Only now that the history is known to be whole is anything on disk changed.
+        if cut is not None:
+            path, good_end, message = cut
+            log.warning("%s", message)
+            report.warnings.append(message)
+            _truncate(path, good_end)
         for stale in self.directory.glob("*.tmp"):
             stale.unlink()
-        report = Recovery()
-        self._load_snapshot(store, report)
-        self._replay(store, report)
         report.seq = store.seq
         report.seconds = time.perf_counter() - started
         self.log.open(store.seq + 1)
@@ -110,7 +146,9 @@ class Persistence:
             self._syncer.start()
         return report
 
-    def _load_snapshot(self, store: Store, report: Recovery) -> None:
+    def _load_snapshot(self, store: Store, report: Recovery) -> list[_BadSnapshot]:
+        """Load the newest valid snapshot; the newer ones skipped as bad, newest first."""
+        skipped: list[_BadSnapshot] = []
         for seq, path in snapshots(self.directory):
             try:
                 snap_seq, chunks = load_snapshot(path)
@@ -121,53 +159,193 @@ class Persistence:
                         store.load(chunk)
             except StorageCorrupted as exc:
                 store.apply_record((RecordOp.CLEAR,))  # drop what a bad snapshot half-loaded
-                message = f"skipped snapshot {path.name}: {exc}"
+                bad = _BadSnapshot(seq, path, _reason(exc, path), _offset_of(exc))
+                skipped.append(bad)
+                message = f"skipped snapshot {path}: {bad.reason}"
                 log.warning("%s", message)
                 report.warnings.append(message)
                 continue
             if snap_seq != seq:
-                raise StorageCorrupted(f"{path}: named for seq {seq} but holds seq {snap_seq}")
+                raise StorageCorrupted(
+                    f"{path}: named for seq {seq} but holds seq {snap_seq}",
+                    path=path,
+                    last_seq=_folder_last_seq(self.directory),
+                )
             store.seq = snap_seq
             report.snapshot_seq = snap_seq
             report.snapshot_keys = store.held
-            return
+            break
+        return skipped
 
-    def _replay(self, store: Store, report: Recovery) -> None:
+    def _replay(
+        self, store: Store, report: Recovery, skipped: list[_BadSnapshot]
+    ) -> tuple[Path, int, str] | None:
+        """Apply the records after the snapshot; the torn tail to cut, if any (not cut yet)."""
         found = segments(self.directory)
+        sequence = _Sequence(store.seq)
+        cut: tuple[Path, int, str] | None = None
         for i, segment in enumerate(found):
-            scan, payloads = scan_file(segment.path, LOG_MAGIC)
-            if not scan.clean:
-                if i == len(found) - 1 and scan.torn_tail:
-                    message = (
-                        f"cut a torn tail off {segment.path} at offset {scan.good_end} "
-                        f"({scan.size - scan.good_end} bytes: {scan.problem})"
-                    )
-                    log.warning("%s", message)
-                    report.warnings.append(message)
-                    _truncate(segment.path, scan.good_end)
-                else:
-                    raise StorageCorrupted(
-                        _corruption(
-                            scan.path, scan.problem, scan.good_end, scan.valid_after, self.directory
-                        )
-                    )
+            path = segment.path
+            scan, payloads = scan_file(path, LOG_MAGIC)
+            sequence.start_file()
+            offset = len(LOG_MAGIC)
             for payload in payloads:
                 try:
-                    seq, *record = msgpack.unpackb(payload, raw=False, use_list=True)
+                    seq, record = _decode(payload)
                 except Exception as exc:
-                    raise StorageCorrupted(
-                        f"{segment.path}: a record with a valid checksum does not decode: {exc}"
+                    raise self._corrupted(
+                        f"{path}: a record with a valid checksum does not decode at offset "
+                        f"{offset}: {exc}; refusing to start. Inspect with `zkv check --data "
+                        f"{self.directory}`; `--repair` cuts the log there (losing what follows).",
+                        path,
+                        offset,
                     ) from None
-                if seq <= store.seq:
-                    continue  # already in the snapshot
-                if seq != store.seq + 1:
-                    raise StorageCorrupted(
-                        f"{segment.path}: record {seq} follows {store.seq}: records "
-                        f"{store.seq + 1}..{seq - 1} are missing"
-                    )
-                store.apply_record(tuple(record))
-                store.seq = seq
-                report.records += 1
+                try:
+                    apply = sequence.step(seq)
+                except _OrderError as exc:
+                    raise self._out_of_order(exc, path, offset, store.seq, skipped) from None
+                if apply:
+                    store.apply_record(tuple(record))
+                    store.seq = seq
+                    report.records += 1
+                offset += FRAME_HEADER.size + len(payload)
+            if scan.clean:
+                continue
+            if i == len(found) - 1 and scan.torn_tail:
+                message = (
+                    f"cut a torn tail off {path} at offset {scan.good_end} "
+                    f"({scan.size - scan.good_end} bytes: {scan.problem})"
+                )
+                cut = (path, scan.good_end, message)
+            else:
+                raise self._corrupted(
+                    _corruption(
+                        path, scan.problem, scan.good_end, scan.valid_after, self.directory
+                    ),
+                    path,
+                    scan.good_end,
+                )
+        return cut
+
+    def _check_evidence(self, store: Store, skipped: list[_BadSnapshot]) -> None:
+        """Refuse a history shorter than the folder's file names prove."""
+        evidence, where = _named_evidence(self.directory)
+        if store.seq >= evidence or where is None:
+            return
+        reached = store.seq
+        missing = f"records {reached + 1}..{evidence} are missing"
+        bad = [b for b in skipped if b.seq > reached]
+        if bad:
+            root = bad[0]
+            raise self._corrupted(
+                f"{root.path}: damaged ({root.reason}), and no older snapshot plus log records "
+                f"reach its seq {root.seq} (they reach only seq {reached}): {missing}; "
+                f"refusing to start with less data. Inspect with `zkv check --data "
+                f"{self.directory}`.",
+                root.path,
+                root.offset,
+            )
+        raise self._corrupted(
+            f"{where}: its name says history reached seq {evidence}, but the snapshots and log "
+            f"records reach only seq {reached}: {missing}; refusing to start with less data. "
+            f"Inspect with `zkv check --data {self.directory}`.",
+            where,
+            None,
+        )
+
+    def _out_of_order(
+        self,
+        exc: _OrderError,
+        path: Path,
+        offset: int,
+        reached: int,
+        skipped: list[_BadSnapshot],
+    ) -> StorageCorrupted:
+        """The error for a record that does not continue the history."""
+        bad = [b for b in skipped if b.seq > reached] if exc.gap else []
+        if bad:  # the records are missing because the snapshot holding them is damaged
+            root = bad[0]
+            return self._corrupted(
+                f"{root.path}: damaged ({root.reason}), and without it {exc.why} (the "
+                f"snapshots and log records reach only seq {reached}, then {path.name} "
+                f"continues at offset {offset}); refusing to start with less data. Inspect "
+                f"with `zkv check --data {self.directory}`.",
+                root.path,
+                root.offset,
+            )
+        advice = (
+            "refusing to start rather than lose them"
+            if exc.gap
+            else "refusing to start; `--repair` cuts the log there (losing what follows)"
+        )
+        return self._corrupted(
+            f"{path}: {exc.at(offset)}; {advice}. Inspect with "
+            f"`zkv check --data {self.directory}`.",
+            path,
+            offset,
+        )
+
+    def _corrupted(self, message: str, path: Path, offset: int | None) -> StorageCorrupted:
+        return StorageCorrupted(
+            message, path=path, offset=offset, last_seq=_folder_last_seq(self.directory)
+        )
+
+    # ------------------------------------------------------------------ damaged data
+
+    def set_aside(self, reason: str) -> Path:
+        """Move this folder's data files into a new ``damaged-<UTC time>/`` subfolder.
+
+        For a node that will start over without its damaged data (and resync from its
+        shard; deciding that is the node's business). Moves every snapshot, log segment,
+        ``*.corrupt`` and ``*.tmp`` file of the folder's top level, but not ``LOCK`` nor
+        earlier ``damaged-*`` folders; deletes nothing; writes ``README.txt`` with
+        ``reason`` there; fsyncs both folders; logs one line; returns the subfolder.
+
+        Call it while the log is closed: after a failed ``recover()`` (then ``recover()``
+        again with a new, empty ``Store``, which starts empty), or after ``close()`` (then
+        recover with a new ``Persistence``).
+        """
+        if self.log.fileno() is not None:
+            raise RuntimeError(f"{self.directory}: set_aside() needs the log closed")
+        now = time.gmtime()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", now)
+        target = self.directory / f"{_DAMAGED_PREFIX}{stamp}"
+        n = 1
+        while True:
+            try:
+                target.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                target = self.directory / f"{_DAMAGED_PREFIX}{stamp}-{n}"
+        moved: list[tuple[str, int]] = []
+        names = sorted({p.name for pattern in _DATA_PATTERNS for p in self.directory.glob(pattern)})
+        for name in names:
+            source = self.directory / name
+            if not source.is_file():
+                continue
+            size = source.stat().st_size
+            os.rename(source, target / name)
+            moved.append((name, size))
+        listing = "".join(f"  {name}  ({size} bytes)\n" for name, size in moved) or "  (none)\n"
+        readme = (
+            "zkv moved these files here instead of deleting them.\n\n"
+            f"reason: {reason}\n"
+            f"when: {time.strftime('%Y-%m-%d %H:%M:%S UTC', now)}\n"
+            f"by: pid {os.getpid()}\n"
+            f"from: {self.directory.resolve()}\n"
+            f"files:\n{listing}\n"
+            "The node started over without them. zkv never reads this folder again: inspect\n"
+            "it with `zkv check --data <this folder>`, and delete it when no longer needed.\n"
+        )
+        with open(target / "README.txt", "w", encoding="utf-8") as f:
+            f.write(readme)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(target)
+        fsync_dir(self.directory)
+        log.warning("moved damaged data aside to %s: %s", target, " ".join(reason.split()))
+        return target
 
     def _count_older_bytes(self) -> None:
         current = self.log.path
@@ -371,68 +549,259 @@ def _corruption(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _BadSnapshot:
+    """A snapshot recovery skipped because it does not load."""
+
+    seq: int
+    path: Path
+    reason: str
+    offset: int | None
+
+
+class _OrderError(Exception):
+    """A record's sequence number does not continue the history.
+
+    ``what`` and ``why`` go around the record's offset: ``f"{what} at offset N: {why}"``;
+    ``gap``: records are missing (rather than repeated or reordered).
+    """
+
+    def __init__(self, what: str, why: str, *, gap: bool) -> None:
+        super().__init__(f"{what}: {why}")
+        self.what = what
+        self.why = why
+        self.gap = gap
+
+    def at(self, offset: int) -> str:
+        """The finding, with the record's offset."""
+        return f"{self.what} at offset {offset}: {self.why}"
+
+
+class _Sequence:
+    """Follows a folder's records in file order and says which ones continue its history.
+
+    ``reached`` starts at the loaded snapshot's sequence. A record at or below it is
+    skipped (the snapshot holds it); the next must be exactly ``reached + 1`` (else records
+    are missing: a gap). Every record must also come after the one before it in the files
+    (else it is a duplicate or out of order: two processes appended to the folder), and
+    within one file exactly one after it.
+    """
+
+    def __init__(self, base: int) -> None:
+        self.reached = base
+        self.last: int | None = None
+        self._new_file = True
+
+    def start_file(self) -> None:
+        """The next record is the first of a segment."""
+        self._new_file = True
+
+    def step(self, seq: int) -> bool:
+        """Whether to apply the record ``seq`` (False: the snapshot has it); ``_OrderError``."""
+        last = self.last
+        if last is not None and seq <= last:
+            raise _OrderError(
+                f"sequence number {seq} follows {last}",
+                "a duplicate or out of order (did two processes append to this folder?)",
+                gap=False,
+            )
+        if last is not None and not self._new_file and seq != last + 1:
+            raise _OrderError(
+                f"sequence number {seq} follows {last} in the same file",
+                f"records {last + 1}..{seq - 1} are missing",
+                gap=False,
+            )
+        if seq > self.reached + 1:
+            raise _OrderError(
+                f"record {seq} follows {self.reached}",
+                f"records {self.reached + 1}..{seq - 1} are missing",
+                gap=True,
+            )
+        apply = seq > self.reached
+        self.accept(seq)
+        return apply
+
+    def accept(self, seq: int) -> None:
+        """Take ``seq`` as the latest record (after a gap was reported, to read on)."""
+        self.last = seq
+        self._new_file = False
+        self.reached = max(self.reached, seq)
+
+
+def _decode(payload: bytes) -> tuple[int, list[Any]]:
+    """A log record's sequence number and ``[op, *args]``; raises if it does not decode."""
+    seq, *record = msgpack.unpackb(payload, raw=False, use_list=True)
+    if type(seq) is not int:
+        raise ValueError(f"its sequence number is {seq!r}")
+    return seq, record
+
+
+def _reason(exc: StorageCorrupted, path: Path) -> str:
+    """``exc``'s message without the leading file name."""
+    text = str(exc)
+    prefix = f"{path}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _offset_of(exc: StorageCorrupted) -> int | None:
+    if exc.offset is not None:
+        return exc.offset
+    found = re.search(r"at offset (\d+)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+def _named_evidence(directory: Path) -> tuple[int, Path | None]:
+    """The highest sequence number a data file's name proves existed, and that file.
+
+    ``snapshot-<S>`` proves S; ``log-<F>`` proves F - 1 (it continues from there).
+    """
+    best, where = 0, None
+    for seq, path in snapshots(directory):
+        if seq > best:
+            best, where = seq, path
+    for segment in segments(directory):
+        if segment.first_seq - 1 > best:
+            best, where = segment.first_seq - 1, segment.path
+    return best, where
+
+
+def _folder_last_seq(directory: Path) -> int:
+    """The highest sequence number ``directory`` shows evidence of (names and valid records)."""
+    best, _ = _named_evidence(directory)
+    for segment in segments(directory):
+        try:
+            _, payloads = scan_file(segment.path, LOG_MAGIC)
+        except OSError:
+            continue
+        for payload in payloads:
+            try:
+                seq, _record = _decode(payload)
+            except Exception:
+                continue
+            best = max(best, seq)
+    return best
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.corrupt`` (kept for inspection, never read again).
+
+    An earlier ``<name>.corrupt`` is kept too: this one becomes ``<name>.<n>.corrupt``.
+    """
+    aside = path.with_name(path.name + ".corrupt")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.{n}.corrupt")
+    path.rename(aside)
+    fsync_dir(path.parent)
+    return aside
+
+
 def check_directory(directory: Path, repair: bool = False) -> tuple[bool, list[str]]:
     """Report on a node's data folder; with ``repair``, cut the log at its first bad record.
 
-    Returns whether the folder is (now) fit to start from, and one line per finding.
+    Returns whether the folder is (now) fit to start from, and one line per finding. Every
+    snapshot must load; every log record must have a valid checksum and decode; sequence
+    numbers must run on without a duplicate, a reordering, or (after the newest valid
+    snapshot) a gap; and the history must reach the highest sequence a file name proves
+    (the rules of recovery). A torn tail of the last segment is fine: recovery cuts it.
+
+    ``repair`` renames a bad snapshot ``<name>.corrupt``, cuts a segment at its first bad,
+    undecodable or misordered record, and renames the later segments ``<name>.corrupt``
+    (their records are lost). Missing records (a gap, a history that stops short) cannot
+    be repaired by cutting: the folder stays unfit.
     """
-    lines: list[str] = []
-    ok = True
     if not directory.is_dir():
         return False, [f"{directory}: no such folder"]
-    expected = 0  # the newest sequence number accounted for so far
+    lines: list[str] = []
+    problems = 0  # findings that make the folder unfit, not repaired
+    for old in sorted(directory.glob(f"{_DAMAGED_PREFIX}*")):
+        if old.is_dir():
+            lines.append(f"{old.name}/: files set aside earlier (not checked)")
+    base: int | None = None
     for seq, path in snapshots(directory):
         try:
-            _, chunks = load_snapshot(path)
+            snap_seq, chunks = load_snapshot(path)
             keys = sum(len(flat) // 3 for flat in chunks if isinstance(flat, list))
-            lines.append(f"{path.name}: snapshot as of seq {seq}, {keys} keys: ok")
-            expected = max(expected, seq)
+            if snap_seq != seq:
+                raise StorageCorrupted(f"{path}: named for seq {seq} but holds seq {snap_seq}")
         except StorageCorrupted as exc:
-            lines.append(f"{path.name}: BAD: {exc}")
-    found = segments(directory)
-    for i, segment in enumerate(found):
-        scan, payloads = scan_file(segment.path, LOG_MAGIC)
-        try:
-            seqs = [msgpack.unpackb(p)[0] for p in payloads[:1] + payloads[-1:]]
-        except Exception as exc:  # a valid checksum over a payload that does not decode
-            lines.append(f"{segment.path.name}: CORRUPT: a record does not decode: {exc}")
-            return False, lines
-        span = f"records {seqs[0]}..{seqs[-1]}" if seqs else "no records"
-        if seqs and seqs[0] > expected + 1:
-            ok = False
-            lines.append(
-                f"{segment.path.name}: GAP: records {expected + 1}..{seqs[0] - 1} are missing"
-            )
-        if seqs:
-            expected = max(expected, seqs[-1])
-        if scan.clean:
-            lines.append(f"{segment.path.name}: {scan.frames} records ({span}): ok")
+            lines.append(f"{path.name}: BAD: {_reason(exc, path)}")
+            if repair:
+                aside = _move_aside(path)
+                lines.append(f"  repaired: moved {path.name} aside to {aside.name}")
+            else:
+                problems += 1
             continue
-        last = i == len(found) - 1
-        kind = "torn tail" if scan.torn_tail and last else "CORRUPT"
-        if kind == "CORRUPT":
-            ok = False
-        lines.append(
-            f"{segment.path.name}: {scan.frames} good records ({span}), then {kind}: "
-            f"{scan.problem} at offset {scan.good_end}"
-            + (
+        lines.append(f"{path.name}: snapshot as of seq {seq}, {keys} keys: ok")
+        if base is None:
+            base = seq
+    sequence = _Sequence(base or 0)
+    found = segments(directory)
+    stopped = False
+    for i, segment in enumerate(found):
+        name = segment.path.name
+        scan, payloads = scan_file(segment.path, LOG_MAGIC)
+        sequence.start_file()
+        seqs: list[int] = []
+        bad_at: int | None = None
+        bad = ""
+        offset = len(LOG_MAGIC)
+        for payload in payloads:
+            try:
+                seq, _record = _decode(payload)
+            except Exception as exc:
+                bad_at = offset
+                bad = f"a record with a valid checksum does not decode at offset {offset}: {exc}"
+                break
+            try:
+                sequence.step(seq)
+            except _OrderError as exc:
+                if not exc.gap:
+                    bad_at, bad = offset, exc.at(offset)
+                    break
+                problems += 1
+                lines.append(f"{name}: GAP: {exc.at(offset)}")
+                sequence.accept(seq)  # read on, to report the rest too
+            seqs.append(seq)
+            offset += FRAME_HEADER.size + len(payload)
+        span = f"records {seqs[0]}..{seqs[-1]}" if seqs else "no records"
+        if bad_at is not None:
+            kind = "CORRUPT"
+            where = bad
+        elif not scan.clean:
+            bad_at = scan.good_end
+            kind = "torn tail" if scan.torn_tail and i == len(found) - 1 else "CORRUPT"
+            where = f"{scan.problem} at offset {scan.good_end}" + (
                 f"; valid records follow at offset {scan.valid_after}"
                 if scan.valid_after is not None
                 else ""
             )
-        )
+        else:
+            lines.append(f"{name}: {len(seqs)} records ({span}): ok")
+            continue
+        lines.append(f"{name}: {len(seqs)} good records ({span}), then {kind}: {where}")
         if repair:
-            _truncate(segment.path, scan.good_end)
+            _truncate(segment.path, bad_at)
             lines.append(
-                f"  repaired: cut {segment.path.name} at offset {scan.good_end} "
-                f"({scan.size - scan.good_end} bytes dropped)"
+                f"  repaired: cut {name} at offset {bad_at} ({scan.size - bad_at} bytes dropped)"
             )
             for later in found[i + 1 :]:
-                aside = later.path.with_name(later.path.name + ".corrupt")
-                later.path.rename(aside)
+                aside = _move_aside(later.path)
                 lines.append(f"  repaired: moved {later.path.name} aside to {aside.name}")
-            ok = True
             break
         if kind == "CORRUPT":
+            problems += 1
+            stopped = True  # what follows cannot be judged
             break
-    return ok, lines
+    if not stopped:
+        # After repairs, the files moved aside no longer count.
+        evidence, proof = _named_evidence(directory)
+        if proof is not None and sequence.reached < evidence:
+            problems += 1
+            lines.append(
+                f"{proof.name}: HISTORY SHORT: its name says history reached seq {evidence}, "
+                f"but the valid snapshots and log records reach only seq {sequence.reached} "
+                f"(records {sequence.reached + 1}..{evidence} are missing)"
+            )
+    return problems == 0, lines
