@@ -252,4 +252,5 @@ def test_broker_keeps_the_routing_table_across_a_restart(cluster_factory: Any) -
     c.wait_alive(["s0a", "s0b"])
     kv.put("after-restart", 1)
     status = kv.cluster_status()
-    assert status["shards"]["s0"] == {"primary": "s0b", "epoch": 2, "serving": True}
+    shard = status["shards"]["s0"]
+    assert (shard["primary"], shard["epoch"], shard["serving"]) == ("s0b", 2, True)

@@ -66,6 +66,9 @@ NODE_HEADER: Final = struct.Struct(">cQ")
 CLIENT_ID_BYTES: Final = 16
 MAX_SEQ: Final = 2**64 - 1
 MAX_TIMEOUT_MS: Final = 2**32 - 1
+#: How long a switch-over (FAILOVER) may take by default: the client's wait, from which the
+#: broker derives its own deadline so that its answer arrives before the client gives up.
+FAILOVER_TIMEOUT_S: Final = 10.0
 #: A hard ceiling on any key frame, whatever the config says (keys are small by design).
 MAX_KEY_FRAME_BYTES: Final = 64 * 1024
 #: The most keys one KEYS/SCAN page may ask for.
@@ -445,6 +448,10 @@ def decode_reply(frames: Sequence[bytes]) -> tuple[int, Any]:
 # --------------------------------------------------------------------------- node messages
 
 
+#: The state a node reports while its data folder is damaged and it waits to discard it.
+DAMAGED: Final = "damaged"
+
+
 @dataclass(slots=True)
 class NodeInfo:
     """What a node tells the broker in READY and each heartbeat."""
@@ -467,6 +474,8 @@ class NodeInfo:
     log_bytes: int = 0
     compactions: int = 0
     max_stall_ms: float = 0.0
+    #: The last sequence number of data this node discarded as damaged (-1: none).
+    discarded_seq: int = -1
 
 
 _NODE_INFO_TYPES: Final = {
@@ -488,6 +497,7 @@ _NODE_INFO_TYPES: Final = {
     "log_bytes": int,
     "compactions": int,
     "max_stall_ms": float,
+    "discarded_seq": int,
 }
 
 

@@ -6,6 +6,21 @@ broker relearns every node within one heartbeat) until it has been silent for
 ``heartbeat.liveness x heartbeat.interval_s``. Only names listed in the config may join,
 and only for the shard the config gives them; everything else a node reports (endpoints,
 pid, counters) comes from the node itself.
+
+What a node reports never changes routing (``RoutingTable`` holds the broker's decisions);
+it is only evidence for them:
+
+- **In-sync set.** The replicas the shard's primary last reported in sync, taken only from
+  the table's primary reporting the primary role at the table's epoch, and kept across a
+  restart of that primary (which is told the set again and waits for those replicas before
+  acknowledging strong writes). A promotion starts the set afresh.
+- **Successor.** When a shard's primary is down (silent, unreachable, or back with damaged
+  data), the in-sync replica that is following with the highest sequence number; none if
+  no replica was in sync, since promoting one could lose acknowledged writes.
+- **Election** (no routing file): once every configured node of the shard has reported,
+  or ``election_wait_s`` after the broker started, the reporting node with the highest
+  logged sequence (then the highest epoch, then config order). This trusts what nodes
+  report about their own data; CURVE (the security issue) authenticates who reports it.
 """
 
 from __future__ import annotations
@@ -15,7 +30,7 @@ from dataclasses import dataclass
 
 from zkv.broker.routing import RoutingTable
 from zkv.config import ClusterConfig
-from zkv.protocol import NodeInfo
+from zkv.protocol import DAMAGED, NodeInfo
 
 __all__ = ["Member", "Membership"]
 
@@ -33,15 +48,28 @@ class Member:
     alive: bool = False
     last_seen: float = 0.0
 
+    @property
+    def usable(self) -> bool:
+        """Alive, reported, and not holding damaged data."""
+        return self.alive and self.info is not None and self.info.state != DAMAGED
+
+    @property
+    def seq(self) -> int:
+        """The last sequence number it reported (-1 if none)."""
+        return self.info.seq if self.info is not None else -1
+
 
 class Membership:
     """Liveness and roles of every node in the config."""
 
-    def __init__(self, config: ClusterConfig, routing: RoutingTable) -> None:
+    def __init__(self, config: ClusterConfig, routing: RoutingTable, now: float = 0.0) -> None:
         self.routing = routing
         #: Shards whose primary is being switched on purpose: no writes are routed meanwhile.
         self.switching: set[str] = set()
         self.expiry_s = config.heartbeat.expiry_s
+        #: Without a routing file, how long to wait for a shard's nodes before electing.
+        self.election_wait_s = max(1.0, 4 * self.expiry_s)
+        self.started = now
         self.members: dict[str, Member] = {
             node.name: Member(node.name, node.shard) for node in config.nodes()
         }
@@ -50,6 +78,8 @@ class Membership:
         self.shards: dict[str, list[str]] = {
             shard: [n.name for n in nodes] for shard, nodes in config.shards.items()
         }
+        #: Per shard, the replicas its primary last reported in sync (see the module doc).
+        self.in_sync: dict[str, list[str]] = {shard: [] for shard in self.shards}
 
     def seen(self, identity: bytes, info: NodeInfo, now: float) -> str | None:
         """Record a READY or heartbeat; returns why it was refused, or None if accepted."""
@@ -69,11 +99,59 @@ class Membership:
             )
         elif member.info is not None and member.info.pid != info.pid:
             log.info("node %s restarted (pid %d -> %d)", info.name, member.info.pid, info.pid)
+        if info.discarded_seq >= 0 and (
+            member.info is None or member.info.discarded_seq != info.discarded_seq
+        ):
+            # it holds nothing yet: in the in-sync set again only once its primary says so
+            self.in_sync[member.shard] = [n for n in self.in_sync[member.shard] if n != info.name]
+            log.warning(
+                "node %s discarded its damaged data (it had seq %d); it resyncs as a replica "
+                "and cannot be promoted before it has caught up",
+                info.name,
+                info.discarded_seq,
+            )
         member.identity = identity
         self._by_identity[identity] = member
         member.info = info
         member.alive = True
         member.last_seen = now
+        if self.is_table_primary(member):
+            names = self.shards[member.shard]
+            self.in_sync[member.shard] = [n for n in info.in_sync if n in names and n != info.name]
+        return None
+
+    def is_table_primary(self, member: Member) -> bool:
+        """Whether ``member`` reports being the primary the table names, at its epoch."""
+        shard = member.shard
+        info = member.info
+        return (
+            info is not None
+            and self.routing.primaries[shard] == member.name
+            and info.role == "primary"
+            and info.epoch == self.routing.epochs[shard]
+        )
+
+    def disagreement(self, member: Member) -> str | None:
+        """Why ``member``'s report contradicts the table, beyond a role change in flight.
+
+        A node claiming the primary role the table does not give it, or an epoch ahead of
+        the table's, is fenced: told the table's role and epoch, and routed nothing until it
+        reports them. (A node behind the table is just catching up with a decision.)
+        """
+        info = member.info
+        if info is None or not self.routing.decided(member.shard):
+            return None
+        epoch = self.routing.epochs[member.shard]
+        if info.epoch > epoch:
+            return (
+                f"node {member.name} reports epoch {info.epoch} for shard {member.shard}, "
+                f"ahead of the table's {epoch}"
+            )
+        if info.role == "primary" and self.routing.primaries[member.shard] != member.name:
+            return (
+                f"node {member.name} claims to be primary of shard {member.shard}; the table "
+                f"says {self.routing.primaries[member.shard]} at epoch {epoch}"
+            )
         return None
 
     def expire(self, now: float) -> list[str]:
@@ -104,34 +182,59 @@ class Membership:
         That is the routing table's primary once it has taken the role at the shard's
         current epoch (it says so in its next heartbeat).
         """
-        if shard in self.switching:
+        name = self.routing.primaries[shard]
+        if shard in self.switching or name is None:
             return None
-        member = self.members[self.routing.primaries[shard]]
-        info = member.info
-        if (
-            member.alive
-            and info is not None
-            and info.role == "primary"
-            and info.epoch == self.routing.epochs[shard]
-        ):
-            return member
-        return None
+        member = self.members[name]
+        return member if member.alive and self.is_table_primary(member) else None
 
-    def successor(self, shard: str) -> Member | None:
-        """The replica to promote if ``shard``'s primary is dead: of the live replicas the
-        primary last reported in sync, the one with the highest sequence number."""
-        old = self.members[self.routing.primaries[shard]]
-        if old.alive or old.info is None:
-            return None
+    def best_in_sync(self, shard: str, exclude: Member | None = None) -> Member | None:
+        """Of the live replicas in ``shard``'s in-sync set, the most advanced.
+
+        A replica in the middle of a snapshot (``syncing``) holds only part of the data and
+        is never chosen; one that lost its primary (``idle``, ``waiting``) holds all it logged.
+        """
         candidates = [
             m
-            for name in old.info.in_sync
-            if (m := self.members.get(name)) is not None
-            and m.alive
+            for name in self.in_sync[shard]
+            if (m := self.members[name]) is not exclude
+            and m.usable
             and m.info is not None
-            and m.shard == shard
+            and m.info.state != "syncing"
         ]
-        return max(candidates, key=lambda m: m.info.seq if m.info else -1, default=None)
+        return max(candidates, key=lambda m: m.seq, default=None)
+
+    def successor(self, shard: str) -> Member | None:
+        """The replica to promote if ``shard``'s primary is down (see the module doc)."""
+        name = self.routing.primaries[shard]
+        if name is None or shard in self.switching:
+            return None
+        old = self.members[name]
+        if old.usable:
+            return None
+        return self.best_in_sync(shard, exclude=old)
+
+    def candidate(self, shard: str, now: float) -> Member | None:
+        """The node to elect as ``shard``'s first primary (no routing file), or None yet."""
+        if self.routing.decided(shard):
+            return None
+        members = [self.members[n] for n in self.shards[shard]]
+        reported = [m for m in members if m.alive and m.info is not None]
+        if len(reported) < len(members) and now - self.started < self.election_wait_s:
+            return None  # wait for the others: one of them may hold more
+        order = {name: i for i, name in enumerate(self.shards[shard])}
+        usable = [m for m in reported if m.usable and m.info is not None]
+        return max(
+            usable,
+            key=lambda m: (m.seq, m.info.epoch if m.info else 0, -order[m.name]),
+            default=None,
+        )
+
+    def reported_epoch(self, shard: str) -> int:
+        """The highest epoch any live node of ``shard`` reports."""
+        return max(
+            (m.info.epoch for n in self.shards[shard] if (m := self.members[n]).info), default=0
+        )
 
     def reader(self, shard: str) -> Member | None:
         """A node for an ``eventual`` read: the following replicas in turn, else the primary."""
@@ -148,6 +251,10 @@ class Membership:
             return self.primary(shard)
         self._turn += 1
         return replicas[self._turn % len(replicas)]
+
+    def promoted(self, shard: str) -> None:
+        """A new primary took over ``shard``: its in-sync set starts afresh."""
+        self.in_sync[shard] = []
 
     def by_identity(self, identity: bytes) -> Member | None:
         """The member a node socket identity (``node:<name>``) belongs to, once it joined."""

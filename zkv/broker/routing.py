@@ -1,13 +1,17 @@
 """RoutingTable: each shard's primary and epoch, kept on disk so a broker restart keeps them.
 
-The epoch of a shard grows by one at every promotion. The broker stamps each request it
-sends to a node with the shard's epoch and tells every node the epoch in its heartbeats; a
-reply stamped with an older epoch (from a fenced former primary) is dropped, so a node that
-lost the primary role never acknowledges a write again.
+Only the broker decides routing: a shard's primary and epoch change only by its own
+decisions (``elect`` when it has no table, ``promote`` on a failover or switch-over), never
+because a node claims a role. The epoch of a shard grows by one at every decision. The
+broker stamps each request it sends to a node with the shard's epoch and tells every node
+the epoch in its heartbeats; a reply stamped with an older epoch (from a fenced former
+primary) is dropped, so a node that lost the primary role never acknowledges a write again.
 
-The table lives in ``<storage.dir>/broker/routing.json`` (written to a temporary name,
-fsynced, renamed). Missing or unreadable, it starts from the config: the first node of each
-shard is its primary, at epoch 1.
+The table lives in ``<storage.dir>/broker/routing.json``, written atomically: a temporary
+file, fsynced, renamed over the old one, then the folder fsynced so the rename survives a
+machine crash. Without that file (a new cluster, or a lost or unreadable file) no shard has
+a primary yet (``primaries[shard] is None``, epoch 0): the broker waits for the shard's
+nodes and elects one (see ``Membership.candidate``); it never takes a node's word for it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 from pathlib import Path
 
 from zkv.config import ClusterConfig
+from zkv.storage.log import fsync_dir
 
 __all__ = ["RoutingTable"]
 
@@ -25,23 +30,28 @@ log = logging.getLogger(__name__)
 
 
 class RoutingTable:
-    """Primary name and epoch per shard."""
+    """Primary name (None until elected) and epoch per shard."""
 
     def __init__(self, config: ClusterConfig, path: Path | None = None) -> None:
         self.path = path
         self._nodes = {shard: [n.name for n in nodes] for shard, nodes in config.shards.items()}
-        self.primaries: dict[str, str] = {s: names[0] for s, names in self._nodes.items()}
-        self.epochs: dict[str, int] = dict.fromkeys(self._nodes, 1)
-        if path is not None:
-            self._load(path)
+        self.primaries: dict[str, str | None] = dict.fromkeys(self._nodes)
+        self.epochs: dict[str, int] = dict.fromkeys(self._nodes, 0)
 
-    def _load(self, path: Path) -> None:
+    def load(self) -> None:
+        """Read the table from ``path`` (the caller holds the folder's lock)."""
+        path = self.path
+        if path is None:
+            return
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            log.info("no routing table at %s: each shard's primary will be elected", path)
             return
         except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable routing table %s: %s", path, exc)
+            log.warning(
+                "unreadable routing table %s (%s): each shard's primary will be elected", path, exc
+            )
             return
         for shard, entry in saved.get("shards", {}).items() if isinstance(saved, dict) else []:
             names = self._nodes.get(shard)
@@ -49,20 +59,23 @@ class RoutingTable:
                 names
                 and isinstance(entry, dict)
                 and entry.get("primary") in names
-                and isinstance(entry.get("epoch"), int)
+                and type(entry.get("epoch")) is int
+                and entry["epoch"] > 0
             ):
                 self.primaries[shard] = entry["primary"]
                 self.epochs[shard] = entry["epoch"]
         log.info("routing table loaded from %s: %s", path, self.describe())
 
     def save(self) -> None:
-        """Write the table to disk atomically (a no-op without a path)."""
+        """Write the table to disk atomically and durably (a no-op without a path)."""
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {
             "shards": {
-                s: {"primary": self.primaries[s], "epoch": self.epochs[s]} for s in self._nodes
+                s: {"primary": self.primaries[s], "epoch": self.epochs[s]}
+                for s in self._nodes
+                if self.primaries[s] is not None
             }
         }
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -71,29 +84,27 @@ class RoutingTable:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)
 
     def promote(self, shard: str, name: str) -> int:
         """Make ``name`` the primary of ``shard`` at a new epoch; the epoch."""
-        self.primaries[shard] = name
-        self.epochs[shard] += 1
-        self.save()
-        return self.epochs[shard]
+        return self.elect(shard, name, self.epochs[shard] + 1)
 
-    def adopt(self, shard: str, name: str, epoch: int) -> None:
-        """A node reports a newer epoch than ours (the table was lost): believe it."""
-        if epoch > self.epochs[shard]:
-            log.warning(
-                "node %s reports epoch %d for shard %s, ahead of this broker's %d; "
-                "adopting it as primary",
-                name,
-                epoch,
-                shard,
-                self.epochs[shard],
-            )
-            self.primaries[shard] = name
-            self.epochs[shard] = epoch
-            self.save()
+    def elect(self, shard: str, name: str, epoch: int) -> int:
+        """Make ``name`` the primary of ``shard`` at ``epoch`` (above the current one)."""
+        if epoch <= self.epochs[shard]:
+            raise ValueError(f"epoch {epoch} is not above shard {shard}'s {self.epochs[shard]}")
+        self.primaries[shard] = name
+        self.epochs[shard] = epoch
+        self.save()
+        return epoch
+
+    def decided(self, shard: str) -> bool:
+        """Whether ``shard`` has a primary in the table (elected or loaded)."""
+        return self.primaries[shard] is not None
 
     def describe(self) -> str:
         """One line: each shard's primary and epoch."""
-        return ", ".join(f"{s}: {self.primaries[s]} (epoch {self.epochs[s]})" for s in self._nodes)
+        return ", ".join(
+            f"{s}: {self.primaries[s] or 'undecided'} (epoch {self.epochs[s]})" for s in self._nodes
+        )

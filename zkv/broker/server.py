@@ -21,6 +21,7 @@ import logging
 import os
 import struct
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -44,6 +45,8 @@ from zkv.errors import (
 from zkv.protocol import Consistency, Op, Request
 from zkv.runtime import MAX_FRAMES, Throttle, bind_endpoint, recv_frames, write_ready_file
 from zkv.slots import SlotMap
+from zkv.storage.lock import lock_folder
+from zkv.supervision import read_launcher_state
 
 __all__ = ["Broker"]
 
@@ -55,11 +58,15 @@ MAX_GATHER_S: Final = 60.0
 _DIRECT: Final = b"C"
 _GATHER: Final = b"F"
 _GATHER_ENVELOPE: Final = struct.Struct(">cQI")
+_REQUEST_SEQ: Final = struct.Struct(">Q")
+#: Outcomes of finished switch-overs kept for resent FAILOVER requests.
+SWITCH_OUTCOMES_KEPT: Final = 1024
 
 
 @dataclass(slots=True)
 class _Switch:
     client: bytes
+    rid: bytes  # client id + sequence number: a resend of the same request joins this one
     seq: int
     old: Member
     target: Member
@@ -92,11 +99,12 @@ class Broker:
         self.context = context or zmq.Context.instance()
         self.slot_map = SlotMap.even(list(config.shards), config.slots)
         self.routing = RoutingTable(config, config.data_dir("broker") / "routing.json")
-        self.membership = Membership(config, self.routing)
+        self.membership = Membership(config, self.routing, time.monotonic())
         self.requests = 0
         self.errors = 0
         self.failovers = 0
         self._switches: dict[str, _Switch] = {}
+        self._switch_outcomes: OrderedDict[bytes, list[bytes]] = OrderedDict()
         self._gathers: dict[int, _Gather] = {}
         self._next_gather = 0
         self._stopping = False
@@ -110,7 +118,15 @@ class Broker:
     # ------------------------------------------------------------------ loop
 
     def run(self) -> None:
-        """Bind both sockets and serve until ``stop()``."""
+        """Lock the broker's data folder, bind both sockets and serve until ``stop()``.
+
+        Raises ``FolderLocked`` if another process holds ``<storage.dir>/broker/``.
+        """
+        with lock_folder(self.config.data_dir("broker")):
+            self.routing.load()
+            self._run_locked()
+
+    def _run_locked(self) -> None:
         limit = self.config.limits.max_request_bytes + 4096
         self.clients = self.context.socket(zmq.ROUTER)
         self.nodes = self.context.socket(zmq.ROUTER)
@@ -175,6 +191,9 @@ class Broker:
         self.membership.expire(now)
         self._advance_switches(now)
         for shard in self.config.shards:
+            elected = self.membership.candidate(shard, now)
+            if elected is not None:
+                self._elect(shard, elected)
             successor = self.membership.successor(shard)
             if successor is not None:
                 self._promote(shard, successor, "its primary is down")
@@ -298,7 +317,8 @@ class Broker:
     def status(self) -> dict[str, Any]:
         """The cluster as the broker sees it (the STATUS reply)."""
         now = time.monotonic()
-        nodes = []
+        launched = read_launcher_state(self.config.storage.dir)  # processes `zkv up` gave up on
+        nodes: list[dict[str, Any]] = []
         for member in self.membership.members.values():
             info = member.info
             primary = self.membership.primary(member.shard)
@@ -324,17 +344,23 @@ class Broker:
                     "log_bytes": info.log_bytes if info else None,
                     "compactions": info.compactions if info else None,
                     "max_stall_ms": info.max_stall_ms if info else None,
+                    "discarded_seq": info.discarded_seq if info else None,
                     "publish": info.publish if info else None,
                     "sync": info.sync if info else None,
                     "last_seen_s": round(now - member.last_seen, 3) if info else None,
+                    "error": None,
                 }
             )
+            supervised = launched.get(member.name)
+            if supervised is not None and supervised.state == "failed" and not member.alive:
+                nodes[-1].update(state="failed", error=supervised.error)
         return {
             "cluster": self.config.cluster,
             "slots": self.config.slots,
             "shards": {
                 s: {
                     "primary": self.routing.primaries[s],
+                    "in_sync": self.membership.in_sync[s],
                     "epoch": self.routing.epochs[s],
                     "serving": self.membership.primary(s) is not None,
                 }
@@ -353,28 +379,55 @@ class Broker:
     # ------------------------------------------------------------------ nodes
 
     def _beat(self, member: Member) -> None:
-        """Send ``member`` its heartbeat: its role and epoch, and where its primary is."""
+        """Send ``member`` its heartbeat: its role and epoch, and where its primary is.
+
+        A primary is also told the shard's in-sync set, so that after a restart it waits for
+        those replicas before acknowledging strong writes (the set survives the restart). A
+        replica is told whether its primary serves (a node with damaged data discards it
+        only then). Nothing is sent for a shard with no primary elected yet.
+        """
         shard = member.shard
+        name = self.routing.primaries[shard]
+        if name is None:
+            return
         epoch = self.routing.epochs[shard]
-        primary = self.membership.members[self.routing.primaries[shard]]
+        primary = self.membership.members[name]
         body: dict[str, Any] = {
             "epoch": epoch,
             "role": "primary"
             if primary is member and shard not in self.membership.switching
             else "replica",
         }
-        if primary is not member and primary.alive and primary.info is not None:
+        if primary is member:
+            body["in_sync"] = self.membership.in_sync[shard]
+        elif primary.alive and primary.info is not None:
             body["primary"] = {
                 "name": primary.name,
                 "publish": primary.info.publish,
                 "sync": primary.info.sync,
+                "serving": self.membership.primary(shard) is primary,
             }
         self._to_node(
             member, [protocol.node_header(protocol.BROKER_HEARTBEAT, epoch), protocol.packb(body)]
         )
 
     def _start_switch(self, client: bytes, request: Request) -> None:
-        """Begin a manual switch-over of a shard's primary (``zkv failover``)."""
+        """Begin a manual switch-over of a shard's primary (``zkv failover``).
+
+        Idempotent: a resend of the same request (same client id and sequence number) joins
+        the switch in progress, or gets the outcome of the finished one. The switch must
+        complete within the request's own timeout less a margin, so that the broker's answer,
+        success or the reason for failing, reaches the client before it gives up.
+        """
+        rid = request.client_id + _REQUEST_SEQ.pack(request.seq)
+        outcome = self._switch_outcomes.get(rid)
+        if outcome is not None:
+            self._reply(client, outcome)
+            return
+        for switch in self._switches.values():
+            if switch.rid == rid:
+                switch.client = client  # answer where the resend came from
+                return
         shard, target_name = request.args
         if shard not in self.config.shards:
             raise InvalidRequest(f"no shard named {shard!r}")
@@ -384,12 +437,7 @@ class Broker:
         if old is None or old.info is None:
             raise Unavailable(f"shard {shard} has no live primary to switch from")
         if target_name is None:
-            candidates = [self.membership.members[n] for n in old.info.in_sync]
-            target = max(
-                (m for m in candidates if m.alive and m.info is not None),
-                key=lambda m: m.info.seq if m.info else -1,
-                default=None,
-            )
+            target = self.membership.best_in_sync(shard, exclude=old)
             if target is None:
                 raise Unavailable(f"shard {shard} has no in-sync replica to switch to")
         else:
@@ -401,9 +449,19 @@ class Broker:
             if not target.alive or target.info is None or target.info.state != "following":
                 raise Unavailable(f"{target_name} is not a live, following replica")
         now = time.monotonic()
+        budget_s = request.timeout_ms / 1000 or protocol.FAILOVER_TIMEOUT_S
+        margin_s = min(budget_s / 2, 1.0 + self.config.heartbeat.interval_s)
         self.membership.switching.add(shard)  # writes now get Unavailable: clients retry
-        self._switches[shard] = _Switch(client, request.seq, old, target, now, now + 10.0)
-        log.info("switching the primary of shard %s from %s to %s", shard, old.name, target.name)
+        self._switches[shard] = _Switch(
+            client, rid, request.seq, old, target, now, now + budget_s - margin_s
+        )
+        log.info(
+            "switching the primary of shard %s from %s to %s (within %.1f s)",
+            shard,
+            old.name,
+            target.name,
+            budget_s - margin_s,
+        )
 
     def _advance_switches(self, now: float) -> None:
         for shard, switch in list(self._switches.items()):
@@ -424,22 +482,48 @@ class Broker:
                     "primary": target.name,
                     "epoch": self.routing.epochs[shard],
                 }
-                self._reply(switch.client, protocol.encode_reply(switch.seq, result))
+                self._switched(switch, protocol.encode_reply(switch.seq, result))
             elif now > switch.deadline or not target.alive:
                 del self._switches[shard]
                 self.membership.switching.discard(shard)
-                self._fail(
-                    switch.client,
-                    switch.seq,
-                    Timeout(
-                        f"{target.name} did not catch up with {old.name} in time; "
-                        f"{old.name} stays the primary of {shard}"
-                    ),
+                self.errors += 1
+                why = Timeout(
+                    f"{target.name} did not catch up with {old.name} in time; "
+                    f"{old.name} stays the primary of {shard}"
                 )
+                self._switched(switch, protocol.encode_error(switch.seq, why))
+
+    def _switched(self, switch: _Switch, reply: list[bytes]) -> None:
+        """Answer a switch-over, and keep the answer for a resend of its request."""
+        self._switch_outcomes[switch.rid] = reply
+        while len(self._switch_outcomes) > SWITCH_OUTCOMES_KEPT:
+            self._switch_outcomes.popitem(last=False)
+        self._reply(switch.client, reply)
+
+    def _elect(self, shard: str, member: Member) -> None:
+        """Name the first primary of a shard the routing table has none for."""
+        epoch = max(self.routing.epochs[shard], self.membership.reported_epoch(shard)) + 1
+        self.routing.elect(shard, member.name, epoch)
+        log.warning(
+            "elected %s primary of shard %s at epoch %d: the highest sequence (%d) of the "
+            "nodes that reported (no routing table)",
+            member.name,
+            shard,
+            epoch,
+            member.seq,
+        )
+        self._beat_shard(shard)
+
+    def _beat_shard(self, shard: str) -> None:
+        for name in self.membership.shards[shard]:
+            member = self.membership.members[name]
+            if member.alive:
+                self._beat(member)
 
     def _promote(self, shard: str, member: Member, why: str) -> None:
         old = self.routing.primaries[shard]
         epoch = self.routing.promote(shard, member.name)
+        self.membership.promoted(shard)
         self.failovers += 1
         log.warning(
             "promoted %s to primary of shard %s at epoch %d (seq %s): %s (was %s)",
@@ -450,10 +534,7 @@ class Broker:
             why,
             old,
         )
-        for name in self.membership.shards[shard]:
-            other = self.membership.members[name]
-            if other.alive:
-                self._beat(other)
+        self._beat_shard(shard)
 
     def _on_node(self, frames: list[bytes]) -> None:
         identity = frames[0]
@@ -463,9 +544,10 @@ class Broker:
         kind, epoch = protocol.decode_node_header(frames[1])
         if kind == protocol.NODE_REPLY and len(frames) == 5:
             member = self.membership.by_identity(identity)
-            if member is None or epoch < self.routing.epochs[member.shard]:
-                # fencing: a node that lost its role at an older epoch acknowledges nothing
-                self._bad.warning("dropped a reply from %r at stale epoch %d", identity[:32], epoch)
+            if member is None or epoch != self.routing.epochs[member.shard]:
+                # fencing: a node that lost its role at an older epoch (or claims one the
+                # broker never gave) acknowledges nothing
+                self._bad.warning("dropped a reply from %r at epoch %d", identity[:32], epoch)
                 return
             envelope = frames[2]
             if envelope[:1] == _DIRECT:
@@ -486,10 +568,16 @@ class Broker:
             if refused:
                 self._bad.warning("refused node: %s", refused)
                 return
-            if info.role == "primary":
-                self.routing.adopt(info.shard, info.name, info.epoch)
-            if kind == protocol.NODE_READY:
-                self._beat(self.membership.members[info.name])  # its role, without delay
+            member = self.membership.members[info.name]
+            disagreement = self.membership.disagreement(member)
+            elected = self.membership.candidate(member.shard, time.monotonic())
+            if elected is not None:  # the last of the shard's nodes reported: elect now
+                self._elect(member.shard, elected)
+            elif disagreement is not None:  # only the broker decides routing: fence the node
+                self._bad.warning("%s; fencing it", disagreement)
+                self._beat(member)
+            elif kind == protocol.NODE_READY:
+                self._beat(member)  # its role, without delay
             if self._switches:
                 self._advance_switches(time.monotonic())
         else:

@@ -355,9 +355,7 @@ class AsyncClient:
         self, shard: str, to: str | None = None, *, timeout: float | None = None
     ) -> dict[str, Any]:
         """As ``Client.failover``."""
-        result: dict[str, Any] = await self._run(
-            self._core.failover(shard, to, timeout=10.0 if timeout is None else timeout)
-        )
+        result: dict[str, Any] = await self._run(self._core.failover(shard, to, timeout=timeout))
         return result
 
     async def cluster_status(self, *, timeout: float | None = None) -> dict[str, Any]:

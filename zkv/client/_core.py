@@ -382,9 +382,18 @@ class ClientCore:
         result: int = yield from self.call(Op.COUNT, **kw)
         return result
 
-    def failover(self, shard: str, to: str | None, **kw: Any) -> Call:
-        """Move ``shard``'s primary role (to ``to``, or the most advanced in-sync replica)."""
-        result: dict[str, Any] = yield from self.call(Op.FAILOVER, args=[shard, to], **kw)
+    def failover(self, shard: str, to: str | None, *, timeout: float | None = None) -> Call:
+        """Move ``shard``'s primary role (to ``to``, or the most advanced in-sync replica).
+
+        ``timeout`` (default ``protocol.FAILOVER_TIMEOUT_S``) also bounds the broker's
+        switch-over, which answers before it runs out; resends of the request join the
+        switch in progress or get its outcome.
+        """
+        if timeout is None:
+            timeout = protocol.FAILOVER_TIMEOUT_S
+        result: dict[str, Any] = yield from self.call(
+            Op.FAILOVER, args=[shard, to], timeout=timeout
+        )
         return result
 
     def status(self, **kw: Any) -> Call:

@@ -365,9 +365,7 @@ class Client(MutableMapping[Key, Any]):
         current primary, then promotes it; the former primary becomes its replica. Returns
         ``{"shard", "primary", "epoch"}``.
         """
-        result: dict[str, Any] = self._run(
-            self._core.failover(shard, to, timeout=10.0 if timeout is None else timeout)
-        )
+        result: dict[str, Any] = self._run(self._core.failover(shard, to, timeout=timeout))
         return result
 
     def pipeline(self) -> Pipeline:

@@ -55,6 +55,7 @@ class Primary:
         epoch: int,
         ack_timeout_s: float,
         heartbeat_s: float,
+        in_sync: list[str] | None = None,
     ) -> None:
         self.store = store
         self.pub = pub
@@ -62,6 +63,7 @@ class Primary:
         self.epoch = epoch
         self.heartbeat_s = heartbeat_s
         self.replicas = ReplicaSet(ack_timeout_s)
+        self.replicas.seed(in_sync or [], time.monotonic())
         self._outbox: list[bytes] = []
         self._outbox_seq = 0  # the sequence number of the first record in the outbox
         self._transfers: dict[bytes, _Transfer] = {}

@@ -67,6 +67,10 @@ END: Final = b"END"
 RESULTS: Final = b"RESULTS"
 
 
+#: Identity prefix of the placeholder for a seeded replica that has not connected yet.
+_SEED: Final = b"\x00seed:"
+
+
 @dataclass(slots=True)
 class ReplicaState:
     """What the primary knows of one replica."""
@@ -93,14 +97,31 @@ class ReplicaSet:
     replicas: dict[bytes, ReplicaState] = field(default_factory=dict)
     _waiting: list[_Waiting] = field(default_factory=list)
 
+    def seed(self, names: list[str], now: float) -> None:
+        """Count ``names`` in sync before they connect: the set a restarted primary inherits.
+
+        The broker hands a primary that restarts at the same epoch the in-sync set its
+        former run reported, so the set stays truthful across the restart: strong writes
+        wait for those replicas' acks, and a replica that does not reconnect and ack within
+        ``ack_timeout_s`` leaves the set as usual.
+        """
+        for name in names:
+            identity = _SEED + name.encode()
+            self.replicas[identity] = ReplicaState(name, identity, last_heard=now, in_sync=True)
+        if names:
+            log.info("waiting for replicas %s, in sync before this primary started", names)
+
     def hello(self, identity: bytes, name: str, now: float) -> None:
-        """A replica (re)introduced itself; it is not in sync until it has caught up."""
+        """A replica (re)introduced itself; it is not in sync until it has caught up, unless
+        it is a seeded one connecting for the first time (see ``seed``)."""
         old = self.replicas.pop(identity, None)
+        seeded = False
         for other in [r for r in self.replicas.values() if r.name == name]:
             del self.replicas[other.identity]  # the same node on a new connection
+            seeded = seeded or (other.in_sync and other.identity.startswith(_SEED))
         if old is None or old.in_sync:
             log.info("replica %s connected", name)
-        self.replicas[identity] = ReplicaState(name, identity, last_heard=now)
+        self.replicas[identity] = ReplicaState(name, identity, last_heard=now, in_sync=seeded)
 
     def ack(self, identity: bytes, seq: int, primary_seq: int, now: float) -> list[list[bytes]]:
         """Record an ack; the strong replies it releases."""

@@ -36,15 +36,17 @@ from zkv.errors import (
     InvalidRequest,
     KeyExists,
     ServerError,
+    StorageCorrupted,
     Unavailable,
     ZkvError,
     code_of,
 )
 from zkv.node.primary import Primary
 from zkv.node.replica import Replica
-from zkv.protocol import Consistency, NodeInfo, Op, Request
+from zkv.protocol import DAMAGED, Consistency, NodeInfo, Op, Request
 from zkv.runtime import MAX_FRAMES, Throttle, bind_endpoint, recv_frames, write_ready_file
 from zkv.storage.engine import RecordOp, Store
+from zkv.storage.lock import lock_folder
 from zkv.storage.persistence import Persistence
 
 __all__ = ["Node"]
@@ -83,13 +85,10 @@ class Node:
         self.primary: Primary | None = None
         self.replica: Replica | None = None
         self._beat_now = False
-        storage = config.storage
-        self.persistence = Persistence(
-            config.data_dir(name),
-            storage.fsync,
-            compact_ratio=storage.compact_ratio,
-            compact_min_bytes=storage.compact_min_bytes,
-        )
+        self.persistence = self._new_persistence()
+        #: The last sequence of damaged data this node discarded at start (-1: none).
+        self.discarded_seq = -1
+        self.publish = self.sync = ""
         self.limits = config.limits
         self._stopping = False
         #: Warnings any peer can trigger at will are throttled.
@@ -119,13 +118,34 @@ class Node:
         """Ask the loop to finish its turn and exit (safe from a signal handler)."""
         self._stopping = True
 
-    def run(self) -> None:
-        """Recover the data folder, bind, register with the broker and serve until ``stop()``.
+    def _new_persistence(self) -> Persistence:
+        storage = self.config.storage
+        return Persistence(
+            self.config.data_dir(self.me.name),
+            storage.fsync,
+            compact_ratio=storage.compact_ratio,
+            compact_min_bytes=storage.compact_min_bytes,
+        )
 
-        Raises ``StorageCorrupted`` (before binding anything) if the data folder is damaged
-        beyond a torn tail.
+    def run(self) -> None:
+        """Lock and recover the data folder, bind, register with the broker and serve until
+        ``stop()``.
+
+        Raises ``FolderLocked`` if another process holds the data folder. If the folder is
+        damaged beyond a torn tail (``StorageCorrupted``), the node discards it only when its
+        shard's primary serves, so that the data lives on there (see ``_discard_damaged``);
+        otherwise it raises before binding anything.
         """
-        report = self.persistence.recover(self.store)
+        with lock_folder(self.persistence.directory):
+            self._run_locked()
+
+    def _run_locked(self) -> None:
+        try:
+            report = self.persistence.recover(self.store)
+        except StorageCorrupted as exc:
+            self.persistence.close()
+            self._discard_damaged(exc)
+            report = self.persistence.recover(self.store)
         log.info(
             "node %s recovered %d keys at seq %d in %.3f s (snapshot %s, %d log records)",
             self.me.name,
@@ -170,7 +190,7 @@ class Node:
                 sock.close(linger=0)
 
     def _new_replica(self) -> Replica:
-        return Replica(
+        replica = Replica(
             self.me.name,
             self.store,
             self.persistence,
@@ -178,8 +198,81 @@ class Node:
             hwm=self.config.replication.hwm,
             heartbeat_s=self.config.heartbeat.interval_s,
         )
+        replica.force_snapshot = self.discarded_seq >= 0 and self.store.seq == 0
+        return replica
 
-    def _become_primary(self, epoch: int) -> None:
+    # ------------------------------------------------------------------ damaged data
+
+    def _discard_damaged(self, damage: StorageCorrupted) -> None:
+        """Set damaged data aside and start empty, if a serving primary of the shard holds it.
+
+        The node tells the broker it is ``damaged`` (with the last sequence it had) and waits
+        for a heartbeat naming a primary of its shard that serves: the broker promotes an
+        in-sync replica if this node was the primary. Only then are the damaged files moved
+        to ``damaged-<timestamp>/`` in the data folder (never deleted); the node starts empty
+        as a replica and resyncs by snapshot, and reports ``discarded_seq`` so the broker
+        knows; it cannot be promoted before it is back in sync. The shard's only node, or a
+        node whose shard has no serving primary within the wait, refuses to start instead.
+        """
+        shard = self.me.shard
+        if len(self.config.shards[shard]) == 1:
+            raise StorageCorrupted(
+                f"{damage}; {self.me.name} is the only node of shard {shard}, so no other "
+                "copy exists: nothing was discarded"
+            )
+        log.error("damaged data folder: %s", damage)
+        wait_s = max(3.0, 10 * self.config.heartbeat.expiry_s)
+        primary = self._serving_primary(damage.last_seq, wait_s)
+        if primary is None:
+            raise StorageCorrupted(
+                f"{damage}; no primary of shard {shard} served within {wait_s:g} s to resync "
+                "from, so nothing was discarded"
+            )
+        aside = self.persistence.set_aside(
+            f"{damage} (discarded by {self.me.name}: {primary} serves shard {shard})"
+        )
+        log.warning(
+            "discarded damaged data (last seq %d), kept in %s; starting empty as a replica "
+            "of %s to resync",
+            damage.last_seq,
+            aside,
+            primary,
+        )
+        self.discarded_seq = damage.last_seq
+        self.store = Store(self.config.slots)
+        self.store.primary = False
+        self.persistence = self._new_persistence()
+
+    def _serving_primary(self, last_seq: int, wait_s: float) -> str | None:
+        """Report ``damaged`` to the broker; the name of a serving primary it names in time."""
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, f"node:{self.me.name}".encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.config.broker.nodes)
+        info = NodeInfo(self.me.name, self.me.shard, role="replica", state=DAMAGED, pid=os.getpid())
+        info.seq = max(last_seq, 0)
+        interval = self.config.heartbeat.interval_s
+        deadline = time.monotonic() + wait_s
+        kind = protocol.NODE_READY
+        try:
+            while not self._stopping and time.monotonic() < deadline:
+                self._send(sock, protocol.encode_node_info(kind, info))
+                kind = protocol.NODE_HEARTBEAT
+                if not sock.poll(int(interval * 1000)):
+                    continue
+                while True:
+                    try:
+                        frames = recv_frames(sock)
+                    except zmq.Again:
+                        break
+                    name = _serving_primary_in(frames, self.me.name)
+                    if name is not None:
+                        return name
+        finally:
+            sock.close(linger=0)
+        return None
+
+    def _become_primary(self, epoch: int, in_sync: list[str]) -> None:
         if self.replica is not None:
             self.replica.close()
             self.replica = None
@@ -191,6 +284,7 @@ class Node:
                 epoch=epoch,
                 heartbeat_s=self.config.heartbeat.interval_s,
                 ack_timeout_s=self.config.replication.ack_timeout_s,
+                in_sync=in_sync,
             )
             self.persistence.tap = self.primary.record
         self.primary.epoch = epoch
@@ -233,6 +327,7 @@ class Node:
             log_bytes=self.persistence.log_bytes,
             compactions=self.persistence.compactions,
             max_stall_ms=round(self.persistence.max_stall_s * 1000, 3),
+            discarded_seq=self.discarded_seq,
         )
 
     # ------------------------------------------------------------------ loop
@@ -356,16 +451,24 @@ class Node:
             beat = protocol.unpackb(body)
             role, epoch = beat["role"], beat["epoch"]
             primary = beat.get("primary")
+            in_sync = beat.get("in_sync", [])
             if role not in ("primary", "replica") or type(epoch) is not int:
                 raise KeyError("role or epoch")
+            if not isinstance(in_sync, list) or not all(isinstance(n, str) for n in in_sync):
+                raise TypeError("in_sync is not a list of names")
         except (ZkvError, KeyError, TypeError) as exc:
             self._bad.warning("dropped a malformed broker heartbeat: %s", exc)
             return False
-        if epoch < self.epoch:
-            return False  # from a broker that has not caught up: ignore
+        if epoch < self.epoch:  # only the broker decides: its table wins, even if behind
+            log.warning(
+                "the broker names epoch %d for shard %s, behind this node's %d; obeying it",
+                epoch,
+                self.me.shard,
+                self.epoch,
+            )
         changed = False
         if role == "primary" and (self.role != "primary" or epoch != self.epoch):
-            self._become_primary(epoch)
+            self._become_primary(epoch, in_sync)
             self._beat_now = changed = True
         elif role == "replica" and (self.role != "replica" or epoch != self.epoch):
             self._become_replica(epoch)
@@ -514,3 +617,21 @@ class Node:
             raise InvalidRequest(f"slot {slot} is out of range")
         keys, cursor = self.store.scan(prefix, slot, after, limit)
         return [keys, list(cursor) if cursor is not None else None]
+
+
+def _serving_primary_in(frames: list[bytes] | None, me: str) -> str | None:
+    """The primary a broker heartbeat names as serving this node's shard, if any."""
+    if frames is None or len(frames) != 2:
+        return None
+    try:
+        kind, _epoch = protocol.decode_node_header(frames[0])
+        beat = protocol.unpackb(frames[1]) if kind == protocol.BROKER_HEARTBEAT else None
+    except ZkvError:
+        return None
+    if not isinstance(beat, dict) or beat.get("role") != "replica":
+        return None
+    primary = beat.get("primary")
+    if not isinstance(primary, dict) or primary.get("serving") is not True:
+        return None
+    name = primary.get("name")
+    return name if isinstance(name, str) and name != me else None

@@ -491,9 +491,10 @@ class Persistence:
         """Replace everything on disk with the snapshot ``writer`` holds (a replica's resync).
 
         Order matters for a crash at any point: the new snapshot is made durable under its
-        temporary name, the old log segments go, then the rename makes it visible and a new
-        segment starts at its sequence + 1. A crash before the rename leaves the old snapshot
-        (an older but consistent state, resynced again at start).
+        temporary name, the old log segments go (with any snapshot newer than the new one,
+        which recovery would otherwise prefer), then the rename makes it visible and a new
+        segment starts at its sequence + 1. A crash before the rename leaves an old snapshot
+        or nothing (an older but consistent state, resynced again at start).
         """
         self._drop_compaction()
 
@@ -502,6 +503,9 @@ class Persistence:
                 self.log.close()
             for segment in segments(self.directory):
                 segment.path.unlink()
+            for seq, path in snapshots(self.directory):
+                if seq > writer.seq:  # else recovery would take it over the new one
+                    path.unlink()
 
         writer.finish(before_rename=drop_old)
         for seq, path in snapshots(self.directory):

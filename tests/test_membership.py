@@ -1,0 +1,201 @@
+"""Membership, RoutingTable and ReplicaSet: the broker's routing decisions, without sockets.
+
+Pure state fed NodeInfo reports and a hand-stepped clock.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zkv.broker.membership import Membership
+from zkv.broker.routing import RoutingTable
+from zkv.config import ClusterConfig, parse_config
+from zkv.node.replication import ReplicaSet
+from zkv.protocol import DAMAGED, NodeInfo
+
+
+def config(tmp_path: Path, shards: dict[str, list[str]]) -> ClusterConfig:
+    return parse_config(
+        yaml.safe_dump(
+            {
+                "cluster": "t",
+                "broker": {"clients": "tcp://127.0.0.1:0", "nodes": "tcp://127.0.0.1:0"},
+                "storage": {"dir": str(tmp_path)},
+                "heartbeat": {"interval_s": 0.5, "liveness": 3},
+                "shards": {
+                    s: [
+                        {"name": n, "publish": "tcp://127.0.0.1:0", "sync": "tcp://127.0.0.1:0"}
+                        for n in names
+                    ]
+                    for s, names in shards.items()
+                },
+            }
+        )
+    )
+
+
+THREE = {"s0": ["a", "b", "c"]}
+
+
+def report(m: Membership, name: str, now: float = 0.0, **fields: object) -> None:
+    info = NodeInfo(name=name, shard="s0", role="replica", state="following", pid=1)
+    for key, value in fields.items():
+        setattr(info, key, value)
+    assert m.seen(f"node:{name}".encode(), info, now) is None
+
+
+def decided(tmp_path: Path, shards: dict[str, list[str]] = THREE) -> Membership:
+    routing = RoutingTable(config(tmp_path, shards), tmp_path / "routing.json")
+    routing.elect("s0", shards["s0"][0], 1)
+    return Membership(config(tmp_path, shards), routing)
+
+
+def test_successor_is_the_in_sync_replica_with_the_highest_seq(tmp_path: Path) -> None:
+    m = decided(tmp_path)
+    report(m, "a", role="primary", epoch=1, seq=100, in_sync=["b", "c"])
+    report(m, "b", epoch=1, seq=97)
+    report(m, "c", epoch=1, seq=99)
+    assert m.primary("s0") is m.members["a"]
+    assert m.successor("s0") is None  # the primary is alive
+    m.lost("a")
+    assert m.successor("s0") is m.members["c"]
+
+
+def test_no_successor_without_an_in_sync_replica(tmp_path: Path) -> None:
+    m = decided(tmp_path)
+    report(m, "a", role="primary", epoch=1, seq=100, in_sync=[])
+    report(m, "b", epoch=1, seq=100)
+    m.lost("a")
+    assert m.successor("s0") is None
+
+
+def test_a_syncing_or_damaged_replica_is_never_the_successor(tmp_path: Path) -> None:
+    m = decided(tmp_path)
+    report(m, "a", role="primary", epoch=1, seq=100, in_sync=["b", "c"])
+    report(m, "b", epoch=1, seq=100, state="syncing")  # mid-snapshot: holds part of the data
+    report(m, "c", epoch=1, seq=0, state=DAMAGED)
+    m.lost("a")
+    assert m.successor("s0") is None
+
+
+def test_in_sync_set_survives_a_restart_of_the_primary(tmp_path: Path) -> None:
+    m = decided(tmp_path)
+    report(m, "a", role="primary", epoch=1, seq=100, in_sync=["b"])
+    report(m, "b", epoch=1, seq=100)
+    report(m, "a", role="replica", epoch=0, seq=100, pid=2, state="idle")  # READY after a crash
+    assert m.in_sync["s0"] == ["b"]
+    m.lost("a")
+    assert m.successor("s0") is m.members["b"]
+
+
+def test_a_primary_back_with_damaged_data_is_replaced(tmp_path: Path) -> None:
+    m = decided(tmp_path)
+    report(m, "a", role="primary", epoch=1, seq=100, in_sync=["b"])
+    report(m, "b", epoch=1, seq=100)
+    report(m, "a", role="replica", epoch=0, seq=80, state=DAMAGED)
+    assert m.members["a"].alive
+    assert m.successor("s0") is m.members["b"]
+
+
+def test_only_the_table_primary_reports_the_in_sync_set(tmp_path: Path) -> None:
+    m = decided(tmp_path)
+    report(m, "a", role="primary", epoch=1, seq=100, in_sync=[])
+    report(m, "b", role="primary", epoch=1, seq=100, in_sync=["c"])  # a liar
+    report(m, "c", role="primary", epoch=99, seq=5, in_sync=["b"])  # another
+    assert m.in_sync["s0"] == []
+    assert m.primary("s0") is m.members["a"]
+    assert "claims to be primary" in (m.disagreement(m.members["b"]) or "")
+    assert "epoch 99" in (m.disagreement(m.members["c"]) or "")
+    report(m, "b", role="replica", epoch=0, seq=0)  # behind the table: catching up, no dispute
+    assert m.disagreement(m.members["b"]) is None
+
+
+def test_election_waits_for_every_node_then_takes_the_highest_seq(tmp_path: Path) -> None:
+    routing = RoutingTable(config(tmp_path, THREE), tmp_path / "routing.json")
+    m = Membership(config(tmp_path, THREE), routing, now=0.0)
+    assert not routing.decided("s0")
+    report(m, "a", epoch=3, seq=50, role="primary")  # the first claim is not taken
+    report(m, "b", epoch=4, seq=60)
+    assert m.candidate("s0", now=0.5) is None  # c has not reported yet
+    report(m, "c", epoch=4, seq=60)
+    assert m.candidate("s0", now=0.6) is m.members["b"]  # highest seq, then config order
+    assert m.reported_epoch("s0") == 4
+    assert m.primary("s0") is None  # nothing is routed before the election
+
+
+def test_election_after_the_wait_among_those_that_reported(tmp_path: Path) -> None:
+    routing = RoutingTable(config(tmp_path, THREE), tmp_path / "routing.json")
+    m = Membership(config(tmp_path, THREE), routing, now=10.0)
+    report(m, "b", epoch=0, seq=0)
+    report(m, "c", epoch=0, seq=7, state=DAMAGED)
+    assert m.candidate("s0", now=10.0 + m.election_wait_s - 0.01) is None
+    assert m.candidate("s0", now=10.0 + m.election_wait_s + 0.01) is m.members["b"]
+
+
+def test_routing_table_round_trip_and_only_forward_epochs(tmp_path: Path) -> None:
+    cfg = config(tmp_path, THREE)
+    path = tmp_path / "broker" / "routing.json"
+    table = RoutingTable(cfg, path)
+    assert table.primaries == {"s0": None} and table.epochs == {"s0": 0}
+    table.elect("s0", "b", 5)
+    assert table.promote("s0", "c") == 6
+    with pytest.raises(ValueError, match="not above"):
+        table.elect("s0", "a", 6)
+    again = RoutingTable(cfg, path)
+    again.load()
+    assert (again.primaries["s0"], again.epochs["s0"]) == ("c", 6)
+    assert json.loads(path.read_text()) == {"shards": {"s0": {"primary": "c", "epoch": 6}}}
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_unreadable_routing_table_means_an_election(tmp_path: Path) -> None:
+    path = tmp_path / "routing.json"
+    path.write_text("{not json")
+    table = RoutingTable(config(tmp_path, THREE), path)
+    table.load()
+    assert not table.decided("s0")
+    path.write_text(json.dumps({"shards": {"s0": {"primary": "zz", "epoch": 3}}}))
+    table = RoutingTable(config(tmp_path, THREE), path)
+    table.load()
+    assert not table.decided("s0")  # not a node of s0
+
+
+def test_seeded_replicas_hold_strong_replies_until_they_ack(tmp_path: Path) -> None:
+    rs = ReplicaSet(ack_timeout_s=1.0)
+    rs.seed(["b"], now=0.0)
+    assert rs.in_sync() == ["b"]
+    assert rs.wait(5, [b"reply"], now=0.1) is None  # b has not confirmed seq 5
+    rs.hello(b"id-b", "b", now=0.2)  # the replica reconnects: still in sync, still owed
+    assert rs.in_sync() == ["b"]
+    assert rs.ack(b"id-b", 5, 5, now=0.3) == [[b"reply"]]
+
+
+def test_seeded_replica_that_never_comes_leaves_the_set(tmp_path: Path) -> None:
+    rs = ReplicaSet(ack_timeout_s=1.0)
+    rs.seed(["b"], now=0.0)
+    assert rs.wait(1, [b"reply"], now=0.1) is None
+    assert rs.expire(now=1.5) == [[b"reply"]]
+    assert rs.in_sync() == []
+    rs.hello(b"id-b", "b", now=2.0)  # a replica not seeded must catch up first
+    assert rs.in_sync() == []
+
+
+def test_a_replica_that_lost_its_primary_is_still_a_successor(tmp_path: Path) -> None:
+    m = decided(tmp_path)
+    report(m, "a", role="primary", epoch=1, seq=100, in_sync=["b"])
+    report(m, "b", epoch=1, seq=100, state="idle", pid=7)  # restarted while a was down
+    m.lost("a")
+    assert m.successor("s0") is m.members["b"]
+
+
+def test_a_replica_that_discarded_its_data_leaves_the_in_sync_set(tmp_path: Path) -> None:
+    m = decided(tmp_path)
+    report(m, "a", role="primary", epoch=1, seq=100, in_sync=["b"])
+    report(m, "b", epoch=1, seq=0, state="waiting", discarded_seq=90)
+    assert m.in_sync["s0"] == []
+    m.lost("a")
+    assert m.successor("s0") is None
