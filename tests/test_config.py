@@ -344,7 +344,8 @@ def test_bad_yaml_line_number() -> None:
         (_doc(storage="data"), "storage: must be a mapping"),
         (
             _doc(storage={"path": "x"}),
-            "storage.path: unknown key (known: compact_min_bytes, compact_ratio, dir, fsync)",
+            "storage.path: unknown key (known: compact_min_bytes, compact_ratio, dir, fsync, "
+            "min_free_bytes)",
         ),
         (_doc(storage={"dir": ""}), "storage.dir: must be a non-empty string"),
         (_doc(storage={"dir": 3}), "storage.dir: must be a non-empty string"),

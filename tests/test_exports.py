@@ -36,6 +36,8 @@ def test_error_class_names_are_what_we_expect() -> None:
         "RequestError",
         "ServerError",
         "StorageCorrupted",
+        "StorageError",
+        "StorageFull",
         "Timeout",
         "TransportError",
         "Unavailable",

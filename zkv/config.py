@@ -60,6 +60,9 @@ class StorageConfig:
     compact_ratio: float = 2.0
     #: ...and this many bytes.
     compact_min_bytes: int = 16 * 1024 * 1024
+    #: Below this many free bytes on its volume a node refuses writes (``StorageFull``),
+    #: keeping room for compaction and recovery.
+    min_free_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +267,7 @@ class _Parser:
         s = self._map(
             top.get("storage", {}),
             "storage",
-            allowed={"dir", "fsync", "compact_ratio", "compact_min_bytes"},
+            allowed={"dir", "fsync", "compact_ratio", "compact_min_bytes", "min_free_bytes"},
         )
         fsync = s.get("fsync", "everysec")
         if fsync is False:  # YAML 1.1 reads a bare `no` as false
@@ -277,6 +280,9 @@ class _Parser:
             compact_ratio=self._ratio(s.get("compact_ratio", 2.0), "storage.compact_ratio"),
             compact_min_bytes=self._int(
                 s.get("compact_min_bytes", 16 * 1024 * 1024), "storage.compact_min_bytes", 0, 2**62
+            ),
+            min_free_bytes=self._int(
+                s.get("min_free_bytes", 64 * 1024 * 1024), "storage.min_free_bytes", 0, 2**62
             ),
         )
         lim = self._map(

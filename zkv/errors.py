@@ -15,7 +15,9 @@ Every failure a zkv user can see is a ``ZkvError``::
     │   ├── KeyTooLarge (ValueError)      key over limits.max_key_bytes
     │   ├── ValueTooLarge (ValueError)    value over limits.max_value_bytes
     │   ├── InvalidRequest (ValueError)   a well-formed request with bad arguments
-    │   └── ServerError                   the server failed while handling the request
+    │   ├── ServerError                   the server failed while handling the request
+    │   └── StorageError                  the node cannot log writes (an I/O error)
+    │       └── StorageFull               ... because its disk is (nearly) full
     └── TransportError                    no answer could be had
         ├── Timeout (TimeoutError)        no reply within the call's timeout
         ├── Unavailable                   no live node serves the key's shard, or no broker
@@ -50,6 +52,8 @@ __all__ = [
     "RequestError",
     "ServerError",
     "StorageCorrupted",
+    "StorageError",
+    "StorageFull",
     "Timeout",
     "TransportError",
     "Unavailable",
@@ -72,6 +76,8 @@ class ErrorCode(IntEnum):
     UNAVAILABLE = 7
     TIMEOUT = 8
     SERVER_ERROR = 9
+    STORAGE_ERROR = 10
+    STORAGE_FULL = 11
 
 
 class ZkvError(Exception):
@@ -197,6 +203,20 @@ class ServerError(RequestError):
     code = ErrorCode.SERVER_ERROR
 
 
+class StorageError(RequestError):
+    """The node could not log the write to its disk (an I/O error, the device's fault), so it
+    did not apply it; reads go on, and the node takes writes again by itself once it can."""
+
+    code = ErrorCode.STORAGE_ERROR
+
+
+class StorageFull(StorageError):
+    """The node's disk is full, or below ``storage.min_free_bytes`` free: the write was not
+    applied. Free space (or grow the volume); the node takes writes again by itself."""
+
+    code = ErrorCode.STORAGE_FULL
+
+
 class TransportError(ZkvError):
     """No answer could be had from the cluster."""
 
@@ -227,6 +247,8 @@ ERROR_CLASSES: dict[ErrorCode, type[ZkvError]] = {
     ErrorCode.UNAVAILABLE: Unavailable,
     ErrorCode.TIMEOUT: Timeout,
     ErrorCode.SERVER_ERROR: ServerError,
+    ErrorCode.STORAGE_ERROR: StorageError,
+    ErrorCode.STORAGE_FULL: StorageFull,
 }
 
 

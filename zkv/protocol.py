@@ -476,6 +476,12 @@ class NodeInfo:
     max_stall_ms: float = 0.0
     #: The last sequence number of data this node discarded as damaged (-1: none).
     discarded_seq: int = -1
+    #: Whether it can log writes: ``ok``, ``low`` (under storage.min_free_bytes), ``full``
+    #: (ENOSPC/EDQUOT) or ``error`` (another I/O error); with the last error's text.
+    storage: str = "ok"
+    storage_error: str = ""
+    #: Free bytes on its data folder's volume (-1: unknown).
+    free_bytes: int = -1
 
 
 _NODE_INFO_TYPES: Final = {
@@ -498,6 +504,9 @@ _NODE_INFO_TYPES: Final = {
     "compactions": int,
     "max_stall_ms": float,
     "discarded_seq": int,
+    "storage": str,
+    "storage_error": str,
+    "free_bytes": int,
 }
 
 
