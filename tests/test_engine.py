@@ -528,3 +528,44 @@ def test_apply_del_of_missing_key_is_harmless(store: Store) -> None:
     assert store.held == 0
     store.apply_record((RecordOp.EXPIRE_AT, b"k", None))
     assert store.held == 0
+
+
+def test_rollback_undoes_a_turn_of_every_kind_of_change() -> None:
+    store = Store(16384)
+    store.put(b"a", b"1")
+    store.put(b"b", b"2", ttl=100)
+    store.emit((RecordOp.RESULT, b"rid-old", b"old"))
+    before = (
+        {k: store.get(k) for k in (b"a", b"b", b"c")},
+        store.ttl(b"b"),
+        store.seq,
+        len(store),
+        store.data_bytes,
+        dict(store.results),
+    )
+    store.begin()
+    store.put(b"a", b"changed")
+    store.delete(b"b")
+    store.put(b"c", b"new", ttl=5)
+    store.mput([[b"a", b"m"], [b"d", b"m"]])
+    store.emit((RecordOp.RESULT, b"rid-new", b"x"))
+    store.emit((RecordOp.RESULT, b"rid-old", b"overwritten"))
+    store.clear()
+    store.put(b"e", b"after clear")
+    store.rollback()
+    after = (
+        {k: store.get(k) for k in (b"a", b"b", b"c")},
+        store.ttl(b"b"),
+        store.seq,
+        len(store),
+        store.data_bytes,
+        dict(store.results),
+    )
+    assert after[0] == before[0] and after[2:] == before[2:]
+    assert after[1] is not None and abs(after[1] - (before[1] or 0)) < 1
+    assert store.get(b"d") is None and store.get(b"e") is None
+    store.begin()
+    store.put(b"z", b"kept")
+    store.commit()
+    store.rollback()  # nothing open: nothing undone
+    assert store.get(b"z") == b"kept"

@@ -65,7 +65,7 @@ SWITCH_OUTCOMES_KEPT: Final = 1024
 
 @dataclass(slots=True)
 class _Switch:
-    client: bytes
+    client: bytes | None  # None: the broker's own (a primary that cannot log hands over)
     rid: bytes  # client id + sequence number: a resend of the same request joins this one
     seq: int
     old: Member
@@ -197,6 +197,7 @@ class Broker:
             successor = self.membership.successor(shard)
             if successor is not None:
                 self._promote(shard, successor, "its primary is down")
+            self._hand_over_if_it_cannot_log(shard)
         for member in self.membership.alive():
             self._beat(member)
         for gid, gather in list(self._gathers.items()):
@@ -451,20 +452,58 @@ class Broker:
                 raise InvalidRequest(f"{target_name} is already the primary of {shard}")
             if not target.alive or target.info is None or target.info.state != "following":
                 raise Unavailable(f"{target_name} is not a live, following replica")
-        now = time.monotonic()
         budget_s = request.timeout_ms / 1000 or protocol.FAILOVER_TIMEOUT_S
+        self._begin_switch(shard, old, target, budget_s, "requested", client, rid, request.seq)
+
+    def _begin_switch(
+        self,
+        shard: str,
+        old: Member,
+        target: Member,
+        budget_s: float,
+        why: str,
+        client: bytes | None = None,
+        rid: bytes = b"",
+        seq: int = 0,
+    ) -> None:
+        now = time.monotonic()
         margin_s = min(budget_s / 2, 1.0 + self.config.heartbeat.interval_s)
         self.membership.switching.add(shard)  # writes now get Unavailable: clients retry
         self._switches[shard] = _Switch(
-            client, rid, request.seq, old, target, now, now + budget_s - margin_s
+            client, rid, seq, old, target, now, now + budget_s - margin_s
         )
         log.info(
-            "switching the primary of shard %s from %s to %s (within %.1f s)",
+            "switching the primary of shard %s from %s to %s within %.1f s: %s",
             shard,
             old.name,
             target.name,
             budget_s - margin_s,
+            why,
         )
+
+    def _hand_over_if_it_cannot_log(self, shard: str) -> None:
+        """A primary that cannot log hands over to an in-sync replica that can, if any."""
+        old = self.membership.primary(shard)
+        if old is None or old.info is None or old.info.storage == "ok" or shard in self._switches:
+            return
+        able = [
+            m
+            for name in self.membership.in_sync[shard]
+            if (m := self.membership.members[name]) is not old
+            and m.usable
+            and m.info is not None
+            and m.info.state == "following"
+            and m.info.storage == "ok"
+        ]
+        target = max(able, key=lambda m: m.seq, default=None)
+        if target is not None:
+            self._begin_switch(
+                shard,
+                old,
+                target,
+                protocol.FAILOVER_TIMEOUT_S,
+                f"{old.name} cannot log ({old.info.storage}: {old.info.storage_error})",
+            )
 
     def _advance_switches(self, now: float) -> None:
         for shard, switch in list(self._switches.items()):
@@ -494,10 +533,13 @@ class Broker:
                     f"{target.name} did not catch up with {old.name} in time; "
                     f"{old.name} stays the primary of {shard}"
                 )
+                log.warning("switch-over of shard %s abandoned: %s", shard, why)
                 self._switched(switch, protocol.encode_error(switch.seq, why))
 
     def _switched(self, switch: _Switch, reply: list[bytes]) -> None:
         """Answer a switch-over, and keep the answer for a resend of its request."""
+        if switch.client is None:
+            return
         self._switch_outcomes[switch.rid] = reply
         while len(self._switch_outcomes) > SWITCH_OUTCOMES_KEPT:
             self._switch_outcomes.popitem(last=False)

@@ -78,6 +78,10 @@ class Primary:
             self._outbox_seq = seq
         self._outbox.append(payload)
 
+    def discard_outbox(self) -> None:
+        """Forget the turn's records: they could not be logged and were rolled back."""
+        self._outbox.clear()
+
     def publish(self, now: float) -> None:
         """Send the turn's records (after its log flush) as one message, or a heartbeat.
 

@@ -63,6 +63,8 @@ class Replica:
         #: Resync by snapshot even if the sequence numbers match (a fenced former primary
         #: may hold writes the new primary never saw).
         self.force_snapshot = False
+        #: This node cannot log (see ``suspend``): it follows nobody until ``resume``.
+        self.suspended = False
         self.epoch = 0
         self._queue: list[tuple[int, bytes]] = []
         self._writer: SnapshotWriter | None = None
@@ -76,7 +78,7 @@ class Replica:
     def follow(self, name: str, publish: str, sync: str, epoch: int = 0) -> bool:
         """Follow this primary at ``epoch``; True if the sockets changed (re-poll them)."""
         self.epoch = epoch
-        if self.primary == (name, publish, sync):
+        if self.suspended or self.primary == (name, publish, sync):
             return False
         self.close()
         self.primary = (name, publish, sync)
@@ -98,6 +100,24 @@ class Replica:
             self.store.seq,
         )
         return True
+
+    def suspend(self, why: str) -> None:
+        """Stop following while this node cannot log: no records applied, no acks sent, so
+        the primary drops it from the in-sync set; ``resume`` once it can log again (it then
+        catches up, by snapshot if it missed records)."""
+        if self.suspended:
+            return
+        log.warning("cannot log (%s): stopped following the primary until it can", why)
+        self.close()
+        self.suspended = True
+        self.state = "suspended"
+
+    def resume(self) -> None:
+        """This node can log again: follow the primary the broker names next."""
+        if self.suspended:
+            log.info("can log again: following the primary once the broker names it")
+            self.suspended = False
+            self._enter("idle")
 
     def close(self) -> None:
         """Close the sockets to the primary."""
@@ -207,6 +227,7 @@ class Replica:
             if self._writer is not None:
                 self._writer.abort()
             self.store.apply_record((RecordOp.CLEAR,))
+            self.store.begin()  # a rollback of this turn must not undo across the snapshot
             self._writer = SnapshotWriter(self.persistence.directory, seq)
         elif kind == rep.CHUNK and len(frames) == 2 and self._writer is not None:
             flat = msgpack.unpackb(frames[1], raw=False, use_list=True)
@@ -221,6 +242,7 @@ class Replica:
             self.force_snapshot = False
             self.persistence.adopt(writer)
             self.store.seq = writer.seq
+            self.store.begin()  # the snapshot is on disk: a rollback stops here
             queued, self._queue = self._queue, []
             self._enter("following")
             log.info(

@@ -37,6 +37,7 @@ from zkv.errors import (
     KeyExists,
     ServerError,
     StorageCorrupted,
+    StorageError,
     Unavailable,
     ZkvError,
     code_of,
@@ -125,6 +126,7 @@ class Node:
             storage.fsync,
             compact_ratio=storage.compact_ratio,
             compact_min_bytes=storage.compact_min_bytes,
+            min_free_bytes=storage.min_free_bytes,
         )
 
     def run(self) -> None:
@@ -328,6 +330,9 @@ class Node:
             compactions=self.persistence.compactions,
             max_stall_ms=round(self.persistence.max_stall_s * 1000, 3),
             discarded_seq=self.discarded_seq,
+            storage=self.persistence.state,
+            storage_error=self.persistence.state_error,
+            free_bytes=self.persistence.free_bytes,
         )
 
     # ------------------------------------------------------------------ loop
@@ -364,6 +369,7 @@ class Node:
                     raise
                 continue
             replies: list[tuple[list[bytes], bool]] = []
+            self.store.begin()  # this turn's changes stand only once they are logged
             if replica is not None:
                 if replica.sub is not None and replica.sub in ready:
                     self._drain_each(replica.sub, replica.on_stream, STREAM_MAX_FRAMES)
@@ -376,7 +382,14 @@ class Node:
                 self.store.sweep()
                 next_sweep = now + SWEEP_INTERVAL_S
             # group commit: the turn's records are logged before any reply goes out
-            persistence.flush()
+            try:
+                persistence.flush()
+                self.store.commit()
+            except StorageError as exc:
+                replies = self._unlogged_turn(replies, exc)
+            if replica is not None and not persistence.writable and not replica.suspended:
+                replica.suspend(persistence.state_error or persistence.state)
+                poller = self._poller(broker, sync)
             if primary is not None:
                 primary.publish(now)
                 if sync in ready:
@@ -393,9 +406,31 @@ class Node:
                 self._send(broker, reply)
             persistence.maybe_compact(self.store)
             if now >= next_heartbeat or self._beat_now:
+                if persistence.check(self.store.seq + 1) == "ok" and replica and replica.suspended:
+                    replica.resume()  # the broker's next heartbeat has it follow again
                 self._beat_now = False
                 self._send(broker, protocol.encode_node_info(protocol.NODE_HEARTBEAT, self.info()))
                 next_heartbeat = now + interval
+
+    def _unlogged_turn(
+        self, replies: list[tuple[list[bytes], bool]], exc: StorageError
+    ) -> list[tuple[list[bytes], bool]]:
+        """The turn's records could not be logged: undo them in memory, publish none of them,
+        and answer every request of the turn ``Unavailable``, so that clients retry it: a
+        write is then refused with ``StorageFull``/``StorageError`` before it changes
+        anything, and a read is served from the state that was logged."""
+        self.store.rollback()
+        if self.primary is not None:
+            self.primary.discard_outbox()
+        retry = Unavailable(f"node {self.me.name} could not log this request ({exc}); retry")
+        answered = []
+        for frames, _strong in replies:
+            try:
+                seq = protocol.decode_reply_header(frames[2])[0]
+            except ZkvError:
+                seq = 0
+            answered.append(([frames[0], frames[1], *protocol.encode_error(seq, retry)], False))
+        return answered
 
     def _poller(self, broker: zmq.Socket[bytes], sync: zmq.Socket[bytes]) -> zmq.Poller:
         poller = zmq.Poller()
@@ -534,6 +569,8 @@ class Node:
             write = request.op in protocol.WRITE_OPS
             if self.replica is not None:
                 self._check_replica_may_serve(write)
+            if write and not self.persistence.writable:
+                raise self.persistence.refusal()
             strong = write and request.consistency is Consistency.STRONG
             if not write:
                 return protocol.encode_reply(

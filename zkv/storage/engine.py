@@ -78,6 +78,76 @@ class Store:
         #: retried write is answered with its first outcome instead of being applied twice.
         #: Kept by every node through RESULT records, so a promoted replica has them too.
         self.results: OrderedDict[bytes, bytes] = OrderedDict()
+        #: Before-images of this turn's changes while a turn is open (``begin``).
+        self._journal: list[tuple[Any, ...]] | None = None
+        self._journal_seq = 0
+
+    # ------------------------------------------------------------------ turns
+
+    def begin(self) -> None:
+        """Open a turn: the changes from here on can be undone by ``rollback``.
+
+        The node opens one per loop turn and commits it once the turn's records are logged;
+        if logging fails, the turn's writes are rolled back and refused, so memory never
+        holds a change the log does not.
+        """
+        self._journal = []
+        self._journal_seq = self.seq
+
+    def commit(self) -> None:
+        """Close the turn: its changes stay."""
+        self._journal = None
+
+    def rollback(self) -> None:
+        """Undo every change since ``begin`` (newest first) and close the turn.
+
+        An outcome remembered for exactly-once retries that a rolled-back RESULT pushed out
+        of the bounded table (``MAX_RESULTS``) is not brought back.
+        """
+        journal, self._journal = self._journal, None
+        if journal is None:
+            return
+        for entry in reversed(journal):
+            kind = entry[0]
+            if kind == "key":
+                _, key, value, expires_at = entry
+                if value is None:
+                    self._del(key)
+                else:
+                    self._set(key, value, expires_at)
+            elif kind == "result":
+                _, rid, body = entry
+                if body is None:
+                    self.results.pop(rid, None)
+                else:
+                    self.results[rid] = body
+            else:  # "all": the maps as they were before a CLEAR
+                _, by_slot, expires, count, data_bytes = entry
+                self._by_slot, self._expires = by_slot, expires
+                self._heap = [(t, k) for k, t in expires.items()]
+                heapq.heapify(self._heap)
+                self._count, self.data_bytes = count, data_bytes
+        self.seq = self._journal_seq
+
+    def _remember(self, record: Record) -> None:
+        """Journal what ``record`` is about to change."""
+        journal = self._journal
+        assert journal is not None
+        op = record[0]
+        if op in (RecordOp.SET, RecordOp.DEL, RecordOp.EXPIRE_AT):
+            journal.append(self._before(record[1]))
+        elif op == RecordOp.MSET:
+            journal.extend(self._before(key) for key, _ in record[1])
+        elif op == RecordOp.RESULT:
+            journal.append(("result", record[1], self.results.get(record[1])))
+        elif op == RecordOp.CLEAR:
+            copy = {slot: dict(table) for slot, table in self._by_slot.items()}
+            journal.append(("all", copy, dict(self._expires), self._count, self.data_bytes))
+
+    def _before(self, key: bytes) -> tuple[Any, ...]:
+        table = self._by_slot.get(slot_of(key, self.slots))
+        value = None if table is None else table.get(key)
+        return ("key", key, value, self._expires.get(key))
 
     # ------------------------------------------------------------------ records
 
@@ -87,6 +157,8 @@ class Store:
 
     def emit(self, record: Record) -> None:
         """Apply ``record`` as the next change and tell the listeners."""
+        if self._journal is not None:
+            self._remember(record)
         self.apply_record(record)
         self.seq += 1
         for listener in self._listeners:
@@ -94,6 +166,8 @@ class Store:
 
     def replicate(self, seq: int, record: Record) -> None:
         """Apply a record a primary numbered ``seq`` (the next one) and tell the listeners."""
+        if self._journal is not None:
+            self._remember(record)
         self.apply_record(record)
         self.seq = seq
         for listener in self._listeners:

@@ -19,6 +19,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -184,11 +185,24 @@ class AppendLog:
         self.directory = directory
         self.fsync = fsync
         self._buffer: list[bytes] = []
+        self._buffer_seq = 0  # the sequence number of the first buffered record
         self._file: BinaryIO | None = None
         self.path: Path | None = None
         #: Bytes in the current segment, buffered appends included.
         self.segment_bytes = 0
         self.fsyncs = 0
+        #: Bytes of the current segment that hold written records (what a failed write is
+        #: cut back to), and how many of them an fsync confirmed.
+        self.size = 0
+        self.synced = 0
+        #: Under ``everysec``: ``(first seq, data)`` of each write since the last good fsync,
+        #: rewritten into a new segment if an fsync fails (see ``repair``).
+        self.unsynced: list[tuple[int, bytes]] = []
+        #: An fsync of the current segment failed: on Linux a later fsync may report success
+        #: for pages the kernel dropped, so nothing is appended to it again.
+        self.untrusted = False
+        #: Bumped whenever a new segment starts (the fsync thread checks it).
+        self.generation = 0
 
     def open(self, first_seq: int) -> None:
         """Append to the newest segment, or start one whose first record is ``first_seq``."""
@@ -196,20 +210,24 @@ class AppendLog:
         if existing:
             self.path = existing[-1].path
             self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open
-            self.segment_bytes = self.path.stat().st_size
+            self.segment_bytes = self.size = self.synced = self.path.stat().st_size
         else:
             self._start(first_seq)
 
-    def _start(self, first_seq: int) -> None:
+    def _start(self, first_seq: int, replace: bool = False) -> None:
         self.path = segment_path(self.directory, first_seq)
-        self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 - kept open
+        self.generation += 1
+        self._file = open(self.path, "wb" if replace else "xb", buffering=0)  # noqa: SIM115
         self._file.write(LOG_MAGIC)
         os.fsync(self._file.fileno())
         fsync_dir(self.directory)
-        self.segment_bytes = len(LOG_MAGIC)
+        self.segment_bytes = self.size = self.synced = len(LOG_MAGIC)
+        self.untrusted = False
 
-    def append(self, payload: bytes) -> None:
-        """Buffer one record; it reaches the OS at the next ``flush``."""
+    def append(self, payload: bytes, seq: int = 0) -> None:
+        """Buffer one record (numbered ``seq``); it reaches the OS at the next ``flush``."""
+        if not self._buffer:
+            self._buffer_seq = seq
         frame = encode_frame(payload)
         self._buffer.append(frame)
         self.segment_bytes += len(frame)
@@ -220,25 +238,100 @@ class AppendLog:
         return bool(self._buffer)
 
     def flush(self) -> None:
-        """Write every buffered record in one system call; fsync too under ``always``."""
+        """Write every buffered record in one system call; fsync too under ``always``.
+
+        On an ``OSError`` (a full disk, a failing device) the buffered records are dropped,
+        the segment is cut back to where this flush began, so no partial or unconfirmed
+        record stays in it, and the error is raised. A failed fsync also marks the segment
+        untrusted (see ``repair``).
+        """
         if not self._buffer:
             return
-        assert self._file is not None, "log is not open"
+        first = self._buffer_seq
         data = b"".join(self._buffer)
         self._buffer.clear()
-        view = memoryview(data)
-        while view:
-            written = self._file.write(view)
-            view = view[written or 0 :]
+        if self._file is None or self.untrusted:
+            self.segment_bytes = self.size
+            raise OSError(errno.EIO, "the log needs repair before it takes writes")
+        try:
+            view = memoryview(data)
+            while view:
+                written = self._file.write(view)
+                view = view[written or 0 :]
+            if self.fsync == "always":
+                try:
+                    os.fsync(self._file.fileno())
+                except OSError:
+                    self.untrusted = True
+                    raise
+                self.fsyncs += 1
+        except OSError:
+            self._cut_back()
+            raise
+        self.size += len(data)
         if self.fsync == "always":
+            self.synced = self.size
+        elif self.fsync == "everysec":
+            self.unsynced.append((first, data))
+
+    def _cut_back(self) -> None:
+        """Cut the segment back to its last good record after a failed write."""
+        self.segment_bytes = self.size
+        if self._file is None:
+            return
+        try:
+            os.ftruncate(self._file.fileno(), self.size)
             os.fsync(self._file.fileno())
-            self.fsyncs += 1
+        except OSError as exc:
+            log.error("could not cut %s back to %d bytes: %s", self.path, self.size, exc)
+            self.untrusted = True
+
+    @property
+    def needs_repair(self) -> bool:
+        """Whether ``repair`` must run before the next write."""
+        return self._file is None or self.untrusted
+
+    def repair(self, next_seq: int) -> None:
+        """Make the log take writes again after a failure; raises ``OSError`` if it cannot yet.
+
+        An untrusted segment (a failed fsync) keeps only the records an fsync confirmed: it
+        is cut there, fsynced and closed, and a new segment starts, into which the records
+        written since that fsync are written again from memory (under ``everysec``: they were
+        acknowledged) and fsynced. So no record is lost or written twice.
+        """
+        if not self.needs_repair:
+            return
+        if self._file is not None:
+            keep = self.synced if self.fsync == "everysec" else self.size
+            os.ftruncate(self._file.fileno(), keep)
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+        pending = list(self.unsynced)
+        self._start(pending[0][0] if pending else next_seq, replace=True)
+        assert self._file is not None
+        for _, data in pending:
+            view = memoryview(data)
+            while view:
+                written = self._file.write(view)
+                view = view[written or 0 :]
+            self.size += len(data)
+        os.fsync(self._file.fileno())
+        self.fsyncs += 1
+        self.segment_bytes = self.synced = self.size
+        self.unsynced.clear()
 
     def sync(self) -> None:
-        """fsync what was flushed (for ``everysec``)."""
+        """fsync what was flushed (for ``everysec``, and before a segment is closed)."""
         if self._file is not None:
-            os.fsync(self._file.fileno())
+            try:
+                os.fsync(self._file.fileno())
+            except OSError:
+                self.untrusted = True
+                raise
             self.fsyncs += 1
+            self.synced = self.size
+            self.unsynced.clear()
 
     def fileno(self) -> int | None:
         """The current segment's descriptor (for an fsync thread), or None when closed."""
@@ -255,8 +348,10 @@ class AppendLog:
         """Flush, fsync (unless ``fsync: no``) and close the current segment."""
         if self._file is None:
             return
-        self.flush()
-        if self.fsync != "no":
-            self.sync()
-        self._file.close()
-        self._file = None
+        try:
+            self.flush()
+            if self.fsync != "no":
+                self.sync()
+        finally:
+            self._file.close()
+            self._file = None

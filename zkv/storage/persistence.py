@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -38,7 +39,7 @@ from typing import Any, Final
 
 import msgpack
 
-from zkv.errors import StorageCorrupted
+from zkv.errors import StorageCorrupted, StorageError, StorageFull
 from zkv.storage.engine import Record, RecordOp, Store
 from zkv.storage.log import (
     FRAME_HEADER,
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: Keys copied into the snapshot per step (a step is a few milliseconds).
 COMPACT_STEP_KEYS: Final = 2000
+#: After a compaction failed to write, wait this long before trying again (seconds).
+COMPACT_RETRY_S: Final = 10.0
 #: ``set_aside`` moves files whose names match these into ``damaged-<UTC time>/``.
 _DATA_PATTERNS: Final = ("snapshot-*.zkv", "log-*.zkv", "*.corrupt", "*.tmp")
 _DAMAGED_PREFIX: Final = "damaged-"
@@ -84,6 +87,7 @@ class Persistence:
         *,
         compact_ratio: float = 2.0,
         compact_min_bytes: int = 16 * 1024 * 1024,
+        min_free_bytes: int = 0,
     ) -> None:
         self.directory = directory
         self.fsync = fsync
@@ -107,6 +111,15 @@ class Persistence:
         self._finish_error: BaseException | None = None
         self._finished: SnapshotWriter | None = None
         self._compact_started = 0.0
+        self._compact_retry_at = 0.0
+        #: Whether writes can be logged: ``ok``, ``low`` (under ``min_free_bytes`` free),
+        #: ``full`` (ENOSPC, EDQUOT) or ``error`` (another I/O error); see ``check``.
+        self.state = "ok"
+        self.state_error = ""
+        self.min_free_bytes = min_free_bytes
+        #: Free bytes on the folder's volume at the last ``check`` (-1: not known yet).
+        self.free_bytes = -1
+        self._sync_error: OSError | None = None  # from the fsync thread
 
     # ------------------------------------------------------------------ recovery
 
@@ -136,7 +149,10 @@ class Persistence:
             stale.unlink()
         report.seq = store.seq
         report.seconds = time.perf_counter() - started
-        self.log.open(store.seq + 1)
+        try:
+            self.log.open(store.seq + 1)
+        except OSError as exc:  # no room even for a new segment: serve reads, retry later
+            self._failed(exc)
         self._count_older_bytes()
         store.subscribe(self._on_record)
         if self.fsync == "everysec":
@@ -358,13 +374,107 @@ class Persistence:
     def _on_record(self, seq: int, record: Record) -> None:
         self._since_snapshot += 1
         payload = msgpack.packb((seq, *record), use_bin_type=True)
-        self.log.append(payload)
+        self.log.append(payload, seq)
         if self.tap is not None:
             self.tap(seq, payload)
 
     def flush(self) -> None:
-        """Hand this turn's records to the OS (and the disk under ``always``)."""
-        self.log.flush()
+        """Hand this turn's records to the OS (and the disk under ``always``).
+
+        Raises ``StorageFull`` or ``StorageError`` if they could not be logged: none of them
+        is then on disk (the log cut back its partial write), the caller undoes them in
+        memory (``Store.rollback``) and acknowledges none, and ``writable`` is False until
+        ``check`` finds the log can take writes again.
+        """
+        if not self.log.pending:
+            return
+        try:
+            with self._lock:
+                self.log.flush()
+        except OSError as exc:
+            self._failed(exc)
+            raise self.refusal() from exc
+
+    # ------------------------------------------------------------------ storage state
+
+    @property
+    def writable(self) -> bool:
+        """Whether writes may be applied (their records can be logged)."""
+        return self.state == "ok"
+
+    def refusal(self) -> StorageError:
+        """The error that answers a write while the node cannot log it."""
+        where = f"node data folder {self.directory}"
+        if self.state == "low":
+            return StorageFull(
+                f"{where} has {self.free_bytes} bytes free, under storage.min_free_bytes "
+                f"({self.min_free_bytes}); writes are refused until space is freed"
+            )
+        if self.state == "full":
+            return StorageFull(
+                f"{where}: {self.state_error}; writes are refused until space is freed"
+            )
+        return StorageError(
+            f"{where}: {self.state_error}; writes are refused until the log can be written"
+        )
+
+    def _failed(self, exc: OSError) -> None:
+        state = "full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "error"
+        text = f"[Errno {exc.errno}] {exc.strerror or exc}"
+        if (state, text) != (self.state, self.state_error):
+            log.error(
+                "cannot write the log in %s: %s; refusing writes, serving reads, retrying",
+                self.directory,
+                text,
+            )
+        self.state, self.state_error = state, text
+
+    def check(self, next_seq: int) -> str:
+        """Refresh the free space and the storage state (call about once a second).
+
+        Below ``min_free_bytes`` a writable node becomes ``low``. A node that is not
+        writable tries to make the log take writes again (``AppendLog.repair``) once there
+        is room, and becomes ``ok`` if that works. Returns the state.
+        """
+        try:
+            stat = os.statvfs(self.directory)
+            self.free_bytes = stat.f_bavail * stat.f_frsize
+        except OSError as exc:
+            self._failed(exc)
+            return self.state
+        with self._lock:
+            sync_error, self._sync_error = self._sync_error, None
+        if sync_error is not None:
+            self._failed(sync_error)
+        room = self.free_bytes >= self.min_free_bytes
+        if self.state == "ok":
+            if not room:
+                self.state = "low"
+                log.warning(
+                    "only %d bytes free in %s, under storage.min_free_bytes (%d): refusing "
+                    "writes, serving reads",
+                    self.free_bytes,
+                    self.directory,
+                    self.min_free_bytes,
+                )
+            return self.state
+        if not room:
+            return self.state
+        try:
+            with self._lock:
+                self.log.repair(next_seq)
+        except OSError as exc:
+            self._failed(exc)
+            return self.state
+        log.info(
+            "the log in %s takes writes again (%d bytes free); was %s: %s",
+            self.directory,
+            self.free_bytes,
+            self.state,
+            self.state_error or "under storage.min_free_bytes",
+        )
+        self.state, self.state_error = "ok", ""
+        return self.state
 
     @property
     def log_bytes(self) -> int:
@@ -372,15 +482,39 @@ class Persistence:
         return self._older_bytes + self.log.segment_bytes
 
     def _sync_every_second(self) -> None:
+        """The ``everysec`` thread: fsync a duplicate of the log's descriptor once a second.
+
+        The lock is held only to read and update the log's bookkeeping, not during the
+        fsync, so the loop's writes never wait for the disk. A failed fsync marks the
+        segment untrusted; the loop's next ``check`` refuses writes and rewrites the records
+        it had not confirmed into a new segment (``AppendLog.repair``).
+        """
         while not self._closed.wait(1.0):
             with self._lock:
-                fd = self.log.fileno()
-                if fd is not None:
-                    try:
-                        os.fsync(fd)
-                        self.log.fsyncs += 1
-                    except OSError as exc:
-                        log.error("fsync of %s failed: %s", self.log.path, exc)
+                current = self.log
+                fd = current.fileno()
+                if fd is None or current.untrusted or not current.unsynced:
+                    continue
+                generation, size, count = current.generation, current.size, len(current.unsynced)
+                dup = os.dup(fd)
+            error: OSError | None = None
+            try:
+                os.fsync(dup)
+            except OSError as exc:
+                error = exc
+            finally:
+                os.close(dup)
+            with self._lock:
+                if current.generation != generation:
+                    continue  # the segment was replaced meanwhile
+                if error is None:
+                    current.fsyncs += 1
+                    current.synced = max(current.synced, size)
+                    del current.unsynced[:count]
+                else:
+                    current.untrusted = True
+                    self._sync_error = error
+                    log.error("fsync of %s failed: %s", current.path, error)
 
     # ------------------------------------------------------------------ compaction
 
@@ -390,14 +524,33 @@ class Persistence:
         return self._writer is not None or self._finisher is not None
 
     def maybe_compact(self, store: Store) -> None:
-        """Start, advance or complete a compaction; call once per loop turn."""
+        """Start, advance or complete a compaction; call once per loop turn.
+
+        A compaction that fails to write (a full disk) is abandoned, the log kept, and tried
+        again ``COMPACT_RETRY_S`` later.
+        """
+        try:
+            self._compact_turn(store)
+        except OSError as exc:
+            if self._writer is not None:
+                self._writer.abort()
+                self._writer = None
+            self._compact_retry_at = time.monotonic() + COMPACT_RETRY_S
+            log.error(
+                "compaction failed, the log is kept; retrying in %g s: %s", COMPACT_RETRY_S, exc
+            )
+
+    def _compact_turn(self, store: Store) -> None:
         if self._writer is not None:
             self._step(store)
         elif self._finisher is not None:
             if not self._finisher.is_alive():
                 self._complete()
-        elif self._since_snapshot and self.log_bytes > max(
-            self.compact_min_bytes, self.compact_ratio * store.data_bytes
+        elif (
+            self._since_snapshot
+            and self.writable
+            and self.log_bytes > max(self.compact_min_bytes, self.compact_ratio * store.data_bytes)
+            and time.monotonic() >= self._compact_retry_at
         ):
             self.start_compaction(store)
 
