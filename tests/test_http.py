@@ -23,9 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
 import zkv
+import zkv.cli
+from zkv.cli import main as zkv_main
 from zkv.http import create_app, openapi_document, serve
-from zkv.http.app import ROUTES
+from zkv.http.app import ROUTES, status_of
 from zkv.http.codec import decode_cursor, encode_cursor
+from zkv.http.metrics import GatewayMetrics
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
@@ -723,6 +726,172 @@ async def test_metrics(
         assert response.status == 200
         assert response.content_type == "application/openmetrics-text"
         assert (await response.text()).rstrip().endswith("# EOF")
+
+
+# --------------------------------------------------------------------------- a full or failing disk
+
+
+def test_storage_errors_map_to_507_and_503() -> None:
+    full = zkv.StorageFull("node s0a: disk full (12.3 MB free, under 64 MiB)")
+    assert isinstance(full, zkv.StorageError)  # the subclass must be matched first
+    assert status_of(full) == 507
+    assert status_of(zkv.StorageError("node s0a: [Errno 5] Input/output error")) == 503
+    assert status_of(zkv.ServerError("boom")) == 502  # unchanged
+    assert status_of(zkv.Unavailable("no node")) == 503
+
+
+async def test_a_full_disk_is_a_json_507_and_a_failing_one_503(
+    start_gateway: Callable[..., Any],
+) -> None:
+    """No cluster: a client whose writes fail as a node with a full or failing disk answers."""
+
+    class FullDisk(zkv.AsyncClient):
+        async def create(self, *args: Any, **kwargs: Any) -> Any:
+            raise zkv.StorageFull("node s0a cannot log the write: no space left on device")
+
+        async def mput(self, *args: Any, **kwargs: Any) -> Any:
+            raise zkv.StorageFull("node s1a cannot log the write: no space left on device")
+
+        async def put(self, *args: Any, **kwargs: Any) -> Any:
+            raise zkv.StorageError("node s0a cannot log the write: [Errno 5] Input/output error")
+
+        async def delete(self, *args: Any, **kwargs: Any) -> Any:
+            raise zkv.StorageError("node s0a cannot log the write: [Errno 5] Input/output error")
+
+    async with FullDisk(f"tcp://127.0.0.1:{free_port()}", timeout_s=0.5) as client:
+        gw = await start_gateway(client)
+        reply = await gw.call("POST", "/api/kv", {"key": "k", "value": 1})
+        assert "no space left" in assert_error(reply, 507, "StorageFull")
+        reply = await gw.call("POST", "/api/kv/batch", {"items": {"a": 1}})
+        assert_error(reply, 507, "StorageFull")
+        reply = await gw.call("PUT", "/api/kv/k", 1)
+        assert "Input/output" in assert_error(reply, 503, "StorageError")
+        assert_error(await gw.call("DELETE", "/delete", params={"key": "k"}), 503, "StorageError")
+        samples = metric_samples((await gw.call("GET", "/metrics")).body)
+        for operation, outcome in [("set", "StorageFull"), ("put", "StorageError")]:
+            labels = (("operation", operation), ("outcome", outcome))
+            assert samples[("zkv_http_requests_total", labels)] == 1
+
+    # the OpenAPI document lists them on the writes (and only there)
+    doc = openapi_document()
+    for path, method in [
+        ("/api/kv", "post"),
+        ("/put", "post"),
+        ("/api/kv/{key}", "put"),
+        ("/api/kv/{key}", "delete"),
+        ("/delete", "delete"),
+        ("/api/kv/batch", "post"),
+    ]:
+        responses = doc["paths"][path][method]["responses"]
+        assert responses["507"] == {"$ref": "#/components/responses/InsufficientStorage"}, path
+        assert "StorageError" in resolve(doc, responses["503"]["$ref"])["description"], path
+    for path, method in [("/api/kv/{key}", "get"), ("/api/kv/mget", "post"), ("/api/kv", "get")]:
+        assert "507" not in doc["paths"][path][method]["responses"], path
+
+
+def storage_nodes() -> list[dict[str, Any]]:
+    """A made-up STATUS's nodes: every storage state, and the values a node may not know."""
+    node = {"shard": "s0", "role": "primary", "alive": True, "state": "serving", "pid": 7}
+    return [
+        {**node, "name": "s0a", "storage": "ok", "storage_error": "", "free_bytes": 12_345_678},
+        {
+            **node,
+            "name": "s0b",
+            "role": "replica",
+            "storage": "low",
+            "storage_error": "",
+            "free_bytes": 50_000_000,
+        },
+        {
+            **node,
+            "name": "s1a",
+            "shard": "s1",
+            "storage": "full",
+            "storage_error": "[Errno 28] No space left on device: 'data/s1a/00000001.log'",
+            "free_bytes": 0,
+        },
+        {
+            **node,
+            "name": "s2a",
+            "shard": "s2",
+            "storage": "error",
+            "storage_error": "[Errno 5] Input/output error",
+            "free_bytes": -1,  # could not be read
+        },
+        # never reported: the broker knows nothing of it
+        {
+            **node,
+            "name": "s3a",
+            "shard": "s3",
+            "storage": None,
+            "storage_error": None,
+            "free_bytes": None,
+        },
+        {**node, "name": "s4a", "shard": "s4"},  # an older broker: no storage keys at all
+    ]
+
+
+def test_metrics_show_free_bytes_and_the_storage_state() -> None:
+    body, _ = GatewayMetrics().render({"nodes": storage_nodes(), "shards": {}, "broker": {}})
+    samples = metric_samples(body.decode())
+
+    def node(name: str, shard: str, *extra: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((("node", name), ("shard", shard), *extra)))
+
+    assert samples[("zkv_node_free_bytes", node("s0a", "s0"))] == 12_345_678
+    assert samples[("zkv_node_free_bytes", node("s0b", "s0"))] == 50_000_000
+    assert samples[("zkv_node_free_bytes", node("s1a", "s1"))] == 0
+    free = {labels for name, labels in samples if name == "zkv_node_free_bytes"}
+    assert free == {node("s0a", "s0"), node("s0b", "s0"), node("s1a", "s1")}  # unknown: left out
+
+    states = {
+        (dict(labels)["node"], dict(labels)["state"]): value
+        for (name, labels), value in samples.items()
+        if name == "zkv_node_storage_state"
+    }
+    for name, current in [("s0a", "ok"), ("s0b", "low"), ("s1a", "full"), ("s2a", "error")]:
+        assert {s: v for (n, s), v in states.items() if n == name} == {
+            s: (1.0 if s == current else 0.0) for s in ("ok", "low", "full", "error")
+        }, name
+    assert not {n for n, _ in states} & {"s3a", "s4a"}  # unknown: left out, no crash
+
+
+def test_zkv_status_shows_each_disk_and_the_error_of_one_not_ok(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = {
+        "cluster": "test",
+        "slots": 16384,
+        "broker": {"pid": 1, "clients": "tcp://127.0.0.1:7400"},
+        "nodes": storage_nodes(),
+    }
+
+    class FakeClient:
+        def __enter__(self) -> FakeClient:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def cluster_status(self) -> dict[str, Any]:
+            return status
+
+    monkeypatch.setattr(zkv.cli, "_client", lambda args: FakeClient())
+    assert zkv_main(["status", "--connect", "tcp://127.0.0.1:1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[1].split()
+    assert header[-2:] == ["STORAGE", "FREE"]
+    rows = {line.split()[0]: line.split() for line in lines[2:8]}
+    assert rows["s0a"][-3:] == ["ok", "12.3", "MB"]
+    assert rows["s0b"][-3:] == ["low", "50.0", "MB"]
+    assert rows["s1a"][-3:] == ["full", "0", "B"]
+    assert rows["s2a"][-2:] == ["error", "-"]
+    assert rows["s3a"][-2:] == rows["s4a"][-2:] == ["-", "-"]
+    assert lines[8:] == [
+        "s0b: storage low: 50.0 MB free",
+        "s1a: storage full: [Errno 28] No space left on device: 'data/s1a/00000001.log'",
+        "s2a: storage error: [Errno 5] Input/output error",
+    ]
 
 
 # --------------------------------------------------------------------------- serve, concurrency

@@ -443,3 +443,112 @@ def test_status_page_shows_a_failed_node(browser: Any, tmp_path: Path) -> None:
         save_screenshot(browser, tmp_path, "status-page-failed-phone.png")
     finally:
         gateway.stop()
+
+
+def test_status_page_shows_each_disk_low_in_amber_full_in_red(browser: Any, tmp_path: Path) -> None:
+    """Each node's disk: free bytes and storage state; "low" amber, "full" and "error" red
+    with the node's error as text. A made-up status, as in the test above (no cluster)."""
+    error = "[Errno 28] No space left on device: <img src=x onerror=alert(1)> & more"
+    node = {
+        "shard": "s0",
+        "role": "primary",
+        "alive": True,
+        "state": "serving",
+        "epoch": 1,
+        "seq": 5,
+        "lag": 0,
+        "in_sync": True,
+        "keys": 3,
+        "slots": 16384,
+        "slot_ranges": "0-16383",
+        "requests": 10,
+        "errors": 0,
+    }
+    status = {
+        "cluster": "fake",
+        "slots": 16384,
+        "shards": {"s0": {"primary": "s0a", "epoch": 1, "serving": True}},
+        "broker": {"failovers": 0},
+        "nodes": [
+            {**node, "name": "s0a", "storage": "ok", "storage_error": "", "free_bytes": 12_345_678},
+            {**node, "name": "s0b", "role": "replica", "storage": "low", "free_bytes": 50_000_000},
+            {**node, "name": "s1a", "storage": "full", "storage_error": error, "free_bytes": 0},
+            {
+                **node,
+                "name": "s2a",
+                "storage": "error",
+                "storage_error": "[Errno 5] Input/output error",
+                "free_bytes": -1,
+            },
+            {**node, "name": "s3a", "storage": None, "storage_error": None, "free_bytes": None},
+        ],
+    }
+    fake_fetch = f"const status = {json.dumps(status)};" + (
+        """
+        const realFetch = window.fetch.bind(window);
+        window.fetch = (url, init) => String(url).startsWith("/api/status")
+          ? Promise.resolve(new Response(JSON.stringify(status),
+              {status: 200, headers: {"Content-Type": "application/json"}}))
+          : realFetch(url, init);
+        """
+    )
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": fake_fetch})
+    gateway = GatewayThread("tcp://127.0.0.1:9")  # never asked: the status is the fake one
+    disks_js = """
+        return Object.fromEntries(Array.from(document.querySelectorAll('#nodes tbody tr'),
+          (tr) => {
+            const cell = tr.querySelector('td[data-label="Disk"]');
+            const line = cell.querySelector('.error-line');
+            return [tr.dataset.node, {
+              text: cell.textContent,
+              cls: cell.className,
+              color: getComputedStyle(cell).color,
+              background: getComputedStyle(cell).backgroundColor,
+              line: line && line.textContent,
+              title: cell.title,
+            }];
+          }));
+    """
+    try:
+        browser.get(gateway.start())
+        wait_until("the nodes listed", lambda: len(node_rows(browser)) == 5)
+        disks = browser.execute_script(disks_js)
+        assert disks["s0a"]["text"] == "ok12.3 MB free" and disks["s0a"]["cls"] == "disk-ok"
+        assert not is_red(disks["s0a"]["color"]), disks["s0a"]
+        low = disks["s0b"]
+        assert low["text"] == "low50.0 MB free" and low["cls"] == "disk-low", low
+        assert not is_red(low["background"]), low
+        for color in (low["background"], low["color"]):  # amber: red and green above blue
+            r, g, b = (int(x) for x in re.findall(r"\d+", color)[:3])
+            assert r > b + 20 and g > b + 20, low
+        full = disks["s1a"]
+        assert full["cls"] == "disk-bad" and is_red(full["background"]), full
+        assert is_red(full["color"]), full
+        assert full["text"] == "full0 B free" + error and full["line"] == error, full  # text
+        assert error in full["title"], full
+        assert browser.execute_script("return document.querySelectorAll('#nodes img').length") == 0
+        failing = disks["s2a"]
+        assert failing["cls"] == "disk-bad" and is_red(failing["background"]), failing
+        assert failing["text"] == "error[Errno 5] Input/output error", failing  # free unknown
+        assert disks["s3a"]["text"] == "\u2013" and disks["s3a"]["cls"] == "", disks["s3a"]
+        # the node itself is up: only its disk is red
+        rows = node_rows(browser)
+        assert not rows["s1a"]["down"] and rows["s1a"]["cells"]["Alive"] == "up"
+        save_screenshot(browser, tmp_path, "status-page-disk.png")
+
+        browser.set_window_size(390, 2400)  # a phone: the disk and its error on the card
+        wait_until(
+            "the phone layout",
+            lambda: (
+                browser.execute_script(
+                    "return getComputedStyle(document.querySelector('#nodes tbody tr')).display"
+                )
+                == "block"
+            ),
+        )
+        disks = browser.execute_script(disks_js)
+        assert disks["s1a"]["text"] == "full0 B free" + error
+        assert is_red(disks["s1a"]["background"])
+        save_screenshot(browser, tmp_path, "status-page-disk-phone.png")
+    finally:
+        gateway.stop()

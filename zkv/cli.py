@@ -412,8 +412,13 @@ def _status(args: argparse.Namespace) -> int:
         "slots",
         "requests",
         "errors",
+        "storage",
+        "free",
     ]
-    rows = [[_cell(node.get(c)) for c in columns] for node in status["nodes"]]
+    rows = [
+        [_bytes(node.get("free_bytes")) if c == "free" else _cell(node.get(c)) for c in columns]
+        for node in status["nodes"]
+    ]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
     print(
         f"cluster {status['cluster']}: {status['slots']} slots, broker pid "
@@ -428,6 +433,14 @@ def _status(args: argparse.Namespace) -> int:
                 f"{node.get('name')}: FAILED, no longer restarted; last error: "
                 f"{node.get('error') or '(none recorded)'}"
             )
+    for node in status["nodes"]:
+        storage = node.get("storage")
+        if storage is not None and storage != "ok":  # low, full or error: writes may be refused
+            free = _bytes(node.get("free_bytes"))
+            detail = node.get("storage_error") or (
+                f"{free} free" if free != "-" else "(no error recorded)"
+            )
+            print(f"{node.get('name')}: storage {storage}: {detail}")
     return EXIT_OK
 
 
@@ -437,6 +450,20 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "NO"
     return str(value)
+
+
+def _bytes(count: Any) -> str:
+    """A byte count for people, in decimal units (``12.3 MB``); ``-`` if unknown (None, -1)."""
+    if isinstance(count, bool) or not isinstance(count, int | float) or not count >= 0:
+        return "-"
+    if count < 1000:
+        return f"{int(count)} B"
+    value = count / 1000
+    for unit in ("kB", "MB", "GB", "TB"):
+        if value < 999.95:  # what rounds to 1000.0 is shown in the next unit
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} PB"
 
 
 def _json_default(value: Any) -> Any:

@@ -43,14 +43,17 @@ Routes (JSON in and out)
     The OpenAPI 3.1 document of exactly these routes.
 ``GET /metrics``
     Prometheus metrics (``zkv.http.metrics`` lists them): the gateway's requests by
-    operation and outcome, its latency by route and status, and per-node gauges and
-    counters read from ``cluster_status()`` at each scrape.
+    operation and outcome, its latency by route and status, and per-node gauges (free disk
+    bytes and storage state among them) and counters read from ``cluster_status()`` at
+    each scrape.
 ``GET /``
     The cluster's status page (HTML): every shard and node (role, alive, epoch, sequence,
-    lag, in-sync, keys, slots), the cluster's operations per second, refreshed every second
-    from ``/api/status`` (a node that is down is shown in red), and a form that gets, puts
-    and deletes a key through the routes above. Plain HTML, CSS and JavaScript from
-    ``zkv/http/static/``: no CDN, no build step, works offline.
+    lag, in-sync, keys, slots, disk: free bytes and storage state), the cluster's
+    operations per second, refreshed every second from ``/api/status`` (a node that is
+    down is shown in red; a disk that is low in amber, full or failing in red with its
+    error), and a form that gets, puts and deletes a key through the routes above. Plain
+    HTML, CSS and JavaScript from ``zkv/http/static/``: no CDN, no build step, works
+    offline.
 ``GET /static/{name}``
     The page's files (``status.css``, ``status.js``): only the files directly in that
     folder; any other name is 404 ``NotFound``.
@@ -81,10 +84,19 @@ exception's name (or the HTTP one for routing errors):
 413    ``KeyTooLarge``, ``ValueTooLarge`` (the cluster's limits); ``RequestTooLarge``
        (a body over the gateway's ``max_body_bytes``, 64 MiB by default)
 502    another zkv error from the cluster (``ServerError``, a malformed reply)
-503    ``Unavailable``: the key's shard has no live node, or no broker can be reached
+503    ``Unavailable``: the key's shard has no live node, or no broker can be reached;
+       ``StorageError``: the node could not log a write to its disk (an I/O error)
 504    ``Timeout``: no answer in time (a write may or may not have been applied)
+507    ``StorageFull``: the node's disk is full, or under ``storage.min_free_bytes`` free
 500    ``InternalError``: a bug in the gateway (logged with its traceback; never sent)
 =====  ==========================================================================
+
+A write refused with ``StorageFull`` (507) or ``StorageError`` (503) was not applied (a
+batch: not on that shard), so it may be retried as is; the node keeps serving reads and
+takes writes again by itself once its disk can take them. 507 Insufficient Storage says
+exactly that the server cannot store what the request needs (RFC 4918); an I/O error is
+503, a temporary condition of the service worth retrying later, not 500 (kept for the
+gateway's own bugs) nor 502 (the cluster failing on the request).
 """
 
 from zkv.http.app import create_app, serve

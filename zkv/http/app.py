@@ -30,6 +30,8 @@ from zkv.errors import (
     KeyNotFound,
     KeyTooLarge,
     LocalProtocolError,
+    StorageError,
+    StorageFull,
     Timeout,
     Unavailable,
     ValueTooLarge,
@@ -450,6 +452,15 @@ ROUTES: Final[tuple[tuple[str, str, Handler, str], ...]] = (
 
 # --------------------------------------------------------------------------- errors
 
+#: The HTTP status of each ``ZkvError`` class, the first match winning (subclasses first).
+#:
+#: A node that cannot log a write to its disk did not apply it, keeps serving reads, and
+#: takes writes again by itself once it can: ``StorageFull`` (its disk full, or under
+#: ``storage.min_free_bytes`` free) is 507 Insufficient Storage, whose meaning (RFC 4918:
+#: the server cannot store what the request needs) it is exactly; any other
+#: ``StorageError`` (an I/O error of the device) is 503 Service Unavailable, a temporary
+#: condition of the service the client may retry later, rather than 500 (kept for bugs of
+#: the gateway itself) or 502 (the cluster failing on the request, ``ServerError``).
 _STATUS: Final[tuple[tuple[type[ZkvError], int], ...]] = (
     (KeyNotFound, 404),
     (KeyExists, 409),
@@ -457,6 +468,8 @@ _STATUS: Final[tuple[tuple[type[ZkvError], int], ...]] = (
     (ValueTooLarge, 413),
     (InvalidRequest, 400),
     (LocalProtocolError, 400),
+    (StorageFull, 507),
+    (StorageError, 503),
     (Timeout, 504),
     (Unavailable, 503),
     (ClientClosed, 503),
@@ -472,7 +485,8 @@ _HTTP_CODES: Final = {
 
 
 def status_of(exc: ZkvError) -> int:
-    """The HTTP status answering ``exc``."""
+    """The HTTP status answering ``exc`` (507 for ``StorageFull``, 503 for another
+    ``StorageError``: see ``_STATUS``)."""
     for cls, status in _STATUS:
         if isinstance(exc, cls):
             return status

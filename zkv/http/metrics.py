@@ -20,11 +20,15 @@ The cluster (read with ``cluster_status()`` at each scrape)
     ``zkv_node_seq``, ``zkv_node_lag``, ``zkv_node_epoch``, ``zkv_node_primary`` (1 for the
     node in the primary role), ``zkv_node_in_sync``, ``zkv_node_log_bytes``,
     ``zkv_node_max_stall_seconds``, ``zkv_node_failed`` (1 for a node ``zkv up`` gave up
-    restarting: its state is ``failed``); counters ``zkv_node_requests_total``,
+    restarting: its state is ``failed``), ``zkv_node_free_bytes`` (free bytes on the
+    volume of the node's data folder), ``zkv_node_storage_state{node, shard, state}`` (a
+    state set: one sample per state ``ok``, ``low``, ``full``, ``error``, 1 for the node's
+    storage state and 0 for the others, so an alert can watch ``state="ok"`` being 0);
+    counters ``zkv_node_requests_total``,
     ``zkv_node_errors_total``, ``zkv_node_fsyncs_total``, ``zkv_node_compactions_total``
     (cumulative counts kept by the node, so they restart from 0 when the node does, which
     ``rate()`` allows for). A value the broker does not know yet (a node that never
-    reported) is left out rather than exported as 0.
+    reported, free bytes it could not read) is left out rather than exported as 0.
 
     Per shard: ``zkv_shard_epoch{shard}``, ``zkv_shard_serving{shard}``.
     The broker: counters ``zkv_broker_failovers_total``, ``zkv_broker_requests_total``,
@@ -43,7 +47,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
-__all__ = ["ClusterCollector", "GatewayMetrics"]
+__all__ = ["STORAGE_STATES", "ClusterCollector", "GatewayMetrics"]
 
 #: Latency buckets (seconds) of the gateway's histogram: 0.5 ms to 10 s.
 BUCKETS: Final = (
@@ -83,6 +87,9 @@ _NODE_COUNTERS: Final[tuple[tuple[str, str, str], ...]] = (
     ("zkv_node_fsyncs", "fsyncs", "fsync calls the node has made since it started."),
     ("zkv_node_compactions", "compactions", "Compactions the node has run since it started."),
 )
+#: The storage states a node reports (``NodeInfo.storage``), each a sample of
+#: ``zkv_node_storage_state``; a state not listed here is exported too, as it comes.
+STORAGE_STATES: Final = ("ok", "low", "full", "error")
 _BROKER_COUNTERS: Final[tuple[tuple[str, str, str], ...]] = (
     ("zkv_broker_failovers", "failovers", "Shard primaries the broker has replaced."),
     ("zkv_broker_requests", "requests", "Client requests the broker has handled."),
@@ -174,6 +181,27 @@ class ClusterCollector:
                 1.0 if node.get("state") == "failed" else 0.0,
             )
         yield failed
+        free = GaugeMetricFamily(
+            "zkv_node_free_bytes",
+            "Free bytes on the volume of the node's data folder.",
+            labels=labels,
+        )
+        storage = GaugeMetricFamily(
+            "zkv_node_storage_state",
+            "1 for the node's storage state (ok, low, full, error), 0 for the others.",
+            labels=[*labels, "state"],
+        )
+        for node in nodes:
+            name, shard = str(node.get("name")), str(node.get("shard"))
+            free_bytes = node.get("free_bytes")  # -1: the node could not read it
+            if isinstance(free_bytes, int) and not isinstance(free_bytes, bool) and free_bytes >= 0:
+                free.add_metric([name, shard], float(free_bytes))
+            state = node.get("storage")
+            if isinstance(state, str) and state:
+                for known in dict.fromkeys((*STORAGE_STATES, state)):
+                    storage.add_metric([name, shard, known], 1.0 if known == state else 0.0)
+        yield free
+        yield storage
         yield per_node(
             GaugeMetricFamily(
                 "zkv_node_in_sync", "1 if the node is in its primary's in-sync set.", labels=labels

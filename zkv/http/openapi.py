@@ -42,8 +42,15 @@ def _errors(*statuses: str) -> dict[str, Any]:
         "502": "BadGateway",
         "503": "Unavailable",
         "504": "Timeout",
+        "507": "InsufficientStorage",
     }
     return {s: _response(names[s]) for s in sorted({*statuses, "502", "503", "504"})}
+
+
+def _write_errors(*statuses: str) -> dict[str, Any]:
+    """The error responses of a write: ``_errors(statuses)``, and the node's disk refusing
+    it (507 ``StorageFull``; 503 covers ``StorageError`` too)."""
+    return {**_errors(*statuses, "507"), "503": _response("WriteUnavailable")}
 
 
 _SET_BODY: Final = {
@@ -67,7 +74,7 @@ def _set_operation(operation_id: str, summary: str) -> dict[str, Any]:
         "responses": {
             "201": _json_body(_schema("Message"), "The key was created."),
             "200": _json_body(_schema("Message"), "The key existed and was overwritten."),
-            **_errors("400", "409", "413"),
+            **_write_errors("400", "409", "413"),
         },
     }
 
@@ -93,7 +100,7 @@ def _delete_operation(operation_id: str, key_param: str) -> dict[str, Any]:
         "parameters": [_param(key_param), _param("consistency")],
         "responses": {
             "200": _json_body(_schema("Message"), "The key was deleted."),
-            **_errors("400", "404", "413"),
+            **_write_errors("400", "404", "413"),
         },
     }
 
@@ -140,9 +147,10 @@ _SCHEMAS: Final[dict[str, Any]] = {
                         "type": "string",
                         "description": (
                             "`KeyNotFound`, `KeyExists`, `KeyTooLarge`, `ValueTooLarge`, "
-                            "`InvalidRequest`, `Unavailable`, `Timeout`, `NotFound`, "
-                            "`MethodNotAllowed`, `RequestTooLarge`, `InternalError`, or "
-                            "another zkv error class name."
+                            "`InvalidRequest`, `Unavailable`, `Timeout`, `StorageFull`, "
+                            "`StorageError`, `NotFound`, `MethodNotAllowed`, "
+                            "`RequestTooLarge`, `InternalError`, or another zkv error class "
+                            "name."
                         ),
                     },
                     "message": {"type": "string"},
@@ -318,6 +326,16 @@ _RESPONSES: Final[dict[str, Any]] = {
     "Unavailable": _error_response(
         "The key's shard has no live node, or the broker cannot be reached (`Unavailable`)."
     ),
+    "WriteUnavailable": _error_response(
+        "The key's shard has no live node, or the broker cannot be reached (`Unavailable`); "
+        "or the node could not log the write to its disk, an I/O error (`StorageError`): the "
+        "write was not applied, and the node takes writes again by itself once it can."
+    ),
+    "InsufficientStorage": _error_response(
+        "The node's disk is full, or under its `storage.min_free_bytes` free (`StorageFull`): "
+        "the write was not applied. Reads go on; the node takes writes again by itself once "
+        "space is freed."
+    ),
     "Timeout": _error_response(
         "No answer from the cluster in time (`Timeout`); a write may or may not have been applied."
     ),
@@ -363,7 +381,7 @@ _PATHS: Final[dict[str, Any]] = {
             },
             "responses": {
                 "200": _json_body(_schema("Message"), "The key was stored."),
-                **_errors("400", "413"),
+                **_write_errors("400", "413"),
             },
         },
         "get": _get_operation("getKey", "key"),
@@ -385,7 +403,7 @@ _PATHS: Final[dict[str, Any]] = {
             },
             "responses": {
                 "200": _json_body(_schema("BatchResult"), "Every key was stored."),
-                **_errors("400", "413"),
+                **_write_errors("400", "413"),
             },
         }
     },
@@ -451,9 +469,9 @@ _PATHS: Final[dict[str, Any]] = {
             "summary": "The cluster's status page (HTML)",
             "description": (
                 "A page that polls `/api/status` every second: each shard and node (role, "
-                "alive, epoch, sequence, lag, in-sync, keys, slots), the cluster's "
-                "operations per second, and a form to get, put and delete a key. It loads "
-                "only files from `/static/` (no CDN)."
+                "alive, epoch, sequence, lag, in-sync, keys, slots, disk: free bytes and "
+                "storage state), the cluster's operations per second, and a form to get, "
+                "put and delete a key. It loads only files from `/static/` (no CDN)."
             ),
             "tags": ["page"],
             "responses": {

@@ -1,10 +1,11 @@
 /*
  * The zkv status page: polls GET /api/status every second and renders the shards and
  * nodes (a node that is not alive is marked DOWN in red; one that `zkv up` gave up
- * restarting, state "failed", is marked FAILED in red with its last error line), the
- * cluster's operations per second (from the nodes' request counters between polls), and a
- * form that gets, puts and deletes a key through the gateway's REST routes. Plain
- * JavaScript, no library.
+ * restarting, state "failed", is marked FAILED in red with its last error line; each node's
+ * disk, its free bytes and storage state, amber when "low", red when "full" or "error" with
+ * the error's text), the cluster's operations per second (from the nodes' request counters
+ * between polls), and a form that gets, puts and deletes a key through the gateway's REST
+ * routes. Plain JavaScript, no library.
  */
 "use strict";
 
@@ -26,6 +27,18 @@
     if (typeof value === "boolean") return value ? "yes" : "no";
     if (typeof value === "number") return value.toLocaleString("en-US");
     return String(value);
+  }
+
+  /** A byte count for people, in decimal units ("12.3 MB"); null if unknown (null, -1). */
+  function bytes(count) {
+    if (typeof count !== "number" || !(count >= 0)) return null;
+    if (count < 1000) return Math.floor(count) + " B";
+    let value = count / 1000;
+    for (const unit of ["kB", "MB", "GB", "TB"]) {
+      if (value < 999.95) return value.toFixed(1) + " " + unit;
+      value /= 1000;
+    }
+    return value.toFixed(1) + " PB";
   }
 
   /** Whether a node counts as up: alive, and not given up on by `zkv up`. */
@@ -125,6 +138,50 @@
     cell.replaceChildren(box);
   }
 
+  /** The CSS class of a storage state: "low" is a warning, "full" and "error" are bad. */
+  function diskLevel(storage) {
+    if (storage === "ok") return "disk-ok";
+    if (storage === "low") return "disk-low";
+    return storage ? "disk-bad" : "";
+  }
+
+  /**
+   * The Disk cell: the storage state and the free bytes; a state other than "ok" in amber
+   * ("low") or red ("full", "error"), with the node's last storage error beneath. Text only
+   * (textContent), never markup.
+   */
+  function renderDisk(cell, node) {
+    const storage = typeof node.storage === "string" && node.storage ? node.storage : null;
+    const free = bytes(node.free_bytes);
+    const error = storage && storage !== "ok" && node.storage_error ? String(node.storage_error) : "";
+    const key = [storage, free, error].join("\n");
+    if (cell.dataset.shown === key) return;
+    cell.dataset.shown = key;
+    const level = diskLevel(storage);
+    cell.className = level;
+    cell.title = error ? "storage " + storage + ": " + error : "";
+    if (!storage && !free) { cell.textContent = show(null); return; }
+    const box = document.createElement("span");
+    box.className = "disk";
+    const state = document.createElement(level === "disk-ok" ? "span" : "strong");
+    state.className = "disk-state";
+    state.textContent = show(storage);
+    box.appendChild(state);
+    if (free) {
+      const space = document.createElement("span");
+      space.className = "disk-free";
+      space.textContent = free + " free";
+      box.appendChild(space);
+    }
+    if (error) {
+      const line = document.createElement("span");
+      line.className = "error-line";
+      line.textContent = error;
+      box.appendChild(line);
+    }
+    cell.replaceChildren(box);
+  }
+
   function renderNodes(nodes) {
     const table = $("nodes");
     syncRows(table, nodeRows, nodes.map((n) => n.name), "node");
@@ -141,8 +198,10 @@
       setCells(tr, [
         node.name, node.shard, node.role, failed ? "FAILED" : alive ? "up" : "DOWN", CUSTOM,
         node.epoch, node.seq, node.lag, node.in_sync, node.keys, slots, node.requests, node.errors,
+        CUSTOM,
       ]);
       renderState(tr.cells[4], node, failed);
+      renderDisk(tr.cells[13], node);
       const aliveCell = tr.cells[3];
       aliveCell.className = failed ? "badge failed" : alive ? "badge up" : "badge down";
       if (failed) {
