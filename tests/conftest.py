@@ -254,6 +254,42 @@ class Cluster:
 
 
 @pytest.fixture
+def tmpfs() -> Iterator[Any]:
+    """Mount small tmpfs volumes: ``tmpfs(path, "2m")``; unmounted at teardown.
+
+    Skips the test with the reason where mounting is impossible (it needs root; CI runs as
+    root). Request it before ``cluster_factory`` so that the cluster stops first.
+    """
+    mounted: list[Path] = []
+
+    def mount(path: Path, size: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    try:
+        yield mount
+    finally:
+        for path in reversed(mounted):
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+def grow_tmpfs(path: Path, size: str) -> None:
+    """Resize a tmpfs mounted by the ``tmpfs`` fixture."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True, timeout=30)
+
+
+@pytest.fixture
 def cluster_factory(tmp_path: Path) -> Iterator[Any]:
     """Start clusters on demand; every one is stopped at teardown."""
     clusters: list[Cluster] = []

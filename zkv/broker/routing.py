@@ -91,12 +91,20 @@ class RoutingTable:
         return self.elect(shard, name, self.epochs[shard] + 1)
 
     def elect(self, shard: str, name: str, epoch: int) -> int:
-        """Make ``name`` the primary of ``shard`` at ``epoch`` (above the current one)."""
+        """Make ``name`` the primary of ``shard`` at ``epoch`` (above the current one).
+
+        Raises ``OSError`` (and changes nothing) if the table cannot be saved.
+        """
         if epoch <= self.epochs[shard]:
             raise ValueError(f"epoch {epoch} is not above shard {shard}'s {self.epochs[shard]}")
+        previous = self.primaries[shard], self.epochs[shard]
         self.primaries[shard] = name
         self.epochs[shard] = epoch
-        self.save()
+        try:
+            self.save()
+        except OSError:  # a decision that is not on disk is not taken
+            self.primaries[shard], self.epochs[shard] = previous
+            raise
         return epoch
 
     def decided(self, shard: str) -> bool:

@@ -46,6 +46,7 @@ from zkv.protocol import Consistency, Op, Request
 from zkv.runtime import MAX_FRAMES, Throttle, bind_endpoint, recv_frames, write_ready_file
 from zkv.slots import SlotMap
 from zkv.storage.lock import lock_folder
+from zkv.storage.persistence import RESUME_HEADROOM_BYTES
 from zkv.supervision import read_launcher_state
 
 __all__ = ["Broker"]
@@ -482,7 +483,9 @@ class Broker:
         )
 
     def _hand_over_if_it_cannot_log(self, shard: str) -> None:
-        """A primary that cannot log hands over to an in-sync replica that can, if any."""
+        """A primary that cannot log hands over to an in-sync replica that can, if any: one
+        that reports its log writable, with room to spare (a replica on the same full disk
+        would only fail in turn)."""
         old = self.membership.primary(shard)
         if old is None or old.info is None or old.info.storage == "ok" or shard in self._switches:
             return
@@ -494,6 +497,7 @@ class Broker:
             and m.info is not None
             and m.info.state == "following"
             and m.info.storage == "ok"
+            and m.info.free_bytes >= self.config.storage.min_free_bytes + RESUME_HEADROOM_BYTES
         ]
         target = max(able, key=lambda m: m.seq, default=None)
         if target is not None:
@@ -515,26 +519,32 @@ class Broker:
                 and target.info is not None
                 and target.info.seq >= old.info.seq
             )
-            if caught_up:
-                del self._switches[shard]
-                self.membership.switching.discard(shard)
-                self._promote(shard, target, "manual switch-over")
+            if not caught_up and now <= switch.deadline and target.alive:
+                continue
+            del self._switches[shard]
+            self.membership.switching.discard(shard)
+            why: ZkvError
+            if not caught_up:
+                why = Timeout(
+                    f"{target.name} did not catch up with {old.name} in time; "
+                    f"{old.name} stays the primary of {shard}"
+                )
+            elif self._promote(shard, target, "switch-over"):
                 result = {
                     "shard": shard,
                     "primary": target.name,
                     "epoch": self.routing.epochs[shard],
                 }
                 self._switched(switch, protocol.encode_reply(switch.seq, result))
-            elif now > switch.deadline or not target.alive:
-                del self._switches[shard]
-                self.membership.switching.discard(shard)
-                self.errors += 1
-                why = Timeout(
-                    f"{target.name} did not catch up with {old.name} in time; "
-                    f"{old.name} stays the primary of {shard}"
+                continue
+            else:
+                why = ServerError(
+                    f"the broker could not save its routing table; {old.name} stays the "
+                    f"primary of {shard}"
                 )
-                log.warning("switch-over of shard %s abandoned: %s", shard, why)
-                self._switched(switch, protocol.encode_error(switch.seq, why))
+            self.errors += 1
+            log.warning("switch-over of shard %s abandoned: %s", shard, why)
+            self._switched(switch, protocol.encode_error(switch.seq, why))
 
     def _switched(self, switch: _Switch, reply: list[bytes]) -> None:
         """Answer a switch-over, and keep the answer for a resend of its request."""
@@ -548,7 +558,11 @@ class Broker:
     def _elect(self, shard: str, member: Member) -> None:
         """Name the first primary of a shard the routing table has none for."""
         epoch = max(self.routing.epochs[shard], self.membership.reported_epoch(shard)) + 1
-        self.routing.elect(shard, member.name, epoch)
+        try:
+            self.routing.elect(shard, member.name, epoch)
+        except OSError as exc:
+            self._bad.warning("cannot save the routing table, no election yet: %s", exc)
+            return
         log.warning(
             "elected %s primary of shard %s at epoch %d: the highest sequence (%d) of the "
             "nodes that reported (no routing table)",
@@ -565,9 +579,16 @@ class Broker:
             if member.alive:
                 self._beat(member)
 
-    def _promote(self, shard: str, member: Member, why: str) -> None:
+    def _promote(self, shard: str, member: Member, why: str) -> bool:
+        """Make ``member`` the primary of ``shard``; False if the decision could not be saved."""
         old = self.routing.primaries[shard]
-        epoch = self.routing.promote(shard, member.name)
+        try:
+            epoch = self.routing.promote(shard, member.name)
+        except OSError as exc:
+            self._bad.warning(
+                "cannot save the routing table, %s not promoted (%s): %s", member.name, why, exc
+            )
+            return False
         self.membership.promoted(shard)
         self.failovers += 1
         log.warning(
@@ -580,6 +601,7 @@ class Broker:
             old,
         )
         self._beat_shard(shard)
+        return True
 
     def _on_node(self, frames: list[bytes]) -> None:
         identity = frames[0]
@@ -623,6 +645,8 @@ class Broker:
                 self._beat(member)
             elif kind == protocol.NODE_READY:
                 self._beat(member)  # its role, without delay
+            if info.storage != "ok" and info.role == "primary":
+                self._hand_over_if_it_cannot_log(member.shard)  # at once: writes wait less
             if self._switches:
                 self._advance_switches(time.monotonic())
         else:

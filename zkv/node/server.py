@@ -420,6 +420,7 @@ class Node:
         write is then refused with ``StorageFull``/``StorageError`` before it changes
         anything, and a read is served from the state that was logged."""
         self.store.rollback()
+        self._beat_now = True  # tell the broker at once that this node cannot log
         if self.primary is not None:
             self.primary.discard_outbox()
         retry = Unavailable(f"node {self.me.name} could not log this request ({exc}); retry")

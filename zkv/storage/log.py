@@ -281,6 +281,7 @@ class AppendLog:
             return
         try:
             os.ftruncate(self._file.fileno(), self.size)
+            self._file.seek(self.size)  # a new segment is not opened for appending
             os.fsync(self._file.fileno())
         except OSError as exc:
             log.error("could not cut %s back to %d bytes: %s", self.path, self.size, exc)

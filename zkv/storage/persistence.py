@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 #: Keys copied into the snapshot per step (a step is a few milliseconds).
 COMPACT_STEP_KEYS: Final = 2000
+#: Free bytes needed beyond ``min_free_bytes`` before a node takes writes again after one
+#: failed for lack of space.
+RESUME_HEADROOM_BYTES: Final = 1024 * 1024
 #: After a compaction failed to write, wait this long before trying again (seconds).
 COMPACT_RETRY_S: Final = 10.0
 #: ``set_aside`` moves files whose names match these into ``damaged-<UTC time>/``.
@@ -446,7 +449,9 @@ class Persistence:
             sync_error, self._sync_error = self._sync_error, None
         if sync_error is not None:
             self._failed(sync_error)
-        room = self.free_bytes >= self.min_free_bytes
+        # after a failed write, wait for some headroom too, so as not to fail again at once
+        headroom = RESUME_HEADROOM_BYTES if self.state in ("full", "error") else 0
+        room = self.free_bytes >= self.min_free_bytes + headroom
         if self.state == "ok":
             if not room:
                 self.state = "low"
