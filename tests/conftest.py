@@ -62,6 +62,7 @@ def cluster_doc(
     }
     for key, value in overrides.items():
         doc[key] = value
+    doc["storage"].setdefault("dir", str(data_dir))  # never the working directory's ./data
     return doc
 
 

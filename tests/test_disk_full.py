@@ -295,3 +295,21 @@ def test_primary_that_cannot_log_hands_over_to_its_replica(
     kv.failover("s0", to="s0a")
     got = kv.mget(list(acked))
     assert got == acked
+
+
+def test_a_node_started_below_min_free_bytes_says_so_and_serves_reads(
+    tmp_path: Path, cluster_factory: Any
+) -> None:
+    c = cluster_factory(
+        {"s0": ["s0a"]},
+        storage={"dir": str(tmp_path / "data"), "fsync": "no", "min_free_bytes": 2**50},
+    )
+    kv = c.client(timeout_s=5.0)
+    with pytest.raises(zkv.StorageFull, match=r"storage\.min_free_bytes"):
+        kv.put("k", 1)
+    assert kv.get("k", default="absent") == "absent"  # reads are served
+    node = c.node("s0a")
+    assert node["storage"] == "low" and node["free_bytes"] > 0
+    lines = [ln for ln in c.procs["s0a"].log_file.read_text().splitlines() if "min_free" in ln]
+    assert len(lines) == 1, lines
+    assert c.procs["s0a"].popen is not None and c.procs["s0a"].popen.poll() is None

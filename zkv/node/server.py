@@ -148,6 +148,7 @@ class Node:
             self.persistence.close()
             self._discard_damaged(exc)
             report = self.persistence.recover(self.store)
+        self.persistence.check(self.store.seq + 1)  # says so at once if the disk is short
         log.info(
             "node %s recovered %d keys at seq %d in %.3f s (snapshot %s, %d log records)",
             self.me.name,
