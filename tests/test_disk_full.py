@@ -20,7 +20,8 @@ from conftest import grow_tmpfs
 import zkv
 from zkv.storage.engine import Store
 from zkv.storage.log import LOG_MAGIC, scan_file, segments
-from zkv.storage.persistence import Persistence, check_directory
+from zkv.storage.persistence import Persistence
+from zkv.storage.recovery import check_directory
 
 ONE_SHARD = {"s0": ["s0a", "s0b"]}
 VALUE = "x" * 2000

@@ -19,7 +19,8 @@ import pytest
 from zkv.errors import KeyNotFound, StorageCorrupted
 from zkv.storage.engine import RecordOp, Store
 from zkv.storage.log import FRAME_HEADER, LOG_MAGIC, encode_frame, read_frames, scan_file, segments
-from zkv.storage.persistence import Persistence, Recovery, check_directory
+from zkv.storage.persistence import Persistence
+from zkv.storage.recovery import Recovery, check_directory
 from zkv.storage.snapshot import SnapshotWriter, snapshots
 
 SLOTS = 256

@@ -21,7 +21,8 @@ from zkv.errors import StorageCorrupted
 from zkv.storage.engine import Store
 from zkv.storage.lock import LOCK_NAME, lock_folder
 from zkv.storage.log import FRAME_HEADER, LOG_MAGIC, encode_frame, read_frames, scan_file, segments
-from zkv.storage.persistence import Persistence, Recovery, check_directory
+from zkv.storage.persistence import Persistence
+from zkv.storage.recovery import Recovery, check_directory
 from zkv.storage.snapshot import SnapshotWriter, snapshot_path, snapshots
 
 SLOTS = 256

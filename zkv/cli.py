@@ -260,7 +260,7 @@ def _serve(run: Callable[[], None], what: str) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from zkv.storage.lock import folder_holder, lock_folder
-    from zkv.storage.persistence import check_directory
+    from zkv.storage.recovery import check_directory
 
     directory = Path(args.data)
     if not directory.is_dir():
