@@ -15,7 +15,7 @@ from zkv.broker.membership import Membership
 from zkv.broker.routing import RoutingTable
 from zkv.config import ClusterConfig, parse_config
 from zkv.node.replication import ReplicaSet
-from zkv.protocol import DAMAGED, NodeInfo
+from zkv.protocol import NodeInfo, NodeState
 
 
 def config(tmp_path: Path, shards: dict[str, list[str]]) -> ClusterConfig:
@@ -77,7 +77,7 @@ def test_a_syncing_or_damaged_replica_is_never_the_successor(tmp_path: Path) -> 
     m = decided(tmp_path)
     report(m, "a", role="primary", epoch=1, seq=100, in_sync=["b", "c"])
     report(m, "b", epoch=1, seq=100, state="syncing")  # mid-snapshot: holds part of the data
-    report(m, "c", epoch=1, seq=0, state=DAMAGED)
+    report(m, "c", epoch=1, seq=0, state=NodeState.DAMAGED)
     m.lost("a")
     assert m.successor("s0") is None
 
@@ -96,7 +96,7 @@ def test_a_primary_back_with_damaged_data_is_replaced(tmp_path: Path) -> None:
     m = decided(tmp_path)
     report(m, "a", role="primary", epoch=1, seq=100, in_sync=["b"])
     report(m, "b", epoch=1, seq=100)
-    report(m, "a", role="replica", epoch=0, seq=80, state=DAMAGED)
+    report(m, "a", role="replica", epoch=0, seq=80, state=NodeState.DAMAGED)
     assert m.members["a"].alive
     assert m.successor("s0") is m.members["b"]
 
@@ -131,7 +131,7 @@ def test_election_after_the_wait_among_those_that_reported(tmp_path: Path) -> No
     routing = RoutingTable(config(tmp_path, THREE), tmp_path / "routing.json")
     m = Membership(config(tmp_path, THREE), routing, now=10.0)
     report(m, "b", epoch=0, seq=0)
-    report(m, "c", epoch=0, seq=7, state=DAMAGED)
+    report(m, "c", epoch=0, seq=7, state=NodeState.DAMAGED)
     assert m.candidate("s0", now=10.0 + m.election_wait_s - 0.01) is None
     assert m.candidate("s0", now=10.0 + m.election_wait_s + 0.01) is m.members["b"]
 

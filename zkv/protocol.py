@@ -448,8 +448,29 @@ def decode_reply(frames: Sequence[bytes]) -> tuple[int, Any]:
 # --------------------------------------------------------------------------- node messages
 
 
-#: The state a node reports while its data folder is damaged and it waits to discard it.
-DAMAGED: Final = "damaged"
+class Role(StrEnum):
+    """A node's role in its shard (on the wire as its value)."""
+
+    PRIMARY = "primary"
+    REPLICA = "replica"
+
+
+class NodeState(StrEnum):
+    """What a node is doing (on the wire as its value).
+
+    A primary is ``serving``. A replica is ``idle`` (no primary known), ``waiting`` (for
+    the first stream message), ``syncing`` (a snapshot is arriving: it holds only part of
+    the data), ``following`` (applying the stream in order) or ``suspended`` (it cannot
+    log). A node whose data folder is damaged is ``damaged`` until it discards it.
+    """
+
+    SERVING = "serving"
+    IDLE = "idle"
+    WAITING = "waiting"
+    SYNCING = "syncing"
+    FOLLOWING = "following"
+    SUSPENDED = "suspended"
+    DAMAGED = "damaged"
 
 
 @dataclass(slots=True)
@@ -458,8 +479,8 @@ class NodeInfo:
 
     name: str
     shard: str
-    role: str = "primary"
-    state: str = "serving"
+    role: str = Role.PRIMARY
+    state: str = NodeState.SERVING
     lag: int = 0
     in_sync: list[str] = field(default_factory=list)
     pid: int = 0
@@ -528,6 +549,10 @@ def decode_node_info(frame: bytes) -> NodeInfo:
             fields[name] = raw[name]
     if "name" not in fields or "shard" not in fields:
         raise RemoteProtocolError("node info lacks name or shard")
+    if fields.get("role", Role.PRIMARY) not in set(Role):
+        raise RemoteProtocolError(f"node info has an unknown role {fields['role']!r}")
+    if fields.get("state", NodeState.SERVING) not in set(NodeState):
+        raise RemoteProtocolError(f"node info has an unknown state {fields['state']!r}")
     return NodeInfo(**fields)
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from zkv.broker.routing import RoutingTable
 from zkv.config import ClusterConfig
-from zkv.protocol import DAMAGED, NodeInfo
+from zkv.protocol import NodeInfo, NodeState, Role
 
 __all__ = ["Member", "Membership"]
 
@@ -51,7 +51,7 @@ class Member:
     @property
     def usable(self) -> bool:
         """Alive, reported, and not holding damaged data."""
-        return self.alive and self.info is not None and self.info.state != DAMAGED
+        return self.alive and self.info is not None and self.info.state != NodeState.DAMAGED
 
     @property
     def seq(self) -> int:
@@ -127,7 +127,7 @@ class Membership:
         return (
             info is not None
             and self.routing.primaries[shard] == member.name
-            and info.role == "primary"
+            and info.role == Role.PRIMARY
             and info.epoch == self.routing.epochs[shard]
         )
 
@@ -147,7 +147,7 @@ class Membership:
                 f"node {member.name} reports epoch {info.epoch} for shard {member.shard}, "
                 f"ahead of the table's {epoch}"
             )
-        if info.role == "primary" and self.routing.primaries[member.shard] != member.name:
+        if info.role == Role.PRIMARY and self.routing.primaries[member.shard] != member.name:
             return (
                 f"node {member.name} claims to be primary of shard {member.shard}; the table "
                 f"says {self.routing.primaries[member.shard]} at epoch {epoch}"
@@ -200,7 +200,7 @@ class Membership:
             if (m := self.members[name]) is not exclude
             and m.usable
             and m.info is not None
-            and m.info.state != "syncing"
+            and m.info.state != NodeState.SYNCING
         ]
         return max(candidates, key=lambda m: m.seq, default=None)
 
@@ -243,8 +243,8 @@ class Membership:
             for name in self.shards[shard]
             if (m := self.members[name]).alive
             and m.info is not None
-            and m.info.role == "replica"
-            and m.info.state == "following"
+            and m.info.role == Role.REPLICA
+            and m.info.state == NodeState.FOLLOWING
             and m.info.epoch == self.routing.epochs[shard]
         ]
         if not replicas:

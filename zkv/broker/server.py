@@ -42,7 +42,7 @@ from zkv.errors import (
     Unavailable,
     ZkvError,
 )
-from zkv.protocol import Consistency, Op, Request
+from zkv.protocol import Consistency, NodeState, Op, Request, Role
 from zkv.runtime import MAX_FRAMES, Throttle, bind_endpoint, recv_frames, write_ready_file
 from zkv.slots import SlotMap
 from zkv.storage.lock import lock_folder
@@ -399,9 +399,9 @@ class Broker:
         primary = self.membership.members[name]
         body: dict[str, Any] = {
             "epoch": epoch,
-            "role": "primary"
+            "role": Role.PRIMARY
             if primary is member and shard not in self.membership.switching
-            else "replica",
+            else Role.REPLICA,
         }
         if primary is member:
             body["in_sync"] = self.membership.in_sync[shard]
@@ -451,7 +451,7 @@ class Broker:
                 raise InvalidRequest(f"{target_name!r} is not a node of shard {shard}")
             if target is old:
                 raise InvalidRequest(f"{target_name} is already the primary of {shard}")
-            if not target.alive or target.info is None or target.info.state != "following":
+            if not target.alive or target.info is None or target.info.state != NodeState.FOLLOWING:
                 raise Unavailable(f"{target_name} is not a live, following replica")
         budget_s = request.timeout_ms / 1000 or protocol.FAILOVER_TIMEOUT_S
         self._begin_switch(shard, old, target, budget_s, "requested", client, rid, request.seq)
@@ -495,7 +495,7 @@ class Broker:
             if (m := self.membership.members[name]) is not old
             and m.usable
             and m.info is not None
-            and m.info.state == "following"
+            and m.info.state == NodeState.FOLLOWING
             and m.info.storage == "ok"
             and m.info.free_bytes >= self.config.storage.min_free_bytes + RESUME_HEADROOM_BYTES
         ]
@@ -645,7 +645,7 @@ class Broker:
                 self._beat(member)
             elif kind == protocol.NODE_READY:
                 self._beat(member)  # its role, without delay
-            if info.storage != "ok" and info.role == "primary":
+            if info.storage != "ok" and info.role == Role.PRIMARY:
                 self._hand_over_if_it_cannot_log(member.shard)  # at once: writes wait less
             if self._switches:
                 self._advance_switches(time.monotonic())
@@ -712,7 +712,7 @@ def _ranges(runs: list[tuple[int, int]]) -> str:
 
 def _lag(info: protocol.NodeInfo, primary: Member | None) -> int | None:
     """How many records a node is behind its shard's primary (None if unknown)."""
-    if info.role == "primary":
+    if info.role == Role.PRIMARY:
         return 0
     if primary is None or primary.info is None:
         return None

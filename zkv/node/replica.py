@@ -22,6 +22,7 @@ import msgpack
 import zmq
 
 from zkv.node import replication as rep
+from zkv.protocol import NodeState
 from zkv.runtime import Throttle
 from zkv.storage.engine import RecordOp, Store
 from zkv.storage.persistence import Persistence
@@ -54,7 +55,7 @@ class Replica:
         self.context = context
         self.hwm = hwm
         self.heartbeat_s = heartbeat_s
-        self.state = "idle"
+        self.state = NodeState.IDLE
         self.primary: tuple[str, str, str] | None = None  # name, publish, sync
         self.primary_seq = 0
         self.sub: zmq.Socket[bytes] | None = None
@@ -91,7 +92,7 @@ class Replica:
         self.dealer.setsockopt(zmq.LINGER, 0)
         self.dealer.connect(sync)
         self._send([rep.HELLO, msgpack.packb({"name": self.name, "seq": self.store.seq})])
-        self._enter("waiting")
+        self._enter(NodeState.WAITING)
         log.info(
             "following primary %s (stream %s, sync %s) from seq %d",
             name,
@@ -110,14 +111,14 @@ class Replica:
         log.warning("cannot log (%s): stopped following the primary until it can", why)
         self.close()
         self.suspended = True
-        self.state = "suspended"
+        self.state = NodeState.SUSPENDED
 
     def resume(self) -> None:
         """This node can log again: follow the primary the broker names next."""
         if self.suspended:
             log.info("can log again: following the primary once the broker names it")
             self.suspended = False
-            self._enter("idle")
+            self._enter(NodeState.IDLE)
 
     def close(self) -> None:
         """Close the sockets to the primary."""
@@ -129,12 +130,12 @@ class Replica:
             self._writer.abort()
             self._writer = None
         self.primary = None
-        self._enter("idle")
+        self._enter(NodeState.IDLE)
 
-    def _enter(self, state: str) -> None:
+    def _enter(self, state: NodeState) -> None:
         self.state = state
         self._progress = time.monotonic()
-        if state != "syncing":
+        if state != NodeState.SYNCING:
             self._queue.clear()
 
     def _send(self, frames: list[bytes]) -> None:
@@ -166,15 +167,15 @@ class Replica:
 
     def _on_heartbeat(self, seq: int) -> None:
         self.primary_seq = max(self.primary_seq, seq)
-        if self.state == "waiting":
+        if self.state == NodeState.WAITING:
             if seq == self.store.seq and not self.force_snapshot:
-                self._enter("following")
+                self._enter(NodeState.FOLLOWING)
                 log.info("in step with the primary at seq %d; following", self.store.seq)
             else:
                 self._request_snapshot(f"primary at seq {seq}, this replica at {self.store.seq}")
-        elif self.state == "following" and seq > self.store.seq:
+        elif self.state == NodeState.FOLLOWING and seq > self.store.seq:
             self._request_snapshot(f"gap: primary at seq {seq}, this replica at {self.store.seq}")
-        elif self.state == "following" and seq < self.store.seq:
+        elif self.state == NodeState.FOLLOWING and seq < self.store.seq:
             # the primary restarted with fewer records than this replica applied (it lost
             # some it had not fsynced): this replica holds writes the primary does not
             self.force_snapshot = True
@@ -184,15 +185,15 @@ class Replica:
 
     def _on_record(self, seq: int, payload: bytes) -> None:
         self.primary_seq = max(self.primary_seq, seq)
-        if self.state == "waiting":
+        if self.state == NodeState.WAITING:
             if seq == self.store.seq + 1 and not self.force_snapshot:
-                self._enter("following")
+                self._enter(NodeState.FOLLOWING)
                 log.info("in step with the primary at seq %d; following", self.store.seq)
             else:
                 self._request_snapshot(f"primary at seq {seq}, this replica at {self.store.seq}")
-        if self.state == "syncing":
+        if self.state == NodeState.SYNCING:
             self._queue.append((seq, payload))
-        elif self.state == "following":
+        elif self.state == NodeState.FOLLOWING:
             if seq == self.store.seq + 1:
                 self._apply(seq, payload)
             elif seq > self.store.seq + 1:
@@ -211,14 +212,14 @@ class Replica:
     def _request_snapshot(self, why: str) -> None:
         log.info("requesting a snapshot (%s)", why)
         self.resyncs += 1
-        self._enter("syncing")
+        self._enter(NodeState.SYNCING)
         self._send([rep.SNAP])
 
     # ------------------------------------------------------------------ sync channel
 
     def on_sync(self, frames: list[bytes]) -> None:
         """Handle a snapshot message from the primary."""
-        if self.state != "syncing" or not frames:
+        if self.state != NodeState.SYNCING or not frames:
             return
         kind = frames[0]
         self._progress = time.monotonic()
@@ -244,7 +245,7 @@ class Replica:
             self.store.seq = writer.seq
             self.store.begin()  # the snapshot is on disk: a rollback stops here
             queued, self._queue = self._queue, []
-            self._enter("following")
+            self._enter(NodeState.FOLLOWING)
             log.info(
                 "synced %d keys as of seq %d; %d queued records to apply",
                 writer.keys,
@@ -267,12 +268,15 @@ class Replica:
         """Acknowledge new records (call after the log flush), and restart a stalled sync."""
         if self.dealer is None:
             return
-        if self.state == "following" and (
+        if self.state == NodeState.FOLLOWING and (
             self.store.seq != self._acked or now - self._last_ack >= self.heartbeat_s
         ):
             self._send([rep.ACK, rep.SEQ.pack(self.store.seq), self.name.encode()])
             self._acked, self._last_ack = self.store.seq, now
-        if self.state in ("waiting", "syncing") and time.monotonic() - self._progress > STALL_S:
+        if (
+            self.state in (NodeState.WAITING, NodeState.SYNCING)
+            and time.monotonic() - self._progress > STALL_S
+        ):
             primary = self.primary
             log.warning(
                 "no progress syncing from %s for %g s; reconnecting",

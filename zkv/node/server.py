@@ -44,7 +44,7 @@ from zkv.errors import (
 )
 from zkv.node.primary import Primary
 from zkv.node.replica import Replica
-from zkv.protocol import DAMAGED, Consistency, NodeInfo, Op, Request
+from zkv.protocol import Consistency, NodeInfo, NodeState, Op, Request, Role
 from zkv.runtime import MAX_FRAMES, Throttle, bind_endpoint, recv_frames, write_ready_file
 from zkv.storage.engine import RecordOp, Store
 from zkv.storage.lock import lock_folder
@@ -80,7 +80,7 @@ class Node:
         self.context = context or zmq.Context.instance()
         self.store = Store(config.slots)
         # every node starts as a replica at epoch 0 and waits for the broker to name its role
-        self.role = "replica"
+        self.role = Role.REPLICA
         self.epoch = 0
         self.store.primary = False
         self.primary: Primary | None = None
@@ -252,7 +252,9 @@ class Node:
         sock.setsockopt(zmq.IDENTITY, f"node:{self.me.name}".encode())
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self.config.broker.nodes)
-        info = NodeInfo(self.me.name, self.me.shard, role="replica", state=DAMAGED, pid=os.getpid())
+        info = NodeInfo(
+            self.me.name, self.me.shard, role=Role.REPLICA, state=NodeState.DAMAGED, pid=os.getpid()
+        )
         info.seq = max(last_seq, 0)
         interval = self.config.heartbeat.interval_s
         deadline = time.monotonic() + wait_s
@@ -292,7 +294,7 @@ class Node:
             self.persistence.tap = self.primary.record
         self.primary.epoch = epoch
         log.info("primary of shard %s at epoch %d (seq %d)", self.me.shard, epoch, self.store.seq)
-        self.role, self.epoch, self.store.primary = "primary", epoch, True
+        self.role, self.epoch, self.store.primary = Role.PRIMARY, epoch, True
 
     def _become_replica(self, epoch: int) -> None:
         if self.primary is not None:
@@ -307,7 +309,7 @@ class Node:
             self.persistence.tap = None
             self.replica = self._new_replica()
             self.replica.force_snapshot = True  # its last writes may not be the new primary's
-        self.role, self.epoch, self.store.primary = "replica", epoch, False
+        self.role, self.epoch, self.store.primary = Role.REPLICA, epoch, False
 
     def info(self) -> NodeInfo:
         """What this node tells the broker about itself."""
@@ -315,7 +317,7 @@ class Node:
             name=self.me.name,
             shard=self.me.shard,
             role=self.role,
-            state=self.replica.state if self.replica else "serving",
+            state=self.replica.state if self.replica else NodeState.SERVING,
             lag=self.replica.lag if self.replica else 0,
             in_sync=self.primary.replicas.in_sync() if self.primary else [],
             pid=os.getpid(),
@@ -489,7 +491,7 @@ class Node:
             role, epoch = beat["role"], beat["epoch"]
             primary = beat.get("primary")
             in_sync = beat.get("in_sync", [])
-            if role not in ("primary", "replica") or type(epoch) is not int:
+            if role not in (Role.PRIMARY, Role.REPLICA) or type(epoch) is not int:
                 raise KeyError("role or epoch")
             if not isinstance(in_sync, list) or not all(isinstance(n, str) for n in in_sync):
                 raise TypeError("in_sync is not a list of names")
@@ -504,10 +506,10 @@ class Node:
                 self.epoch,
             )
         changed = False
-        if role == "primary" and (self.role != "primary" or epoch != self.epoch):
+        if role == Role.PRIMARY and (self.role != Role.PRIMARY or epoch != self.epoch):
             self._become_primary(epoch, in_sync)
             self._beat_now = changed = True
-        elif role == "replica" and (self.role != "replica" or epoch != self.epoch):
+        elif role == Role.REPLICA and (self.role != Role.REPLICA or epoch != self.epoch):
             self._become_replica(epoch)
             self._beat_now = changed = True
         if self.replica is not None and isinstance(primary, dict):
@@ -606,7 +608,7 @@ class Node:
                 f"node {self.me.name} is a replica of shard {self.me.shard}; "
                 "writes go to its primary"
             )
-        if self.replica.state != "following":
+        if self.replica.state != NodeState.FOLLOWING:
             raise Unavailable(
                 f"replica {self.me.name} is {self.replica.state}; ask its primary or try again"
             )
@@ -667,7 +669,7 @@ def _serving_primary_in(frames: list[bytes] | None, me: str) -> str | None:
         beat = protocol.unpackb(frames[1]) if kind == protocol.BROKER_HEARTBEAT else None
     except ZkvError:
         return None
-    if not isinstance(beat, dict) or beat.get("role") != "replica":
+    if not isinstance(beat, dict) or beat.get("role") != Role.REPLICA:
         return None
     primary = beat.get("primary")
     if not isinstance(primary, dict) or primary.get("serving") is not True:
