@@ -202,3 +202,11 @@ def test_group_empty_and_generator() -> None:
 def test_group_single_shard() -> None:
     m = SlotMap.even(["only"], 16384)
     assert m.group([b"x", b"y", b"z"]) == {"only": [0, 1, 2]}
+
+
+def test_slot_counts_and_runs_come_from_one_cached_walk() -> None:
+    m = SlotMap(["a", "a", "b", "a", "c", "c", "a"])
+    assert [m.count_of(s) for s in ("a", "b", "c", "missing")] == [4, 1, 2, 0]
+    runs = m.ranges_of("a")
+    runs.append((99, 99))  # a copy: the cache cannot be changed from outside
+    assert m.ranges_of("a") == [(0, 1), (3, 3), (6, 6)]

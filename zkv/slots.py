@@ -42,6 +42,7 @@ class SlotMap:
         if not owners:
             raise ValueError("a slot map needs at least one slot")
         self._owners = list(owners)
+        self._runs: dict[str, list[tuple[int, int]]] | None = None  # by shard, made once
 
     @classmethod
     def even(cls, shards: Sequence[str], slots: int) -> SlotMap:
@@ -69,14 +70,26 @@ class SlotMap:
         return [slot for slot, owner in enumerate(self._owners) if owner == shard]
 
     def ranges_of(self, shard: str) -> list[tuple[int, int]]:
-        """``shard``'s slots as inclusive ``(first, last)`` runs, for people to read."""
-        runs: list[tuple[int, int]] = []
-        for slot in self.slots_of(shard):
-            if runs and runs[-1][1] == slot - 1:
-                runs[-1] = (runs[-1][0], slot)
-            else:
-                runs.append((slot, slot))
-        return runs
+        """``shard``'s slots as inclusive ``(first, last)`` runs, for people to read.
+
+        All shards' runs are found in one walk over the slots, the first time any is asked
+        for, and kept: a map never changes (a new map is a new ``SlotMap``), so STATUS costs
+        O(shards), not O(slots) per shard.
+        """
+        if self._runs is None:
+            runs: dict[str, list[tuple[int, int]]] = {}
+            for slot, owner in enumerate(self._owners):
+                mine = runs.setdefault(owner, [])
+                if mine and mine[-1][1] == slot - 1:
+                    mine[-1] = (mine[-1][0], slot)
+                else:
+                    mine.append((slot, slot))
+            self._runs = runs
+        return list(self._runs.get(shard, []))
+
+    def count_of(self, shard: str) -> int:
+        """How many slots ``shard`` owns (from the cached runs)."""
+        return sum(last - first + 1 for first, last in self.ranges_of(shard))
 
     def shards(self) -> list[str]:
         """The shards that own at least one slot, in order of their first slot."""

@@ -338,7 +338,7 @@ class Broker:
                     "epoch": info.epoch if info else None,
                     "seq": info.seq if info else None,
                     "keys": info.keys if info else None,
-                    "slots": len(self.slot_map.slots_of(member.shard)) if owns else 0,
+                    "slots": self.slot_map.count_of(member.shard) if owns else 0,
                     "slot_ranges": _ranges(self.slot_map.ranges_of(member.shard)) if owns else "",
                     "requests": info.requests if info else None,
                     "errors": info.errors if info else None,
