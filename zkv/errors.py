@@ -32,6 +32,7 @@ This module imports nothing from zkv.
 
 from __future__ import annotations
 
+import contextlib
 from enum import IntEnum
 from pathlib import Path
 from typing import ClassVar
@@ -60,6 +61,7 @@ __all__ = [
     "ValueTooLarge",
     "ZkvError",
     "error_from_code",
+    "show_key",
 ]
 
 
@@ -264,3 +266,18 @@ def error_from_code(code: int, message: str, key: bytes | None = None) -> ZkvErr
 def code_of(exc: ZkvError) -> ErrorCode:
     """The wire code for ``exc`` (``SERVER_ERROR`` for classes without one)."""
     return exc.code if exc.code is not None else ErrorCode.SERVER_ERROR
+
+
+def show_key(key: str | bytes) -> str:
+    """A key as people read it in messages: quoted, cut after 64 characters (or bytes) with
+    ``...``.
+
+    A ``str`` key, or a ``bytes`` key that is UTF-8 (as ``keys()`` would yield it), shows as
+    text: ``show_key(b"user:1") == "'user:1'"``; another ``bytes`` key as bytes:
+    ``show_key(b"\\xff") == "b'\\xff'"``. Every layer (storage, protocol, node, HTTP) words
+    keys in its messages with this one function.
+    """
+    if isinstance(key, bytes):
+        with contextlib.suppress(UnicodeDecodeError):
+            key = key.decode("utf-8")
+    return repr(key[:64]) + ("..." if len(key) > 64 else "")

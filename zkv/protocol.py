@@ -58,6 +58,7 @@ from zkv.errors import (
     code_of,
     error_from_code,
 )
+from zkv.errors import show_key as show_key  # its home is errors: every layer may import it
 
 VERSION: Final = 1
 REQUEST_HEADER: Final = struct.Struct(">BBB16sQI")
@@ -365,16 +366,6 @@ def _malformed(request: Request, message: str) -> RemoteProtocolError:
 
 
 # --------------------------------------------------------------------------- limits
-
-
-def show_key(key: bytes) -> str:
-    """A key as people read it in messages: its text when it is UTF-8, cut to 64 bytes."""
-    cut = key[:64]
-    try:
-        text = repr(cut.decode("utf-8"))
-    except UnicodeDecodeError:
-        text = repr(cut)
-    return text + ("..." if len(key) > 64 else "")
 
 
 def check_key(key: bytes, max_key_bytes: int) -> None:

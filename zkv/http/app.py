@@ -36,6 +36,7 @@ from zkv.errors import (
     Unavailable,
     ValueTooLarge,
     ZkvError,
+    show_key,
 )
 from zkv.http.codec import (
     check_text,
@@ -122,10 +123,6 @@ def _dumps(doc: Any) -> str:
 
 def _json(doc: Any, status: int = 200) -> web.Response:
     return web.json_response(doc, status=status, dumps=_dumps)
-
-
-def _show(key: str) -> str:
-    return repr(key if len(key) <= 64 else key[:64] + "...")
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -268,8 +265,8 @@ async def set_key(request: web.Request) -> web.Response:
         if only_create:
             raise
         await client.put(key, value, ttl, consistency=consistency)
-        return _json({"message": f"key {_show(key)} overwritten"})
-    return _json({"message": f"key {_show(key)} created"}, status=201)
+        return _json({"message": f"key {show_key(key)} overwritten"})
+    return _json({"message": f"key {show_key(key)} created"}, status=201)
 
 
 async def put_key(request: web.Request) -> web.Response:
@@ -279,22 +276,22 @@ async def put_key(request: web.Request) -> web.Response:
     ttl = _query_ttl(request)
     consistency = _query_consistency(request)
     await request.app[CLIENT].put(key, value, ttl, consistency=consistency)
-    return _json({"message": f"key {_show(key)} stored"})
+    return _json({"message": f"key {show_key(key)} stored"})
 
 
 async def _get(request: web.Request, key: str) -> web.Response:
     consistency = _query_consistency(request)
     value = await request.app[CLIENT].get(key, _MISSING, consistency=consistency)
     if value is _MISSING:
-        raise KeyNotFound(f"key {_show(key)} not found")
+        raise KeyNotFound(f"key {show_key(key)} not found")
     return _json({"key": key, "value": value_to_json(value)})
 
 
 async def _delete(request: web.Request, key: str) -> web.Response:
     consistency = _query_consistency(request)
     if not await request.app[CLIENT].delete(key, consistency=consistency):
-        raise KeyNotFound(f"key {_show(key)} not found")
-    return _json({"message": f"key {_show(key)} deleted"})
+        raise KeyNotFound(f"key {show_key(key)} not found")
+    return _json({"message": f"key {show_key(key)} deleted"})
 
 
 async def get_key(request: web.Request) -> web.Response:
