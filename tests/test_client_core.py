@@ -15,9 +15,11 @@ from zkv.client._core import (
     FIRST_ATTEMPT_S,
     KEYS_PAGE,
     MAX_ATTEMPT_S,
+    MISSING,
     NOT_SENT,
     Call,
     ClientCore,
+    Missing,
     Send,
     Sleep,
     key_bytes,
@@ -106,6 +108,20 @@ def test_get(core: ClientCore) -> None:
     assert result == [1, "two"]  # the core decodes the stored bytes
     assert _exchange(core.get("key"), None)[1] is None
     assert _exchange(core.get("key", "dflt"), None)[1] == "dflt"
+
+
+def test_get_missing_sentinel(core: ClientCore) -> None:
+    assert _exchange(core.get("k", MISSING), None)[1] is MISSING
+    assert _exchange(core.get("k", MISSING), protocol.pack_value(None))[1] is None
+    assert list(Missing) == [MISSING]  # one value: `is MISSING` narrows the type
+    assert repr(MISSING) == "MISSING"
+
+
+def test_one_missing_sentinel_for_client_and_gateway() -> None:
+    from zkv.client import _sync
+    from zkv.http import app
+
+    assert _sync.MISSING is app.MISSING is MISSING
 
 
 def test_create(core: ClientCore) -> None:

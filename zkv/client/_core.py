@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Final, TypeAlias
 
@@ -32,9 +33,11 @@ from zkv.protocol import Consistency, Op, Request
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "MISSING",
     "Call",
     "ClientCore",
     "Key",
+    "Missing",
     "Send",
     "Sleep",
     "key_bytes",
@@ -54,6 +57,20 @@ FIRST_ATTEMPT_S: Final = 0.5
 #: No attempt is made with less time than this left before the deadline (seconds).
 MIN_ATTEMPT_S: Final = 0.02
 MAX_ATTEMPT_S: Final = 2.0
+
+
+class Missing(Enum):
+    """The type of ``MISSING``, whose only value it is."""
+
+    MISSING = "MISSING"
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+#: "No value", where None is a value like any other: ``get(key, MISSING) is MISSING`` tells
+#: an absent key from one holding None. The one such sentinel of the client and the gateway.
+MISSING: Final = Missing.MISSING
 
 
 @dataclass(slots=True)

@@ -17,13 +17,14 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
 import zmq
 
 from zkv.client._core import (
     DEFAULT_TIMEOUT_S,
     KEYS_PAGE,
+    MISSING,
     NOT_SENT,
     Call,
     ClientCore,
@@ -36,8 +37,6 @@ from zkv.errors import ClientClosed, KeyNotFound
 from zkv.protocol import Consistency
 
 __all__ = ["Client"]
-
-_MISSING: Final = object()
 
 
 def configure_socket(sock: zmq.Socket[Any]) -> None:
@@ -385,8 +384,8 @@ class Client(MutableMapping[Key, Any]):
     # ------------------------------------------------------------------ mapping protocol
 
     def __getitem__(self, key: Key) -> Any:
-        value = self.get(key, _MISSING)
-        if value is _MISSING:
+        value = self.get(key, MISSING)
+        if value is MISSING:
             raise KeyNotFound(f"key {key!r} not found", key=_key_or_none(key))
         return value
 

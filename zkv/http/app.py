@@ -22,7 +22,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from zkv.client import AsyncClient
-from zkv.client._core import Key
+from zkv.client._core import MISSING, Key
 from zkv.errors import (
     ClientClosed,
     InvalidRequest,
@@ -109,7 +109,6 @@ _STATIC_HEADERS: Final = {
     "Cache-Control": "no-cache",
 }
 _CONSISTENCIES: Final = ("strong", "eventual")
-_MISSING: Final = object()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -281,8 +280,8 @@ async def put_key(request: web.Request) -> web.Response:
 
 async def _get(request: web.Request, key: str) -> web.Response:
     consistency = _query_consistency(request)
-    value = await request.app[CLIENT].get(key, _MISSING, consistency=consistency)
-    if value is _MISSING:
+    value = await request.app[CLIENT].get(key, MISSING, consistency=consistency)
+    if value is MISSING:
         raise KeyNotFound(f"key {show_key(key)} not found")
     return _json({"key": key, "value": value_to_json(value)})
 
