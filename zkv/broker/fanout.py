@@ -1,21 +1,25 @@
 """Fan-out and gather: split a multi-key request per shard, merge the shards' answers.
 
-Pure functions over ``Request`` values and decoded results; the broker's loop does the
-sending. ``MGET`` and ``MPUT`` go to the shards their keys hash to (one message per shard);
+Pure functions over ``Request`` values and decoded results, and ``Gathers``, the table of
+fan-outs waiting for their parts (clock passed in); the broker's loop does the sending.
+``MGET`` and ``MPUT`` go to the shards their keys hash to (one message per shard);
 ``CLEAR`` and ``COUNT`` go to every shard; ``KEYS`` is paged one shard at a time, its cursor
 ``[shard, slot, after]`` naming where the walk stands, and becomes a node-level ``SCAN``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import logging
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from zkv.errors import InvalidRequest, RemoteProtocolError
+from zkv.errors import InvalidRequest, RemoteProtocolError, ServerError, Timeout, ZkvError
 from zkv.protocol import Op, Request
 from zkv.slots import SlotMap
 
-__all__ = ["FANOUT_OPS", "Part", "merge", "plan"]
+__all__ = ["FANOUT_OPS", "Gather", "Gathers", "Part", "merge", "plan"]
+
+log = logging.getLogger(__name__)
 
 FANOUT_OPS = frozenset({Op.MGET, Op.MPUT, Op.KEYS, Op.CLEAR, Op.COUNT, Op.BATCH})
 
@@ -95,3 +99,80 @@ def merge(request: Request, parts: list[Part], results: list[Any], slot_map: Slo
         following = shards.index(part.shard) + 1
         return [keys, [shards[following], 0, None] if following < len(shards) else None]
     return None  # MPUT, CLEAR
+
+
+@dataclass(slots=True)
+class Gather:
+    """A fan-out waiting for its parts: who asked, and what each shard answered so far."""
+
+    client: bytes
+    request: Request
+    parts: list[Part]
+    deadline: float
+    results: list[Any] = field(default_factory=list)
+    pending: int = 0
+
+
+class Gathers:
+    """The fan-outs in flight, by id; answers come in any order, late ones are dropped.
+
+    Pure: ``answer`` and ``expire`` return what to tell the client, as ``(gather, result)``
+    for a merged success or ``(gather, error)`` for a failure; the first part that fails
+    fails the whole request (what the other shards did stands, as the README says of mput).
+    """
+
+    def __init__(self, slot_map: SlotMap) -> None:
+        self.slot_map = slot_map
+        self._table: dict[int, Gather] = {}
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def start(self, client: bytes, request: Request, parts: list[Part], deadline: float) -> int:
+        """Wait for ``parts``' answers until ``deadline``; the gather's id."""
+        gid = self._next
+        self._next += 1
+        self._table[gid] = Gather(
+            client, request, parts, deadline, results=[None] * len(parts), pending=len(parts)
+        )
+        return gid
+
+    def drop(self, gid: int) -> None:
+        """Forget a gather (its request was answered otherwise)."""
+        self._table.pop(gid, None)
+
+    def answer(
+        self, gid: int, index: int, result: Any | ZkvError
+    ) -> tuple[Gather, Any | ZkvError] | None:
+        """Part ``index`` answered ``result`` (a decoded result, or the error it carried).
+
+        Returns the client's answer once there is one: the first error, or the merged
+        results once every part answered; None while parts are pending or for an answer to a
+        gather that already ended.
+        """
+        gather = self._table.get(gid)
+        if gather is None or not 0 <= index < len(gather.parts):
+            return None
+        if isinstance(result, ZkvError):
+            del self._table[gid]
+            return gather, result
+        gather.results[index] = result
+        gather.pending -= 1
+        if gather.pending:
+            return None
+        del self._table[gid]
+        try:
+            return gather, merge(gather.request, gather.parts, gather.results, self.slot_map)
+        except ZkvError as exc:
+            log.error("could not merge %s: %s", gather.request.op.name, exc)
+            return gather, ServerError(str(exc))
+
+    def expire(self, now: float) -> list[tuple[Gather, ZkvError]]:
+        """The gathers past their deadline, each with the ``Timeout`` that answers it."""
+        late = [(gid, g) for gid, g in self._table.items() if now > g.deadline]
+        for gid, _ in late:
+            del self._table[gid]
+        return [
+            (g, Timeout(f"{g.request.op.name}: a shard did not answer in time")) for _, g in late
+        ]

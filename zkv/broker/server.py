@@ -21,8 +21,6 @@ import logging
 import os
 import struct
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,17 +30,16 @@ from zkv import protocol
 from zkv.broker import fanout
 from zkv.broker.membership import Member, Membership
 from zkv.broker.routing import RoutingTable
+from zkv.broker.switchover import Switchboard
 from zkv.config import ClusterConfig
 from zkv.errors import (
     ErrorCode,
-    InvalidRequest,
     RemoteProtocolError,
     ServerError,
-    Timeout,
     Unavailable,
     ZkvError,
 )
-from zkv.protocol import Consistency, NodeState, Op, Request, Role
+from zkv.protocol import Consistency, Op, Request, Role
 from zkv.runtime import MAX_FRAMES, Throttle, bind_endpoint, recv_frames, write_ready_file
 from zkv.slots import SlotMap
 from zkv.storage.lock import lock_folder
@@ -60,29 +57,6 @@ _DIRECT: Final = b"C"
 _GATHER: Final = b"F"
 _GATHER_ENVELOPE: Final = struct.Struct(">cQI")
 _REQUEST_SEQ: Final = struct.Struct(">Q")
-#: Outcomes of finished switch-overs kept for resent FAILOVER requests.
-SWITCH_OUTCOMES_KEPT: Final = 1024
-
-
-@dataclass(slots=True)
-class _Switch:
-    client: bytes | None  # None: the broker's own (a primary that cannot log hands over)
-    rid: bytes  # client id + sequence number: a resend of the same request joins this one
-    seq: int
-    old: Member
-    target: Member
-    started: float
-    deadline: float
-
-
-@dataclass(slots=True)
-class _Gather:
-    client: bytes
-    request: Request
-    parts: list[fanout.Part]
-    deadline: float
-    results: list[Any] = field(default_factory=list)
-    pending: int = 0
 
 
 class Broker:
@@ -104,10 +78,8 @@ class Broker:
         self.requests = 0
         self.errors = 0
         self.failovers = 0
-        self._switches: dict[str, _Switch] = {}
-        self._switch_outcomes: OrderedDict[bytes, list[bytes]] = OrderedDict()
-        self._gathers: dict[int, _Gather] = {}
-        self._next_gather = 0
+        self.switchboard = Switchboard(self.membership, config.heartbeat.interval_s)
+        self._gathers = fanout.Gathers(self.slot_map)
         self._stopping = False
         #: Warnings any peer can trigger at will are throttled.
         self._bad = Throttle(log)
@@ -201,14 +173,8 @@ class Broker:
             self._hand_over_if_it_cannot_log(shard)
         for member in self.membership.alive():
             self._beat(member)
-        for gid, gather in list(self._gathers.items()):
-            if now > gather.deadline:
-                del self._gathers[gid]
-                self._fail(
-                    gather.client,
-                    gather.request.seq,
-                    Timeout(f"{gather.request.op.name}: a shard did not answer in time"),
-                )
+        for gather, error in self._gathers.expire(now):
+            self._fail(gather.client, gather.request.seq, error)
 
     # ------------------------------------------------------------------ clients
 
@@ -274,24 +240,14 @@ class Broker:
             if member is None:
                 raise self._unavailable(part.shard, request)
             members.append(member)
-        timeout_s = min(request.timeout_ms / 1000 or MAX_GATHER_S, MAX_GATHER_S)
-        gather = _Gather(
-            client,
-            request,
-            parts,
-            time.monotonic() + timeout_s + 1.0,
-            results=[None] * len(parts),
-            pending=len(parts),
-        )
         if not parts:
             self._reply(
                 client,
                 protocol.encode_reply(request.seq, fanout.merge(request, [], [], self.slot_map)),
             )
             return
-        gid = self._next_gather
-        self._next_gather += 1
-        self._gathers[gid] = gather
+        timeout_s = min(request.timeout_ms / 1000 or MAX_GATHER_S, MAX_GATHER_S)
+        gid = self._gathers.start(client, request, parts, time.monotonic() + timeout_s + 1.0)
         for index, (part, member) in enumerate(zip(parts, members, strict=True)):
             envelope = _GATHER_ENVELOPE.pack(_GATHER, gid, index)
             frames = [
@@ -300,7 +256,7 @@ class Broker:
                 *protocol.encode_request(part.request),
             ]
             if not self._to_node(member, frames):
-                del self._gathers[gid]
+                self._gathers.drop(gid)
                 raise self._unavailable(part.shard, request)
 
     def _target(self, shard: str, request: Request) -> Member | None:
@@ -417,143 +373,56 @@ class Broker:
         )
 
     def _start_switch(self, client: bytes, request: Request) -> None:
-        """Begin a manual switch-over of a shard's primary (``zkv failover``).
+        """A FAILOVER request (``zkv failover``): answered once its switch-over ends.
 
         Idempotent: a resend of the same request (same client id and sequence number) joins
-        the switch in progress, or gets the outcome of the finished one. The switch must
-        complete within the request's own timeout less a margin, so that the broker's answer,
-        success or the reason for failing, reaches the client before it gives up.
+        the switch in progress, or gets the answer of the one that ended. The request's own
+        timeout bounds the switch, so the broker's answer reaches the client before it gives
+        up (see ``switchover``).
         """
         rid = request.client_id + _REQUEST_SEQ.pack(request.seq)
-        outcome = self._switch_outcomes.get(rid)
+        outcome = self.switchboard.outcome(rid)
         if outcome is not None:
             self._reply(client, outcome)
             return
-        for switch in self._switches.values():
-            if switch.rid == rid:
-                switch.client = client  # answer where the resend came from
-                return
-        shard, target_name = request.args
-        if shard not in self.config.shards:
-            raise InvalidRequest(f"no shard named {shard!r}")
-        if shard in self.membership.switching:
-            raise InvalidRequest(f"shard {shard} is already switching")
-        old = self.membership.primary(shard)
-        if old is None or old.info is None:
-            raise Unavailable(f"shard {shard} has no live primary to switch from")
-        if target_name is None:
-            target = self.membership.best_in_sync(shard, exclude=old)
-            if target is None:
-                raise Unavailable(f"shard {shard} has no in-sync replica to switch to")
-        else:
-            target = self.membership.members.get(target_name)
-            if target is None or target.shard != shard:
-                raise InvalidRequest(f"{target_name!r} is not a node of shard {shard}")
-            if target is old:
-                raise InvalidRequest(f"{target_name} is already the primary of {shard}")
-            if not target.alive or target.info is None or target.info.state != NodeState.FOLLOWING:
-                raise Unavailable(f"{target_name} is not a live, following replica")
-        budget_s = request.timeout_ms / 1000 or protocol.FAILOVER_TIMEOUT_S
-        self._begin_switch(shard, old, target, budget_s, "requested", client, rid, request.seq)
-
-    def _begin_switch(
-        self,
-        shard: str,
-        old: Member,
-        target: Member,
-        budget_s: float,
-        why: str,
-        client: bytes | None = None,
-        rid: bytes = b"",
-        seq: int = 0,
-    ) -> None:
-        now = time.monotonic()
-        margin_s = min(budget_s / 2, 1.0 + self.config.heartbeat.interval_s)
-        self.membership.switching.add(shard)  # writes now get Unavailable: clients retry
-        self._switches[shard] = _Switch(
-            client, rid, seq, old, target, now, now + budget_s - margin_s
-        )
-        log.info(
-            "switching the primary of shard %s from %s to %s within %.1f s: %s",
-            shard,
-            old.name,
-            target.name,
-            budget_s - margin_s,
-            why,
-        )
-
-    def _hand_over_if_it_cannot_log(self, shard: str) -> None:
-        """A primary that cannot log hands over to an in-sync replica that can, if any: one
-        that reports its log writable, with room to spare (a replica on the same full disk
-        would only fail in turn)."""
-        old = self.membership.primary(shard)
-        if old is None or old.info is None or old.info.storage == "ok" or shard in self._switches:
+        if self.switchboard.join(rid, client):
             return
-        able = [
-            m
-            for name in self.membership.in_sync[shard]
-            if (m := self.membership.members[name]) is not old
-            and m.usable
-            and m.info is not None
-            and m.info.state == NodeState.FOLLOWING
-            and m.info.storage == "ok"
-            and m.info.free_bytes >= self.config.storage.min_free_bytes + RESUME_HEADROOM_BYTES
-        ]
-        target = max(able, key=lambda m: m.seq, default=None)
-        if target is not None:
-            self._begin_switch(
-                shard,
-                old,
-                target,
-                protocol.FAILOVER_TIMEOUT_S,
-                f"{old.name} cannot log ({old.info.storage}: {old.info.storage_error})",
-            )
+        shard, target_name = request.args
+        budget_s = request.timeout_ms / 1000 or protocol.FAILOVER_TIMEOUT_S
+        self.switchboard.request(
+            shard, target_name, budget_s, time.monotonic(), client=client, rid=rid, seq=request.seq
+        )
 
     def _advance_switches(self, now: float) -> None:
-        for shard, switch in list(self._switches.items()):
-            old, target = switch.old, switch.target
-            caught_up = (
-                old.last_seen > switch.started
-                and target.last_seen > old.last_seen
-                and old.info is not None
-                and target.info is not None
-                and target.info.seq >= old.info.seq
-            )
-            if not caught_up and now <= switch.deadline and target.alive:
-                continue
-            del self._switches[shard]
-            self.membership.switching.discard(shard)
-            why: ZkvError
-            if not caught_up:
-                why = Timeout(
-                    f"{target.name} did not catch up with {old.name} in time; "
-                    f"{old.name} stays the primary of {shard}"
-                )
-            elif self._promote(shard, target, "switch-over"):
+        """Promote the targets of the switches that caught up; answer the clients."""
+        for switch, error in self.switchboard.advance(now):
+            if error is None and self._promote(
+                switch.shard, switch.target, f"switch-over ({switch.why})"
+            ):
                 result = {
-                    "shard": shard,
-                    "primary": target.name,
-                    "epoch": self.routing.epochs[shard],
+                    "shard": switch.shard,
+                    "primary": switch.target.name,
+                    "epoch": self.routing.epochs[switch.shard],
                 }
-                self._switched(switch, protocol.encode_reply(switch.seq, result))
-                continue
+                reply = protocol.encode_reply(switch.seq, result)
             else:
-                why = ServerError(
-                    f"the broker could not save its routing table; {old.name} stays the "
-                    f"primary of {shard}"
+                self.errors += 1
+                error = error or ServerError(
+                    f"the broker could not save its routing table; {switch.old.name} stays "
+                    f"the primary of {switch.shard}"
                 )
-            self.errors += 1
-            log.warning("switch-over of shard %s abandoned: %s", shard, why)
-            self._switched(switch, protocol.encode_error(switch.seq, why))
+                reply = protocol.encode_error(switch.seq, error)
+            if switch.client is not None:
+                self.switchboard.answered(switch, reply)
+                self._reply(switch.client, reply)
 
-    def _switched(self, switch: _Switch, reply: list[bytes]) -> None:
-        """Answer a switch-over, and keep the answer for a resend of its request."""
-        if switch.client is None:
-            return
-        self._switch_outcomes[switch.rid] = reply
-        while len(self._switch_outcomes) > SWITCH_OUTCOMES_KEPT:
-            self._switch_outcomes.popitem(last=False)
-        self._reply(switch.client, reply)
+    def _hand_over_if_it_cannot_log(self, shard: str) -> None:
+        self.switchboard.hand_over(
+            shard,
+            time.monotonic(),
+            protocol.FAILOVER_TIMEOUT_S,
+            self.config.storage.min_free_bytes + RESUME_HEADROOM_BYTES,
+        )
 
     def _elect(self, shard: str, member: Member) -> None:
         """Name the first primary of a shard the routing table has none for."""
@@ -647,7 +516,7 @@ class Broker:
                 self._beat(member)  # its role, without delay
             if info.storage != "ok" and info.role == Role.PRIMARY:
                 self._hand_over_if_it_cannot_log(member.shard)  # at once: writes wait less
-            if self._switches:
+            if self.switchboard.switches:
                 self._advance_switches(time.monotonic())
         else:
             self._bad.warning(
@@ -658,27 +527,19 @@ class Broker:
             )
 
     def _gathered(self, gid: int, index: int, reply: list[bytes]) -> None:
-        gather = self._gathers.get(gid)
-        if gather is None or not 0 <= index < len(gather.parts):
-            return  # late answer for a gather that failed or timed out
+        result: Any | ZkvError
         try:
             _seq, result = protocol.decode_reply(reply)
         except ZkvError as exc:
-            del self._gathers[gid]
-            self._fail(gather.client, gather.request.seq, exc)
-            return
-        gather.results[index] = result
-        gather.pending -= 1
-        if gather.pending:
-            return
-        del self._gathers[gid]
-        try:
-            merged = fanout.merge(gather.request, gather.parts, gather.results, self.slot_map)
-        except ZkvError as exc:
-            log.error("could not merge %s: %s", gather.request.op.name, exc)
-            self._fail(gather.client, gather.request.seq, ServerError(str(exc)))
-            return
-        self._reply(gather.client, protocol.encode_reply(gather.request.seq, merged))
+            result = exc
+        done = self._gathers.answer(gid, index, result)
+        if done is None:
+            return  # parts pending, or a late answer for a gather that ended
+        gather, outcome = done
+        if isinstance(outcome, ZkvError):
+            self._fail(gather.client, gather.request.seq, outcome)
+        else:
+            self._reply(gather.client, protocol.encode_reply(gather.request.seq, outcome))
 
     def _to_node(self, member: Member, frames: list[bytes]) -> bool:
         try:
