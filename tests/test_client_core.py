@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from zkv import protocol
+from zkv.client import _sync
 from zkv.client._core import (
     BACKOFF_FIRST_S,
     BACKOFF_MAX_S,
@@ -22,6 +23,7 @@ from zkv.client._core import (
     Missing,
     Send,
     Sleep,
+    check_ttl,
     key_bytes,
     key_out,
 )
@@ -36,6 +38,8 @@ from zkv.errors import (
     Unavailable,
     ValueTooLarge,
 )
+from zkv.http import app
+from zkv.http.codec import json_type
 from zkv.protocol import Consistency, Op, Request
 
 
@@ -118,9 +122,6 @@ def test_get_missing_sentinel(core: ClientCore) -> None:
 
 
 def test_one_missing_sentinel_for_client_and_gateway() -> None:
-    from zkv.client import _sync
-    from zkv.http import app
-
     assert _sync.MISSING is app.MISSING is MISSING
 
 
@@ -598,6 +599,60 @@ def test_ttl_types_rejected(core: ClientCore, method: str, ttl: Any) -> None:
     call = core.mput({"k": 1}, ttl) if method == "mput" else getattr(core, method)("k", 1, ttl)
     with pytest.raises(TypeError, match="ttl must be a number"):
         next(call)
+
+
+# --------------------------------------------------------------------------- check_ttl
+
+
+@pytest.mark.parametrize("ttl", [None, 1, 0.001, 2.5, 10**9, 1e300])
+def test_check_ttl_accepts(ttl: float | None) -> None:
+    assert check_ttl(ttl) is ttl  # as given: an int stays an int on the wire
+
+
+@pytest.mark.parametrize(
+    ("ttl", "shown"),
+    [(0, "0"), (-1, "-1"), (-0.001, "-0.001"), (math.nan, "nan"), (math.inf, "inf")],
+)
+def test_check_ttl_values(ttl: float, shown: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        check_ttl(ttl)
+    assert str(info.value) == f"ttl must be a positive number of seconds, got {shown}"
+    with pytest.raises(InvalidRequest) as info:
+        check_ttl(ttl, '"ttl"', wrong_type=InvalidRequest)
+    assert str(info.value) == f'"ttl" must be a positive number of seconds, got {shown}'
+
+
+@pytest.mark.parametrize(
+    ("ttl", "python", "json"),
+    [
+        ("5", "str", "a string"),
+        (True, "bool", "a boolean"),
+        (False, "bool", "a boolean"),
+        ([5], "list", "an array"),
+        ({"s": 5}, "dict", "an object"),
+        (b"5", "bytes", "bytes"),
+    ],
+)
+def test_check_ttl_types(ttl: Any, python: str, json: str) -> None:
+    with pytest.raises(TypeError) as info:
+        check_ttl(ttl)
+    assert type(info.value) is TypeError
+    assert str(info.value) == f"ttl must be a number of seconds, not {python}"
+    # the gateway's wording: its own error type (a 400) and JSON's names for types
+    with pytest.raises(InvalidRequest) as info2:
+        check_ttl(ttl, "query parameter 'ttl'", wrong_type=InvalidRequest, describe=json_type)
+    assert str(info2.value) == f"query parameter 'ttl' must be a number of seconds, not {json}"
+
+
+def test_the_gateway_checks_ttls_with_check_ttl() -> None:
+    assert app._ttl(None, '"ttl"') is None
+    assert app._ttl(60, '"ttl"') == 60
+    with pytest.raises(InvalidRequest) as info:
+        app._ttl("60", '"ttl"')
+    assert str(info.value) == '"ttl" must be a number of seconds, not a string'
+    with pytest.raises(InvalidRequest) as info:
+        app._ttl(0, '"ttl"')
+    assert str(info.value) == '"ttl" must be a positive number of seconds, got 0'
 
 
 def test_ttl_validation_uses_no_seq(core: ClientCore) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "Missing",
     "Send",
     "Sleep",
+    "check_ttl",
     "key_bytes",
     "key_out",
 ]
@@ -118,13 +119,31 @@ def key_out(key: bytes) -> Key:
         return key
 
 
-def _ttl(ttl: float | None) -> float | None:
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def check_ttl(
+    ttl: Any,
+    where: str = "ttl",
+    *,
+    wrong_type: type[Exception] = TypeError,
+    describe: Callable[[Any], str] = _type_name,
+) -> float | None:
+    """``ttl`` as given, if it is a TTL: None (no TTL), or a finite number of seconds > 0.
+
+    Not a number (a ``bool`` is not one) raises ``wrong_type``: "{where} must be a number of
+    seconds, not {describe(ttl)}"; a number that is not finite and positive raises
+    ``InvalidRequest``: "{where} must be a positive number of seconds, got {ttl!r}". The
+    client raises ``TypeError`` for a wrong type, as Python does for a wrong argument; the
+    HTTP gateway passes ``InvalidRequest`` (its 400) and names JSON's types.
+    """
     if ttl is None:
         return None
     if isinstance(ttl, bool) or not isinstance(ttl, int | float):
-        raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
+        raise wrong_type(f"{where} must be a number of seconds, not {describe(ttl)}")
     if not (math.isfinite(ttl) and ttl > 0):
-        raise InvalidRequest(f"ttl must be a positive number of seconds, got {ttl!r}")
+        raise InvalidRequest(f"{where} must be a positive number of seconds, got {ttl!r}")
     return ttl
 
 
@@ -162,12 +181,13 @@ def get_op(key: Key, default: Any = None) -> Operation:
 
 def put_op(key: Key, value: Any, ttl: float | None = None) -> Operation:
     """``put``."""
-    return Operation(Op.PUT, key_bytes(key), [protocol.pack_value(value), _ttl(ttl)], _nothing)
+    args = [protocol.pack_value(value), check_ttl(ttl)]
+    return Operation(Op.PUT, key_bytes(key), args, _nothing)
 
 
 def create_op(key: Key, value: Any, ttl: float | None = None) -> Operation:
     """``create`` (``KeyExists`` if present)."""
-    args = [protocol.pack_value(value), _ttl(ttl)]
+    args = [protocol.pack_value(value), check_ttl(ttl)]
     return Operation(Op.CREATE, key_bytes(key), args, _nothing)
 
 
@@ -381,7 +401,7 @@ class ClientCore:
     def mput(self, mapping: Mapping[Key, Any], ttl: float | None, **kw: Any) -> Call:
         """Set every key of ``mapping``."""
         items = [[key_bytes(k), protocol.pack_value(v)] for k, v in mapping.items()]
-        yield from self.call(Op.MPUT, args=[items, _ttl(ttl)], **kw)
+        yield from self.call(Op.MPUT, args=[items, check_ttl(ttl)], **kw)
 
     def keys_page(
         self, prefix: Key, cursor: list[Any] | None, limit: int = KEYS_PAGE, **kw: Any

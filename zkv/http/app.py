@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +21,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from zkv.client import AsyncClient
-from zkv.client._core import MISSING, Key
+from zkv.client._core import MISSING, Key, check_ttl
 from zkv.errors import (
     ClientClosed,
     InvalidRequest,
@@ -158,13 +157,8 @@ def _query(request: web.Request, name: str) -> str | None:
 
 
 def _ttl(value: Any, where: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequest(f"{where} must be a number of seconds, not {json_type(value)}")
-    if not (math.isfinite(value) and value > 0):
-        raise InvalidRequest(f"{where} must be a positive number of seconds, got {value!r}")
-    return float(value)
+    """The client's TTL check, in the gateway's words: every failure is a 400."""
+    return check_ttl(value, where, wrong_type=InvalidRequest, describe=json_type)
 
 
 def _query_ttl(request: web.Request) -> float | None:
