@@ -269,6 +269,21 @@ class Store:
             flat += (key, value, expires.get(key))
         return flat
 
+    def walk(self, slots: list[int], pos: int, max_keys: int) -> tuple[list[Any], int]:
+        """One step of a chunked walk over ``slots`` (taken from ``slot_numbers``).
+
+        Returns ``[key, value, expires_at, ...]`` of whole slots from ``slots[pos]`` on,
+        stopping once it holds at least ``max_keys`` keys or the slots run out, and the
+        position to resume from (``len(slots)`` when the walk is done). Writes between steps
+        make the walk fuzzy, as snapshots allow (see ``storage/snapshot.py``).
+        """
+        flat: list[Any] = []
+        limit = max_keys * 3
+        while pos < len(slots) and len(flat) < limit:
+            flat += self.slot_items(slots[pos])
+            pos += 1
+        return flat, pos
+
     # ------------------------------------------------------------------ reads
 
     def _lookup(self, key: bytes) -> bytes | None:

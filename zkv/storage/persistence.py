@@ -28,13 +28,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
-
-import msgpack
+from typing import Final
 
 from zkv.errors import StorageError, StorageFull
 from zkv.storage.engine import Record, Store
 from zkv.storage.log import AppendLog, fsync_dir, segment_path, segments
+from zkv.storage.records import encode_record
 from zkv.storage.recovery import DAMAGED_PREFIX, Recovery, load_history
 from zkv.storage.snapshot import SnapshotWriter, snapshots
 
@@ -201,7 +200,7 @@ class Persistence:
 
     def _on_record(self, seq: int, record: Record) -> None:
         self._since_snapshot += 1
-        payload = msgpack.packb((seq, *record), use_bin_type=True)
+        payload = encode_record(seq, record)
         self.log.append(payload, seq)
         if self.tap is not None:
             self.tap(seq, payload)
@@ -409,13 +408,9 @@ class Persistence:
     def _step(self, store: Store) -> None:
         assert self._writer is not None
         started = time.perf_counter()
-        flat: list[Any] = []
-        walk = self._walk
-        while self._pos < len(walk) and len(flat) < COMPACT_STEP_KEYS * 3:
-            flat += store.slot_items(walk[self._pos])
-            self._pos += 1
+        flat, self._pos = store.walk(self._walk, self._pos, COMPACT_STEP_KEYS)
         self._writer.write(flat)
-        if self._pos >= len(walk):
+        if self._pos >= len(self._walk):
             self._writer.write_results(store.result_items())
             writer, self._writer = self._writer, None
             self._finisher = threading.Thread(

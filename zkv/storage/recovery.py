@@ -23,13 +23,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
-
-import msgpack
+from typing import Final
 
 from zkv.errors import StorageCorrupted
 from zkv.storage.engine import RecordOp, Store
 from zkv.storage.log import FRAME_HEADER, LOG_MAGIC, fsync_dir, scan_file, segments
+from zkv.storage.records import RecordError, decode_record
 from zkv.storage.snapshot import load_snapshot, snapshots
 
 __all__ = ["DAMAGED_PREFIX", "Recovery", "TornTail", "check_directory", "load_history"]
@@ -127,8 +126,8 @@ def _replay(
         offset = len(LOG_MAGIC)
         for payload in payloads:
             try:
-                seq, record = _decode(payload)
-            except Exception as exc:
+                seq, record = decode_record(payload)
+            except RecordError as exc:
                 raise _corrupted(
                     directory,
                     f"{path}: a record with a valid checksum does not decode at offset "
@@ -142,7 +141,7 @@ def _replay(
             except _OrderError as exc:
                 raise _out_of_order(directory, exc, path, offset, store.seq, skipped) from None
             if apply:
-                store.apply_record(tuple(record))
+                store.apply_record(record)
                 store.seq = seq
                 report.records += 1
             offset += FRAME_HEADER.size + len(payload)
@@ -336,14 +335,6 @@ class _Sequence:
         self.reached = max(self.reached, seq)
 
 
-def _decode(payload: bytes) -> tuple[int, list[Any]]:
-    """A log record's sequence number and ``[op, *args]``; raises if it does not decode."""
-    seq, *record = msgpack.unpackb(payload, raw=False, use_list=True)
-    if type(seq) is not int:
-        raise ValueError(f"its sequence number is {seq!r}")
-    return seq, record
-
-
 def _reason(exc: StorageCorrupted, path: Path) -> str:
     """``exc``'s message without the leading file name."""
     text = str(exc)
@@ -383,8 +374,8 @@ def _folder_last_seq(directory: Path) -> int:
             continue
         for payload in payloads:
             try:
-                seq, _record = _decode(payload)
-            except Exception:
+                seq, _record = decode_record(payload)
+            except RecordError:
                 continue
             best = max(best, seq)
     return best
@@ -457,8 +448,8 @@ def check_directory(directory: Path, repair: bool = False) -> tuple[bool, list[s
         offset = len(LOG_MAGIC)
         for payload in payloads:
             try:
-                seq, _record = _decode(payload)
-            except Exception as exc:
+                seq, _record = decode_record(payload)
+            except RecordError as exc:
                 bad_at = offset
                 bad = f"a record with a valid checksum does not decode at offset {offset}: {exc}"
                 break
