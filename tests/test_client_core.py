@@ -1,4 +1,5 @@
-"""Unit tests for zkv.client._core.ClientCore, driven by hand (no sockets)."""
+"""Unit tests for zkv.client._core.ClientCore, driven by hand (no sockets, no real time:
+every core here reads a ``FakeClock`` the tests move, as a driver's waits would)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from typing import Any
 import pytest
 
 from zkv import protocol
-from zkv.client import _sync
+from zkv.client import _core, _sync
 from zkv.client._core import (
     BACKOFF_FIRST_S,
     BACKOFF_MAX_S,
     FIRST_ATTEMPT_S,
     KEYS_PAGE,
     MAX_ATTEMPT_S,
+    MIN_ATTEMPT_S,
     MISSING,
     NOT_SENT,
     Call,
@@ -43,9 +45,35 @@ from zkv.http.codec import json_type
 from zkv.protocol import Consistency, Op, Request
 
 
+class FakeClock:
+    """A monotonic clock that moves only when a test moves it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+
+
+class _NoRealTime:
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"ClientCore read time.{name} instead of its clock")
+
+
 @pytest.fixture
-def core() -> ClientCore:
-    return ClientCore(timeout_s=2.0)
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The fake clock; the core's module may not read real time while it runs."""
+    monkeypatch.setattr(_core, "time", _NoRealTime())
+    return FakeClock()
+
+
+@pytest.fixture
+def core(clock: FakeClock) -> ClientCore:
+    return ClientCore(timeout_s=2.0, clock=clock)
 
 
 def _start(call: Call) -> tuple[Send, Request]:
@@ -71,8 +99,8 @@ def _exchange(call: Call, result: Any) -> tuple[Request, Any]:
 # --------------------------------------------------------------------------- requests
 
 
-def test_put_request(core: ClientCore) -> None:
-    before = time.monotonic()
+def test_put_request(core: ClientCore, clock: FakeClock) -> None:
+    before = clock()
     call = core.put("k", {"a": [1, 2]}, None)
     send, request = _start(call)
     assert request.op is Op.PUT
@@ -85,7 +113,8 @@ def test_put_request(core: ClientCore) -> None:
     assert request.consistency is Consistency.STRONG
     assert request.timeout_ms == 2000
     # the first attempt waits FIRST_ATTEMPT_S, then the same request goes again
-    assert before + FIRST_ATTEMPT_S <= send.deadline <= time.monotonic() + FIRST_ATTEMPT_S
+    assert before + FIRST_ATTEMPT_S <= send.deadline <= clock() + FIRST_ATTEMPT_S
+    assert send.deadline == clock() + FIRST_ATTEMPT_S
     assert _finish(call, protocol.encode_reply(send.seq, None)) is None
 
 
@@ -234,24 +263,30 @@ def test_cluster_ops(core: ClientCore, method: str, op: Op, result: Any) -> None
     assert got == result
 
 
-def test_per_call_timeout_and_consistency(core: ClientCore) -> None:
-    before = time.monotonic()
+def test_per_call_timeout_and_consistency(core: ClientCore, clock: FakeClock) -> None:
+    before = clock()
     call = core.get("k", timeout=0.25, consistency="eventual")
     send, request = _start(call)
     assert request.timeout_ms == 250
     assert request.consistency is Consistency.EVENTUAL
-    assert before + 0.25 <= send.deadline <= time.monotonic() + 0.25
+    assert before + 0.25 <= send.deadline <= clock() + 0.25
+    assert send.deadline == clock() + 0.25
     # the defaults are untouched
     request = _exchange(core.get("k"), None)[0]
     assert request.consistency is Consistency.STRONG
     assert request.timeout_ms == 2000
 
 
-def test_timeout_ms_rounds_up() -> None:
-    core = ClientCore(timeout_s=0.0001, consistency=Consistency.EVENTUAL)
+def test_timeout_ms_rounds_up(clock: FakeClock) -> None:
+    core = ClientCore(timeout_s=0.0001, consistency=Consistency.EVENTUAL, clock=clock)
     _, request = _start(core.get("k"))
     assert request.timeout_ms == 1
     assert request.consistency is Consistency.EVENTUAL
+
+
+def test_the_clock_is_monotonic_unless_given(clock: FakeClock) -> None:
+    assert ClientCore().clock is time.monotonic  # what Client and AsyncClient use
+    assert ClientCore(clock=clock).clock is clock
 
 
 def test_constructor_consistency_from_string() -> None:
@@ -350,15 +385,16 @@ READS = [
 
 
 @pytest.mark.parametrize("make", WRITES)
-def test_write_without_reply_is_sent_again_then_times_out(make: Any) -> None:
-    core = ClientCore(timeout_s=0.2)
+def test_write_without_reply_is_sent_again_then_times_out(make: Any, clock: FakeClock) -> None:
+    core = ClientCore(timeout_s=0.2, clock=clock)
     call = make(core)
     first, request = _start(call)
     assert request.op in protocol.WRITE_OPS
     again = call.send(None)  # no answer yet: the same request (same seq) goes again
     assert isinstance(again, Send)
     assert again.frames == first.frames
-    time.sleep(0.25)
+    assert again.deadline == first.deadline == clock() + 0.2  # the call's own deadline
+    clock.advance(0.25)
     with pytest.raises(Timeout) as info:
         call.send(None)
     assert str(info.value) == (
@@ -368,38 +404,40 @@ def test_write_without_reply_is_sent_again_then_times_out(make: Any) -> None:
 
 
 @pytest.mark.parametrize("make", READS)
-def test_read_without_reply_past_deadline_is_timeout(make: Any) -> None:
-    core = ClientCore(timeout_s=0.001)
+def test_read_without_reply_past_deadline_is_timeout(make: Any, clock: FakeClock) -> None:
+    core = ClientCore(timeout_s=0.001, clock=clock)
     call = make(core)
     _, request = _start(call)
     assert request.op not in protocol.WRITE_OPS
-    time.sleep(0.005)
+    clock.advance(0.005)
     with pytest.raises(Timeout) as info:
         call.send(None)
     assert str(info.value) == f"{request.op.name} got no reply within 0.001 s"
 
 
 @pytest.mark.parametrize("make", READS)
-def test_read_without_reply_is_sent_again(core: ClientCore, make: Any) -> None:
+def test_read_without_reply_is_sent_again(core: ClientCore, clock: FakeClock, make: Any) -> None:
     call = make(core)
     first, _ = _start(call)
-    deadline = time.monotonic() + core.timeout_s
+    deadline = clock() + core.timeout_s
     assert first.deadline <= deadline
     again = call.send(None)
     assert isinstance(again, Send)
     assert again.frames == first.frames  # the same request, same seq
     assert again.seq == first.seq
     assert again.deadline <= deadline + 1e-3
+    assert again.deadline == clock() + 2 * FIRST_ATTEMPT_S  # sent at once, waiting longer
 
 
-def test_read_resend_waits_grow_to_the_deadline() -> None:
-    core = ClientCore(timeout_s=10.0)
+def test_read_resend_waits_grow_to_the_deadline(clock: FakeClock) -> None:
+    core = ClientCore(timeout_s=10.0, clock=clock)
     call = core.get("k")
-    start = time.monotonic()
+    start = clock()
     send, _ = _start(call)
     waits = [send.deadline - start]
     for _ in range(6):
-        now = time.monotonic()
+        clock.advance(send.deadline - clock())  # each attempt waited out, as a driver does
+        now = clock()
         send = call.send(None)
         assert isinstance(send, Send)
         waits.append(send.deadline - now)
@@ -407,17 +445,24 @@ def test_read_resend_waits_grow_to_the_deadline() -> None:
     assert waits[1] == pytest.approx(2 * FIRST_ATTEMPT_S, abs=0.05)
     assert max(waits) == pytest.approx(MAX_ATTEMPT_S, abs=0.05)
     assert all(w <= MAX_ATTEMPT_S + 0.05 for w in waits)
+    # 0.5, 1, 2, 2, 2, 2: 9.5 s gone; the last attempt gets what is left of the 10 s
+    assert waits == [0.5, 1.0, 2.0, 2.0, 2.0, 2.0, 0.5]
+    assert send.deadline == start + 10.0
+    clock.advance(0.5)
+    with pytest.raises(Timeout):
+        call.send(None)
     # a short call never waits past its own deadline
-    core = ClientCore(timeout_s=0.2)
-    start = time.monotonic()
+    core = ClientCore(timeout_s=0.2, clock=clock)
+    start = clock()
     send, _ = _start(core.get("k"))
     assert send.deadline <= start + 0.2 + 0.05
+    assert send.deadline == start + 0.2
 
 
 # --------------------------------------------------------------------------- retries
 
 
-def test_not_sent_retries_with_backoff(core: ClientCore) -> None:
+def test_not_sent_retries_with_backoff(core: ClientCore, clock: FakeClock) -> None:
     call = core.put("k", 1, None)
     first, _ = _start(call)
     pauses = []
@@ -425,6 +470,7 @@ def test_not_sent_retries_with_backoff(core: ClientCore) -> None:
         action = call.send(NOT_SENT)
         assert isinstance(action, Sleep)
         pauses.append(action.seconds)
+        clock.advance(action.seconds)
         again = next(call)
         assert isinstance(again, Send)
         assert again.frames == first.frames  # the very same request, same seq
@@ -433,6 +479,7 @@ def test_not_sent_retries_with_backoff(core: ClientCore) -> None:
     assert pauses[1] == pytest.approx(2 * BACKOFF_FIRST_S)
     assert pauses == sorted(pauses)
     assert max(pauses) == pytest.approx(BACKOFF_MAX_S)
+    assert pauses == pytest.approx([0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.5, 0.5])
     assert _finish(call, protocol.encode_reply(first.seq, None)) is None
 
 
@@ -443,25 +490,54 @@ def test_not_sent_must_be_the_sentinel(core: ClientCore) -> None:
         call.send([b"not sent"])
 
 
-def test_not_sent_sleep_never_passes_the_deadline() -> None:
-    core = ClientCore(timeout_s=0.005)
+def test_not_sent_sleep_never_passes_the_deadline(clock: FakeClock) -> None:
+    core = ClientCore(timeout_s=0.005, clock=clock)
+    call = core.get("k")
+    _start(call)
+    with pytest.raises(Unavailable):  # too little time left for another attempt
+        call.send(NOT_SENT)
+    # with a little more time, one pause, cut short of the deadline (less MIN_ATTEMPT_S)
+    core = ClientCore(timeout_s=0.024, clock=clock)
     call = core.get("k")
     send, _ = _start(call)
-    try:
-        action = call.send(NOT_SENT)
-    except Unavailable:  # too little time left for another attempt
-        return
+    action = call.send(NOT_SENT)
     assert isinstance(action, Sleep)
     assert 0 < action.seconds <= 0.005
-    assert time.monotonic() + action.seconds <= send.deadline + 1e-3
+    assert clock() + action.seconds <= send.deadline + 1e-3
+    assert clock() + action.seconds == pytest.approx(send.deadline - MIN_ATTEMPT_S)
+    clock.advance(action.seconds)
+    again = next(call)
+    assert isinstance(again, Send) and again.deadline == send.deadline
+    with pytest.raises(Unavailable):  # and no more
+        call.send(NOT_SENT)
 
 
-def test_not_sent_past_deadline_is_unavailable() -> None:
-    core = ClientCore(timeout_s=0.001)
+def test_not_sent_pauses_add_up_to_the_deadline_and_no_further(clock: FakeClock) -> None:
+    core = ClientCore(timeout_s=1.0, clock=clock)
+    deadline = clock() + 1.0
+    call = core.put("k", 1, None)
+    _start(call)
+    pauses = []
+    for _ in range(7):
+        action = call.send(NOT_SENT)
+        assert isinstance(action, Sleep)
+        pauses.append(action.seconds)
+        clock.advance(action.seconds)
+        assert clock() <= deadline - MIN_ATTEMPT_S + 1e-9
+        assert isinstance(next(call), Send)
+    with pytest.raises(Unavailable, match=r"^no broker connection to PUT within 1 s$"):
+        call.send(NOT_SENT)
+    # 0.01 + 0.02 + 0.04 + 0.08 + 0.16 + 0.32 = 0.63; then the 0.5 pause is cut to 0.35
+    assert pauses == pytest.approx([0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.35])
+    assert clock() == pytest.approx(deadline - MIN_ATTEMPT_S)
+
+
+def test_not_sent_past_deadline_is_unavailable(clock: FakeClock) -> None:
+    core = ClientCore(timeout_s=0.001, clock=clock)
     call = core.put("k", 1, None)
     send, _ = _start(call)
-    time.sleep(0.005)
-    assert time.monotonic() > send.deadline
+    clock.advance(0.005)
+    assert clock() > send.deadline
     with pytest.raises(Unavailable, match=r"^no broker connection to PUT within 0\.001 s$"):
         call.send(NOT_SENT)
 
@@ -488,11 +564,11 @@ def test_unavailable_reply_is_retried(core: ClientCore) -> None:
     assert _finish(call, protocol.encode_reply(first.seq, None)) is None
 
 
-def test_unavailable_reply_past_deadline_is_raised() -> None:
-    core = ClientCore(timeout_s=0.001)
+def test_unavailable_reply_past_deadline_is_raised(clock: FakeClock) -> None:
+    core = ClientCore(timeout_s=0.001, clock=clock)
     call = core.get("k")
     send, _ = _start(call)
-    time.sleep(0.005)
+    clock.advance(0.005)
     with pytest.raises(Unavailable) as info:
         call.send(protocol.encode_error(send.seq, Unavailable("no primary for s1", key=b"k")))
     assert str(info.value) == "no primary for s1"
@@ -501,9 +577,9 @@ def test_unavailable_reply_past_deadline_is_raised() -> None:
 
 @pytest.mark.parametrize("first_reply", ["not sent", "unavailable"])
 def test_write_sent_after_retry_without_reply_is_timeout(
-    first_reply: str,
+    first_reply: str, clock: FakeClock
 ) -> None:
-    core = ClientCore(timeout_s=0.2)
+    core = ClientCore(timeout_s=0.2, clock=clock)
     call = core.put("k", 1, None)
     send, _ = _start(call)
     reply = (
@@ -511,9 +587,11 @@ def test_write_sent_after_retry_without_reply_is_timeout(
         if first_reply == "not sent"
         else protocol.encode_error(send.seq, Unavailable("no primary"))
     )
-    assert isinstance(call.send(reply), Sleep)
+    pause = call.send(reply)
+    assert isinstance(pause, Sleep)
+    clock.advance(pause.seconds)
     assert isinstance(next(call), Send)  # sent this time: it may reach the node
-    time.sleep(0.25)
+    clock.advance(0.25)
     with pytest.raises(Timeout, match="may or may not have been applied"):
         call.send(None)
 
@@ -668,8 +746,8 @@ def test_unserialisable_value(core: ClientCore) -> None:
         next(core.cas("k", 1, {1, 2}))
 
 
-def test_request_over_max_request_bytes() -> None:
-    core = ClientCore(max_request_bytes=1024)
+def test_request_over_max_request_bytes(clock: FakeClock) -> None:
+    core = ClientCore(max_request_bytes=1024, clock=clock)
     _exchange(core.put("k", b"x" * 900, None), None)  # under the limit
     with pytest.raises(ValueTooLarge, match=r"PUT request is \d+ bytes; the limit is 1024") as info:
         next(core.put("k", b"x" * 2000, None))

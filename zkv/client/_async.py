@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -138,7 +137,7 @@ class AsyncClient:
                 await sock.send_multipart(send.frames, flags=zmq.NOBLOCK)
             except zmq.Again:
                 return NOT_SENT
-            left = send.deadline - time.monotonic()
+            left = send.deadline - self._core.clock()
             try:
                 return await asyncio.wait_for(future, max(left, 0.0))
             except TimeoutError:

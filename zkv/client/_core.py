@@ -76,7 +76,8 @@ MISSING: Final = Missing.MISSING
 
 @dataclass(slots=True)
 class Send:
-    """Send ``frames``, then wait until ``deadline`` (monotonic) for the reply to ``seq``.
+    """Send ``frames``, then wait until ``deadline`` (on the core's clock) for the reply to
+    ``seq``.
 
     The driver answers with the reply frames, or None on timeout; if the frames could not
     even be handed to a connection (no broker), it answers with ``NOT_SENT``.
@@ -232,7 +233,13 @@ def _batch_result(operation: Operation, result: Any) -> Any:
 
 
 class ClientCore:
-    """Request building, reply matching and retry decisions for one client."""
+    """Request building, reply matching and retry decisions for one client.
+
+    ``clock`` (seconds, never going back; ``time.monotonic`` by default) is what every
+    deadline and back-off decision reads: the deadlines of ``Send`` actions are on it, so a
+    driver waits on the same clock (``Client`` and ``AsyncClient`` keep the default), and a
+    test can drive time by hand.
+    """
 
     def __init__(
         self,
@@ -240,8 +247,10 @@ class ClientCore:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         consistency: Consistency | str = Consistency.STRONG,
         max_request_bytes: int = 64 * 1024 * 1024,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client_id = protocol.new_client_id()
+        self.clock = clock
         self.timeout_s = timeout_s
         self.consistency = Consistency(consistency)
         self.max_request_bytes = max_request_bytes
@@ -276,7 +285,7 @@ class ClientCore:
         if not timeout_s > 0:
             raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
         timeout_s = min(timeout_s, protocol.MAX_TIMEOUT_MS / 1000)  # inf: about 49 days
-        deadline = time.monotonic() + timeout_s
+        deadline = self.clock() + timeout_s
         self._seq += 1
         request = Request(
             op,
@@ -298,10 +307,10 @@ class ClientCore:
         backoff, attempt_s = BACKOFF_FIRST_S, FIRST_ATTEMPT_S
         last: ZkvError | None = None
         while True:
-            wait_until = min(deadline, time.monotonic() + attempt_s)
+            wait_until = min(deadline, self.clock() + attempt_s)
             reply = yield Send(frames, request.seq, wait_until)
             if reply is None:
-                if time.monotonic() >= deadline:
+                if self.clock() >= deadline:
                     if write:  # the write went out: its outcome is unknown
                         raise Timeout(
                             f"{op.name} got no reply within {timeout_s:g} s; "
@@ -317,7 +326,7 @@ class ClientCore:
                     return self.result(reply)
                 except Unavailable as exc:
                     last = exc
-            left = deadline - time.monotonic()
+            left = deadline - self.clock()
             if left <= MIN_ATTEMPT_S:  # too late for another attempt to be answered
                 raise last
             yield Sleep(min(backoff, left - MIN_ATTEMPT_S))

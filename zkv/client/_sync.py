@@ -136,14 +136,13 @@ class Client(MutableMapping[Key, Any]):
             except StopIteration as stop:
                 return stop.value
 
-    @staticmethod
-    def _exchange(sock: zmq.Socket[bytes], send: Send) -> list[bytes] | None:
+    def _exchange(self, sock: zmq.Socket[bytes], send: Send) -> list[bytes] | None:
         try:
             sock.send_multipart(send.frames, zmq.NOBLOCK)
         except zmq.Again:
             return NOT_SENT
         while True:
-            left_ms = (send.deadline - time.monotonic()) * 1000
+            left_ms = (send.deadline - self._core.clock()) * 1000
             if left_ms <= 0 or not sock.poll(max(1, int(left_ms)), zmq.POLLIN):
                 return None
             frames = sock.recv_multipart()
