@@ -22,9 +22,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,20 +33,17 @@ import zmq
 from zkv import protocol
 from zkv.config import ClusterConfig, NodeConfig
 from zkv.errors import (
-    InvalidRequest,
-    KeyExists,
-    ServerError,
     StorageCorrupted,
     StorageError,
     Unavailable,
     ZkvError,
-    code_of,
 )
+from zkv.node.core import NodeCore
 from zkv.node.primary import Primary
 from zkv.node.replica import Replica
-from zkv.protocol import Consistency, NodeInfo, NodeState, Op, Request, Role
+from zkv.protocol import NodeInfo, NodeState, Role
 from zkv.runtime import MAX_FRAMES, Throttle, bind_endpoint, recv_frames, write_ready_file
-from zkv.storage.engine import RecordOp, Store
+from zkv.storage.engine import Store
 from zkv.storage.lock import lock_folder
 from zkv.storage.persistence import Persistence
 
@@ -54,13 +51,24 @@ __all__ = ["Node"]
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_SEQ: Final = struct.Struct(">Q")
 #: A stream message carries one loop turn's records, one frame each.
 STREAM_MAX_FRAMES: Final = 1_000_000
 #: How often the active expiry sweep runs (seconds).
 SWEEP_INTERVAL_S: Final = 0.1
 #: The most messages handled per socket per loop turn before timers get a look-in.
 DRAIN_MAX: Final = 1000
+
+
+@dataclass(slots=True)
+class _Turn:
+    """What one loop turn read, and the replies it will send."""
+
+    requests: list[tuple[int, bytes, list[bytes]]] = field(default_factory=list)
+    beats: list[bytes] = field(default_factory=list)  # the broker's heartbeat bodies
+    stream: list[list[bytes]] = field(default_factory=list)  # from the primary's PUB
+    replica_sync: list[list[bytes]] = field(default_factory=list)  # from the primary's sync
+    primary_sync: list[list[bytes]] = field(default_factory=list)  # from replicas
+    replies: list[tuple[list[bytes], bool]] = field(default_factory=list)  # (frames, strong)
 
 
 class Node:
@@ -94,24 +102,7 @@ class Node:
         self._stopping = False
         #: Warnings any peer can trigger at will are throttled.
         self._bad = Throttle(log)
-        self.requests = 0
-        self.errors = 0
-        self._handlers: dict[Op, Callable[[Request], Any]] = {
-            Op.GET: lambda r: self.store.get(r.key),
-            Op.PUT: lambda r: self.store.put(r.key, self._value(r, r.args[0]), r.args[1]),
-            Op.DELETE: lambda r: self.store.delete(r.key),
-            Op.CREATE: self._create,
-            Op.EXISTS: lambda r: self.store.exists(r.key),
-            Op.CAS: lambda r: self.store.cas(r.key, r.args[0], self._value(r, r.args[1])),
-            Op.EXPIRE: lambda r: self.store.expire(r.key, r.args[0]),
-            Op.TTL: lambda r: self.store.ttl(r.key),
-            Op.MGET: lambda r: self.store.mget(r.args[0]),
-            Op.MPUT: self._mput,
-            Op.SCAN: self._scan,
-            Op.CLEAR: lambda r: self.store.clear(),
-            Op.COUNT: lambda r: len(self.store),
-            Op.BATCH: self._batch,
-        }
+        self.core = NodeCore(self.store, config.limits, config.slots, name, self.me.shard)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -244,6 +235,7 @@ class Node:
         self.discarded_seq = damage.last_seq
         self.store = Store(self.config.slots)
         self.store.primary = False
+        self.core.store = self.store
         self.persistence = self._new_persistence()
 
     def _serving_primary(self, last_seq: int, wait_s: float) -> str | None:
@@ -326,8 +318,8 @@ class Node:
             keys=self.store.held,
             publish=self.publish,
             sync=self.sync,
-            requests=self.requests,
-            errors=self.errors,
+            requests=self.core.requests,
+            errors=self.core.errors,
             fsyncs=self.persistence.log.fsyncs,
             log_bytes=self.persistence.log_bytes,
             compactions=self.persistence.compactions,
@@ -355,65 +347,138 @@ class Node:
             write_ready_file(
                 self.ready_file, {"name": self.me.name, "publish": self.publish, "sync": self.sync}
             )
-        poller = self._poller(broker, sync)
-        next_heartbeat = time.monotonic() + interval
-        next_sweep = time.monotonic() + SWEEP_INTERVAL_S
-        persistence = self.persistence
+        self._broker, self._sync_sock = broker, sync
+        self._poll = self._poller()
+        now = time.monotonic()
+        self._next_heartbeat, self._next_sweep = now + interval, now + SWEEP_INTERVAL_S
         while not self._stopping:
-            primary, replica = self.primary, self.replica
-            now = time.monotonic()
-            wait_s = max(0.0, min(next_heartbeat, next_sweep) - now)
-            if persistence.compacting or (primary is not None and primary.transferring):
-                wait_s = 0.0  # a compaction step or snapshot chunk goes out each turn
-            try:
-                ready = dict(poller.poll(int(wait_s * 1000)))
-            except zmq.ZMQError as exc:  # EINTR from a signal: loop to check _stopping
-                if exc.errno != errno.EINTR:
-                    raise
+            ready = self._wait()
+            if ready is None:
                 continue
-            replies: list[tuple[list[bytes], bool]] = []
-            self.store.begin()  # this turn's changes stand only once they are logged
-            if replica is not None:
-                if replica.sub is not None and replica.sub in ready:
-                    self._drain_each(replica.sub, replica.on_stream, STREAM_MAX_FRAMES)
-                if replica.dealer is not None and replica.dealer in ready:
-                    self._drain_each(replica.dealer, replica.on_sync)
-            if broker in ready:
-                poller = self._drain(broker, replies, poller, sync) or poller
-            now = time.monotonic()
-            if now >= next_sweep:
-                self.store.sweep()
-                next_sweep = now + SWEEP_INTERVAL_S
-            # group commit: the turn's records are logged before any reply goes out
-            try:
-                persistence.flush()
-                self.store.commit()
-            except StorageError as exc:
-                replies = self._unlogged_turn(replies, exc)
-            if replica is not None and not persistence.writable and not replica.suspended:
-                replica.suspend(persistence.state_error or persistence.state)
-                poller = self._poller(broker, sync)
-            if primary is not None:
-                primary.publish(now)
-                if sync in ready:
-                    replies += [(r, False) for r in self._drain_sync(sync, primary, now)]
-                replies += [(r, False) for r in primary.tick(now)]
-                primary.stream_snapshots()
-            elif replica is not None:
-                replica.tick(now)
-            for reply, strong in replies:
-                if strong and primary is not None:
-                    held = primary.hold(self.store.seq, reply, now)
-                    if held is None:
-                        continue
-                self._send(broker, reply)
-            persistence.maybe_compact(self.store)
-            if now >= next_heartbeat or self._beat_now:
-                if persistence.check(self.store.seq + 1) == "ok" and replica and replica.suspended:
-                    replica.resume()  # the broker's next heartbeat has it follow again
-                self._beat_now = False
-                self._send(broker, protocol.encode_node_info(protocol.NODE_HEARTBEAT, self.info()))
-                next_heartbeat = now + interval
+            turn = self._receive(ready)
+            self._apply(turn, time.monotonic())
+            self._commit(turn)
+            self._replicate(turn, time.monotonic())
+            self._respond(turn, time.monotonic())
+            self._timers(turn, time.monotonic())
+
+    # The turn, in named phases. The roles (``self.primary``, ``self.replica``) are fixed for
+    # the whole turn: the broker's heartbeats are read in ``receive`` and acted on in
+    # ``timers``, at the turn's end.
+
+    def _wait(self) -> dict[Any, int] | None:
+        """Poll until a socket is ready or a timer is due; None to look at ``_stopping``."""
+        now = time.monotonic()
+        wait_s = max(0.0, min(self._next_heartbeat, self._next_sweep) - now)
+        if self.persistence.compacting or (self.primary is not None and self.primary.transferring):
+            wait_s = 0.0  # a compaction step or snapshot chunk goes out each turn
+        try:
+            return dict(self._poll.poll(int(wait_s * 1000)))
+        except zmq.ZMQError as exc:  # EINTR from a signal: loop to check _stopping
+            if exc.errno != errno.EINTR:
+                raise
+            return None
+
+    def _receive(self, ready: dict[Any, int]) -> _Turn:
+        """Read every ready message (bounded per socket) into the turn."""
+        turn = _Turn()
+        replica = self.replica
+        if replica is not None:
+            if replica.sub is not None and replica.sub in ready:
+                turn.stream = self._read(replica.sub, STREAM_MAX_FRAMES)
+            if replica.dealer is not None and replica.dealer in ready:
+                turn.replica_sync = self._read(replica.dealer)
+        if self._sync_sock in ready:
+            turn.primary_sync = self._read(self._sync_sock)
+        if self._broker in ready:
+            for frames in self._read(self._broker):
+                try:
+                    kind, epoch = protocol.decode_node_header(frames[0])
+                except ZkvError as exc:
+                    self._bad.warning("dropped a malformed message from the broker: %s", exc)
+                    continue
+                if kind == protocol.NODE_REQUEST and len(frames) == 5:
+                    turn.requests.append((epoch, frames[1], frames[2:]))
+                elif kind == protocol.BROKER_HEARTBEAT and len(frames) == 2:
+                    turn.beats.append(frames[1])
+                else:
+                    self._bad.warning(
+                        "dropped a broker message of kind %r with %d frames", kind, len(frames)
+                    )
+        return turn
+
+    def _apply(self, turn: _Turn, now: float) -> None:
+        """Apply the stream (a replica) and the requests, and sweep expired keys; the turn's
+        changes are journaled until ``commit``."""
+        self.store.begin()  # this turn's changes stand only once they are logged
+        replica = self.replica
+        if replica is not None:
+            self._each(turn.stream, replica.on_stream)
+            self._each(turn.replica_sync, replica.on_sync)
+        core = self.core
+        core.epoch = self.epoch
+        core.replica_state = replica.state if replica is not None else None
+        core.refusal = None if self.persistence.writable else self.persistence.refusal()
+        header = protocol.node_header(protocol.NODE_REPLY, self.epoch)
+        for epoch, envelope, request in turn.requests:
+            reply, strong = core.handle(request, epoch)
+            turn.replies.append(([header, envelope, *reply], strong))
+        if now >= self._next_sweep:
+            self.store.sweep()
+            self._next_sweep = now + SWEEP_INTERVAL_S
+
+    def _commit(self, turn: _Turn) -> None:
+        """Group commit: the turn's records are logged before any reply goes out; if they
+        cannot be, the turn is undone (see ``_unlogged_turn``)."""
+        try:
+            self.persistence.flush()
+            self.store.commit()
+        except StorageError as exc:
+            turn.replies = self._unlogged_turn(turn.replies, exc)
+        replica = self.replica
+        if replica is not None and not self.persistence.writable and not replica.suspended:
+            replica.suspend(self.persistence.state_error or self.persistence.state)
+            self._poll = self._poller()
+
+    def _replicate(self, turn: _Turn, now: float) -> None:
+        """Publish the logged records; take replicas' acks and snapshot requests (a primary);
+        acknowledge what was logged (a replica)."""
+        primary, replica = self.primary, self.replica
+        if primary is not None:
+            primary.publish(now)
+            released: list[list[bytes]] = []
+            self._each(turn.primary_sync, lambda f: released.extend(primary.on_sync(f, now)))
+            released += primary.tick(now)
+            turn.replies += [(r, False) for r in released]
+            primary.stream_snapshots()
+        elif replica is not None:
+            replica.tick(now)
+
+    def _respond(self, turn: _Turn, now: float) -> None:
+        """Send the replies; a strong write's waits for the in-sync replicas."""
+        primary = self.primary
+        for reply, strong in turn.replies:
+            if strong and primary is not None and primary.hold(self.store.seq, reply, now) is None:
+                continue  # released by the replicas' acks, or by the ack timeout
+            self._send(self._broker, reply)
+
+    def _timers(self, turn: _Turn, now: float) -> None:
+        """Compaction, the broker's role decisions, the storage check and our heartbeat."""
+        self.persistence.maybe_compact(self.store)
+        changed = False
+        for body in turn.beats:  # role changes take effect here, at the turn's end
+            changed = self._on_broker_heartbeat(body) or changed
+        if now >= self._next_heartbeat or self._beat_now:
+            replica = self.replica
+            if self.persistence.check(self.store.seq + 1) == "ok" and replica and replica.suspended:
+                replica.resume()  # the broker's next heartbeat has it follow again
+            self._beat_now = False
+            self._send(
+                self._broker, protocol.encode_node_info(protocol.NODE_HEARTBEAT, self.info())
+            )
+            self._next_heartbeat = now + self.config.heartbeat.interval_s
+        if changed:
+            self._poll = self._poller()
 
     def _unlogged_turn(
         self, replies: list[tuple[list[bytes], bool]], exc: StorageError
@@ -436,50 +501,15 @@ class Node:
             answered.append(([frames[0], frames[1], *protocol.encode_error(seq, retry)], False))
         return answered
 
-    def _poller(self, broker: zmq.Socket[bytes], sync: zmq.Socket[bytes]) -> zmq.Poller:
+    def _poller(self) -> zmq.Poller:
         poller = zmq.Poller()
-        poller.register(broker, zmq.POLLIN)
-        poller.register(sync, zmq.POLLIN)
+        poller.register(self._broker, zmq.POLLIN)
+        poller.register(self._sync_sock, zmq.POLLIN)
         if self.replica is not None:
             for sock in (self.replica.sub, self.replica.dealer):
                 if sock is not None:
                     poller.register(sock, zmq.POLLIN)
         return poller
-
-    def _drain(
-        self,
-        broker: zmq.Socket[bytes],
-        replies: list[tuple[list[bytes], bool]],
-        poller: zmq.Poller,
-        sync: zmq.Socket[bytes],
-    ) -> zmq.Poller | None:
-        """Handle every ready broker message; a new poller if the replica's sockets changed."""
-        new_poller = None
-        for _ in range(DRAIN_MAX):
-            try:
-                frames = recv_frames(broker)
-            except zmq.Again:
-                break
-            if frames is None:
-                self._bad.warning("dropped a message from the broker with too many frames")
-                continue
-            try:
-                kind, epoch = protocol.decode_node_header(frames[0])
-            except ZkvError as exc:
-                self._bad.warning("dropped a malformed message from the broker: %s", exc)
-                continue
-            if kind == protocol.NODE_REQUEST and len(frames) == 5:
-                reply, strong = self.handle(frames[2:], epoch)
-                header = protocol.node_header(protocol.NODE_REPLY, self.epoch)
-                replies.append(([header, frames[1], *reply], strong))
-            elif kind == protocol.BROKER_HEARTBEAT and len(frames) == 2:
-                if self._on_broker_heartbeat(frames[1]):
-                    new_poller = self._poller(broker, sync)
-            else:
-                self._bad.warning(
-                    "dropped a broker message of kind %r with %d frames", kind, len(frames)
-                )
-        return new_poller
 
     def _on_broker_heartbeat(self, body: bytes) -> bool:
         """Take the role and epoch the broker names, and follow the primary it names.
@@ -521,27 +551,23 @@ class Node:
             changed = self.replica.follow(*target, epoch=epoch) or changed
         return changed
 
-    def _drain_sync(
-        self, sync: zmq.Socket[bytes], primary: Primary, now: float
-    ) -> list[list[bytes]]:
-        released: list[list[bytes]] = []
-        self._drain_each(sync, lambda frames: released.extend(primary.on_sync(frames, now)))
-        return released
-
-    def _drain_each(
-        self,
-        sock: zmq.Socket[bytes],
-        handle: Callable[[list[bytes]], Any],
-        max_frames: int = MAX_FRAMES,
-    ) -> None:
+    def _read(self, sock: zmq.Socket[bytes], max_frames: int = MAX_FRAMES) -> list[list[bytes]]:
+        """Up to ``DRAIN_MAX`` ready messages from ``sock`` (oversized ones dropped)."""
+        messages: list[list[bytes]] = []
         for _ in range(DRAIN_MAX):
             try:
                 frames = recv_frames(sock, max_frames)
             except zmq.Again:
-                return
+                break
             if frames is None:
                 self._bad.warning("dropped a message with too many frames")
                 continue
+            messages.append(frames)
+        return messages
+
+    def _each(self, messages: list[list[bytes]], handle: Callable[[list[bytes]], Any]) -> None:
+        """Hand each replication message to ``handle``; one that fails is logged and dropped."""
+        for frames in messages:
             try:
                 handle(frames)
             except Exception as exc:
@@ -557,107 +583,8 @@ class Node:
     # ------------------------------------------------------------------ requests
 
     def handle(self, frames: list[bytes], epoch: int | None = None) -> tuple[list[bytes], bool]:
-        """The reply frames for one request's ``[header, key, body]``, and whether it is a
-        ``strong`` write (whose reply waits for the in-sync replicas).
-
-        ``epoch`` is the shard epoch the broker stamped on the request: a write stamped with
-        another epoch than this primary's is refused (it was meant for another primary).
-        A write whose request id (client id, sequence number) this node has applied before
-        is answered with its first outcome, not applied again.
-        """
-        self.requests += 1
-        request: Request | None = None
-        try:
-            request = protocol.decode_request(frames, protocol.NODE_OPS)
-            protocol.check_key(request.key, self.limits.max_key_bytes)
-            write = request.op in protocol.WRITE_OPS
-            if self.replica is not None:
-                self._check_replica_may_serve(write)
-            if write and not self.persistence.writable:
-                raise self.persistence.refusal()
-            strong = write and request.consistency is Consistency.STRONG
-            if not write:
-                return protocol.encode_reply(
-                    request.seq, self._handlers[request.op](request)
-                ), False
-            if epoch is not None and epoch != self.epoch:
-                raise Unavailable(f"request for epoch {epoch}; {self.me.name} is at {self.epoch}")
-            rid = request.client_id + REQUEST_ID_SEQ.pack(request.seq)
-            first = self.store.results.get(rid)
-            if first is not None:  # a retry of a write applied before: its first outcome
-                return [protocol.REPLY_HEADER.pack(protocol.VERSION, 0, request.seq), first], strong
-            before = self.store.seq
-            reply = protocol.encode_reply(request.seq, self._handlers[request.op](request))
-            if self.store.seq != before:  # it changed something: remember the outcome
-                self.store.emit((RecordOp.RESULT, rid, reply[1]))
-            return reply, strong
-        except ZkvError as exc:
-            self.errors += 1
-            seq = request.seq if request is not None else exc.seq
-            return protocol.encode_error(seq or 0, exc), False
-        except Exception as exc:
-            self.errors += 1
-            log.exception("failed to handle %s", request.op.name if request else "a request")
-            seq = request.seq if request is not None else 0
-            return protocol.encode_error(seq, ServerError(f"{type(exc).__name__}: {exc}")), False
-
-    def _check_replica_may_serve(self, write: bool) -> None:
-        assert self.replica is not None
-        if write:
-            raise Unavailable(
-                f"node {self.me.name} is a replica of shard {self.me.shard}; "
-                "writes go to its primary"
-            )
-        if self.replica.state != NodeState.FOLLOWING:
-            raise Unavailable(
-                f"replica {self.me.name} is {self.replica.state}; ask its primary or try again"
-            )
-
-    def _value(self, request: Request, value: bytes) -> bytes:
-        protocol.check_value(request.key, value, self.limits.max_value_bytes)
-        return value
-
-    def _create(self, request: Request) -> None:
-        if not self.store.create(
-            request.key, self._value(request, request.args[0]), request.args[1]
-        ):
-            raise KeyExists(f"key {protocol.show_key(request.key)} already exists", key=request.key)
-
-    def _mput(self, request: Request) -> None:
-        items, ttl = request.args
-        protocol.check_items(items, self.limits.max_key_bytes, self.limits.max_value_bytes)
-        self.store.mput(items, ttl)
-
-    def _batch(self, request: Request) -> list[list[Any]]:
-        """Run a pipeline's operations for this shard in order; each one's result or error."""
-        results: list[list[Any]] = []
-        for op_code, key, args in request.args[0]:
-            sub = Request(
-                Op.GET,
-                key,
-                args,
-                request.client_id,
-                request.seq,
-                request.consistency,
-                request.timeout_ms,
-            )
-            try:
-                if op_code not in protocol.SINGLE_KEY_OPS:
-                    raise InvalidRequest(f"a batch holds single-key operations, not {op_code}")
-                sub.op = Op(op_code)
-                protocol.check_args(sub)
-                protocol.check_key(key, self.limits.max_key_bytes)
-                results.append([0, self._handlers[sub.op](sub)])
-            except ZkvError as exc:
-                results.append([code_of(exc), exc.message, exc.key])
-        return results
-
-    def _scan(self, request: Request) -> list[Any]:
-        prefix, slot, after, limit = request.args
-        if slot >= self.config.slots:
-            raise InvalidRequest(f"slot {slot} is out of range")
-        keys, cursor = self.store.scan(prefix, slot, after, limit)
-        return [keys, list(cursor) if cursor is not None else None]
+        """Answer one request's ``[header, key, body]`` (see ``NodeCore.handle``)."""
+        return self.core.handle(frames, epoch)
 
 
 def _serving_primary_in(frames: list[bytes] | None, me: str) -> str | None:
