@@ -22,9 +22,11 @@ from zkv.client._core import (
     NOT_SENT,
     Call,
     ClientCore,
+    Emit,
     Missing,
     Send,
     Sleep,
+    Walk,
     check_ttl,
     key_bytes,
     key_out,
@@ -312,6 +314,123 @@ def test_infinite_timeout(core: ClientCore) -> None:
     except InvalidRequest:
         return  # refusing it would be fine too
     assert request.timeout_ms == protocol.MAX_TIMEOUT_MS
+
+
+# --------------------------------------------------------------------------- walks
+
+
+def _walk(walk: Walk, results: list[Any]) -> tuple[list[Any], list[Request], list[str]]:
+    """Run ``walk`` as a client does, answering its requests in turn with reply frames that
+    carry ``results``; what it emitted, the requests it made, and its steps in order."""
+    emitted: list[Any] = []
+    requests: list[Request] = []
+    steps: list[str] = []
+    result: Any = None
+    while True:
+        try:
+            step = walk.send(result)
+        except StopIteration:
+            assert not results, "the walk ended before every scripted reply was read"
+            return emitted, requests, steps
+        if isinstance(step, Emit):
+            assert step.items, "an empty page emits nothing"
+            emitted.extend(step.items)
+            steps.append("emit")
+            result = None
+        else:
+            request, result = _exchange(step, results.pop(0))
+            requests.append(request)
+            steps.append(request.op.name)
+
+
+def test_walk_keys_pages_through_every_shard(core: ClientCore) -> None:
+    c1, c2 = ["s0", 9, b"user:b"], ["s1", 0, None]
+    emitted, requests, steps = _walk(
+        core.walk_keys("user:"),
+        [
+            [[b"user:a", b"user:b"], c1],
+            [[], c2],  # a short (here empty) page before the end
+            [[b"user:c", b"user:\xff"], None],
+        ],
+    )
+    assert emitted == ["user:a", "user:b", "user:c", b"user:\xff"]  # str, bytes if not UTF-8
+    assert [r.args for r in requests] == [
+        [b"user:", None, KEYS_PAGE],
+        [b"user:", c1, KEYS_PAGE],
+        [b"user:", c2, KEYS_PAGE],
+    ]
+    assert steps == ["KEYS", "emit", "KEYS", "KEYS", "emit"]
+    assert [r.seq for r in requests] == [1, 2, 3]  # a call of its own for each page
+
+
+def test_walk_keys_of_nothing(core: ClientCore) -> None:
+    assert _walk(core.walk_keys(b""), [[[], None]])[0] == []
+    assert _walk(core.walk_keys(b"p"), [[[b"p1"], None]])[0] == ["p1"]
+
+
+def test_walk_items_gets_each_page_once(core: ClientCore) -> None:
+    cursor = ["s2", 100, b"k3"]
+    emitted, requests, steps = _walk(
+        core.walk_items("k"),
+        [
+            [[b"k1", b"k2", b"k3"], cursor],
+            [protocol.pack_value(1), None, protocol.pack_value({"x": [2]})],  # k2 went
+            [[], ["s2", 200, None]],
+            [[b"k\xff"], None],
+            [protocol.pack_value(None)],
+        ],
+    )
+    assert emitted == [("k1", 1), ("k3", {"x": [2]}), (b"k\xff", None)]
+    assert steps == ["KEYS", "MGET", "emit", "KEYS", "KEYS", "MGET", "emit"]  # no MGET of []
+    assert requests[1].args == [[b"k1", b"k2", b"k3"]]
+    assert requests[2].args == [b"k", cursor, KEYS_PAGE]
+    assert requests[4].args == [[b"k\xff"]]
+
+
+def test_walk_values(core: ClientCore) -> None:
+    emitted, _, steps = _walk(
+        core.walk_values(""),
+        [[[b"a", b"b"], None], [protocol.pack_value("A"), protocol.pack_value(["B"])]],
+    )
+    assert emitted == ["A", ["B"]]
+    assert steps == ["KEYS", "MGET", "emit"]
+    # a page whose every key went between the two calls emits nothing
+    emitted, _, steps = _walk(core.walk_values(""), [[[b"a"], None], [None]])
+    assert (emitted, steps) == ([], ["KEYS", "MGET"])
+
+
+@pytest.mark.parametrize("walk", ["walk_keys", "walk_items", "walk_values"])
+def test_walk_timeout_and_consistency_apply_to_every_call(core: ClientCore, walk: str) -> None:
+    make = getattr(core, walk)
+    results: list[Any] = [[[b"a"], ["s0", 1, b"a"]], [[b"b"], None]]
+    if walk != "walk_keys":
+        results = [results[0], [None], results[1], [protocol.pack_value(2)]]
+    _, requests, _ = _walk(make("", timeout=0.75, consistency="eventual"), list(results))
+    assert len(requests) == len(results)
+    assert {(r.timeout_ms, r.consistency) for r in requests} == {(750, Consistency.EVENTUAL)}
+    _, requests, _ = _walk(make(""), [[[], None]])
+    assert (requests[0].timeout_ms, requests[0].consistency) == (2000, Consistency.STRONG)
+
+
+def test_a_walk_is_lazy_and_checks_its_prefix_when_run(core: ClientCore) -> None:
+    walk = core.walk_keys(5)
+    step = next(walk)  # nothing happened before this: the first step is the first page's call
+    assert not isinstance(step, Emit)
+    with pytest.raises(TypeError, match="a zkv key is str or bytes"):
+        next(step)
+    assert _exchange(core.get("k"), None)[0].seq == 1  # no sequence number spent
+
+
+def test_a_walk_stops_when_a_call_fails(core: ClientCore) -> None:
+    walk = core.walk_items("")
+    page = next(walk)
+    assert not isinstance(page, Emit)
+    send, _ = _start(page)
+    with pytest.raises(ServerError, match="node failed"):
+        page.send(protocol.encode_error(send.seq, ServerError("node failed")))
+    walk.close()  # as the drivers do when a call raises: nothing more is asked
+    with pytest.raises(StopIteration):
+        next(walk)
 
 
 # --------------------------------------------------------------------------- errors

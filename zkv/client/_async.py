@@ -26,8 +26,10 @@ from zkv.client._core import (
     NOT_SENT,
     Call,
     ClientCore,
+    Emit,
     Key,
     Send,
+    Walk,
     config_defaults,
 )
 from zkv.client._pipeline import AsyncPipeline
@@ -125,6 +127,23 @@ class AsyncClient:
                     action = next(call)
         except StopIteration as stop:
             return stop.value
+
+    async def _walk(self, walk: Walk) -> AsyncIterator[Any]:
+        """Drive a ``ClientCore`` walk: run each of its calls (one ``_run`` each) and yield
+        the items it emits."""
+        with contextlib.closing(walk):
+            result: Any = None
+            while True:
+                try:
+                    step = walk.send(result)
+                except StopIteration:
+                    return
+                if isinstance(step, Emit):
+                    for item in step.items:
+                        yield item
+                    result = None
+                else:
+                    result = await self._run(step)
 
     async def _exchange(self, send: Send) -> list[bytes] | None:
         sock = self._socket
@@ -276,7 +295,7 @@ class AsyncClient:
         """As ``Client.mput``."""
         await self._run(self._core.mput(mapping, ttl, timeout=timeout, consistency=consistency))
 
-    async def keys(
+    def keys(
         self,
         prefix: Key = "",
         *,
@@ -284,15 +303,7 @@ class AsyncClient:
         consistency: str | None = None,
     ) -> AsyncIterator[Key]:
         """As ``Client.keys``, an async iterator."""
-        cursor: list[Any] | None = None
-        while True:
-            page, cursor = await self.keys_page(
-                prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
-            )
-            for key in page:
-                yield key
-            if cursor is None:
-                return
+        return self._walk(self._core.walk_keys(prefix, timeout=timeout, consistency=consistency))
 
     async def keys_page(
         self,
@@ -309,7 +320,7 @@ class AsyncClient:
         )
         return result
 
-    async def items(
+    def items(
         self,
         prefix: Key = "",
         *,
@@ -317,20 +328,9 @@ class AsyncClient:
         consistency: str | None = None,
     ) -> AsyncIterator[tuple[Key, Any]]:
         """As ``Client.items``, an async iterator."""
-        cursor: list[Any] | None = None
-        while True:
-            page, cursor = await self.keys_page(
-                prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
-            )
-            if page:
-                values = await self.mget(page, timeout=timeout, consistency=consistency)
-                for key in page:
-                    if key in values:
-                        yield key, values[key]
-            if cursor is None:
-                return
+        return self._walk(self._core.walk_items(prefix, timeout=timeout, consistency=consistency))
 
-    async def values(
+    def values(
         self,
         prefix: Key = "",
         *,
@@ -338,8 +338,7 @@ class AsyncClient:
         consistency: str | None = None,
     ) -> AsyncIterator[Any]:
         """As ``Client.values``, an async iterator."""
-        async for _key, value in self.items(prefix, timeout=timeout, consistency=consistency):
-            yield value
+        return self._walk(self._core.walk_values(prefix, timeout=timeout, consistency=consistency))
 
     async def clear(self, *, timeout: float | None = None, consistency: str | None = None) -> None:
         """As ``Client.clear``."""

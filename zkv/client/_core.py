@@ -5,7 +5,12 @@ converts keys and values, matches replies to requests (a reply for another seque
 late from a call that timed out, is dropped), raises the typed error a reply carries, and
 decides retries. Each call is a generator that yields ``Send`` and ``Sleep`` actions and
 receives the reply frames (or None on timeout); ``Client`` drives it with a blocking
-``zmq.Socket``, and an asyncio client can drive the same generator with ``await``.
+``zmq.Socket``, and ``AsyncClient`` drives the same generator with ``await``.
+
+``keys()``, ``items()`` and ``values()`` are walks (``walk_keys`` and its siblings): a
+generator that yields the call of each page (and of that page's values), is sent its result,
+and yields ``Emit`` with what the iterator should hand out; each client runs every call of a
+walk as a call of its own, so that other calls can run between pages.
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ __all__ = [
     "MISSING",
     "Call",
     "ClientCore",
+    "Emit",
     "Key",
     "Missing",
     "Send",
     "Sleep",
+    "Walk",
     "check_ttl",
     "key_bytes",
     "key_out",
@@ -99,6 +106,19 @@ NOT_SENT: Final = [b"not sent"]
 
 Action: TypeAlias = Send | Sleep
 Call: TypeAlias = Generator[Action, list[bytes] | None, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """A step of a walk: hand ``items`` (never empty) to the iterator's user, then go on
+    (send None)."""
+
+    items: list[Any]
+
+
+#: ``keys()``, ``items()`` or ``values()``, sans-IO: yields each ``Call`` to run (and is sent
+#: its result) and ``Emit`` steps (and is sent None); ends when the walk is done.
+Walk: TypeAlias = Generator[Call | Emit, Any, None]
 
 
 def key_bytes(key: Key) -> bytes:
@@ -418,6 +438,36 @@ class ClientCore:
         """One page of keys: ``(keys, next cursor or None)``."""
         keys, cursor = yield from self.call(Op.KEYS, args=[key_bytes(prefix), cursor, limit], **kw)
         return [key_out(k) for k in keys], cursor
+
+    def walk_keys(self, prefix: Key, **kw: Any) -> Walk:
+        """``keys(prefix)``: every key starting with ``prefix``, a page at a time."""
+        return self._walk(prefix, None, **kw)
+
+    def walk_items(self, prefix: Key, **kw: Any) -> Walk:
+        """``items(prefix)``: ``(key, value)`` of every key starting with ``prefix``."""
+        return self._walk(prefix, lambda key, value: (key, value), **kw)
+
+    def walk_values(self, prefix: Key, **kw: Any) -> Walk:
+        """``values(prefix)``: the value of every key starting with ``prefix``."""
+        return self._walk(prefix, lambda _key, value: value, **kw)
+
+    def _walk(self, prefix: Key, pick: Callable[[Key, Any], Any] | None, **kw: Any) -> Walk:
+        """Page through every shard with ``keys_page``; with ``pick``, ``mget`` each page and
+        emit ``pick(key, value)`` for its keys still present, else emit the keys.
+
+        Keys present for the whole walk are emitted exactly once; ``kw`` (``timeout``,
+        ``consistency``) applies to each call.
+        """
+        cursor: list[Any] | None = None
+        while True:
+            page, cursor = yield self.keys_page(prefix, cursor, KEYS_PAGE, **kw)
+            if page and pick is not None:
+                found = yield self.mget(page, **kw)
+                page = [pick(key, found[key]) for key in page if key in found]
+            if page:
+                yield Emit(page)
+            if cursor is None:
+                return
 
     def clear(self, **kw: Any) -> Call:
         """Remove every key in the cluster."""

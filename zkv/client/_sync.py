@@ -12,6 +12,7 @@ each thread its own ``Client``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
@@ -28,8 +29,10 @@ from zkv.client._core import (
     NOT_SENT,
     Call,
     ClientCore,
+    Emit,
     Key,
     Send,
+    Walk,
     config_defaults,
 )
 from zkv.client._pipeline import Pipeline
@@ -135,6 +138,22 @@ class Client(MutableMapping[Key, Any]):
                         action = next(call)
             except StopIteration as stop:
                 return stop.value
+
+    def _walk(self, walk: Walk) -> Iterator[Any]:
+        """Drive a ``ClientCore`` walk: run each of its calls (one ``_run`` each, so other
+        calls may go between pages) and yield the items it emits."""
+        with contextlib.closing(walk):
+            result: Any = None
+            while True:
+                try:
+                    step = walk.send(result)
+                except StopIteration:
+                    return
+                if isinstance(step, Emit):
+                    yield from step.items
+                    result = None
+                else:
+                    result = self._run(step)
 
     def _exchange(self, sock: zmq.Socket[bytes], send: Send) -> list[bytes] | None:
         try:
@@ -285,14 +304,7 @@ class Client(MutableMapping[Key, Any]):
         Yields ``str`` keys (``bytes`` for keys that are not UTF-8). ``timeout`` applies to
         each page. Keys present for the whole walk are yielded exactly once.
         """
-        cursor: list[Any] | None = None
-        while True:
-            page, cursor = self.keys_page(
-                prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
-            )
-            yield from page
-            if cursor is None:
-                return
+        return self._walk(self._core.walk_keys(prefix, timeout=timeout, consistency=consistency))
 
     def keys_page(
         self,
@@ -322,16 +334,7 @@ class Client(MutableMapping[Key, Any]):
         consistency: str | None = None,
     ) -> Iterator[tuple[Key, Any]]:
         """``(key, value)`` for every key starting with ``prefix`` (one ``mget`` per page)."""
-        cursor: list[Any] | None = None
-        while True:
-            page, cursor = self.keys_page(
-                prefix, cursor, KEYS_PAGE, timeout=timeout, consistency=consistency
-            )
-            if page:
-                values = self.mget(page, timeout=timeout, consistency=consistency)
-                yield from ((k, values[k]) for k in page if k in values)
-            if cursor is None:
-                return
+        return self._walk(self._core.walk_items(prefix, timeout=timeout, consistency=consistency))
 
     def values(  # type: ignore[override]
         self,
@@ -341,8 +344,7 @@ class Client(MutableMapping[Key, Any]):
         consistency: str | None = None,
     ) -> Iterator[Any]:
         """The value of every key starting with ``prefix``."""
-        for _key, value in self.items(prefix, timeout=timeout, consistency=consistency):
-            yield value
+        return self._walk(self._core.walk_values(prefix, timeout=timeout, consistency=consistency))
 
     def clear(self, *, timeout: float | None = None, consistency: str | None = None) -> None:
         """Remove every key in the cluster."""
