@@ -4,43 +4,29 @@ It publishes each logged record on the stream (after the turn's log flush, so a 
 never holds a write the primary could lose), a heartbeat when the stream is idle, serves
 snapshots to replicas that ask (walked a few thousand keys per loop turn, and only as fast
 as the replica drains them: the sync socket's small high-water mark pushes back), and holds
-``strong`` replies until every in-sync replica has acknowledged them (``ReplicaSet``).
+``strong`` replies until every in-sync replica has acknowledged them.
+
+This is the socket driver: the frames are ``wire.py``'s, the decisions are the pure cores'
+in ``replication.py`` (``ReplicaSet``: the in-sync set and the held replies; ``Transfers``:
+which snapshot message each syncing replica needs next). The clock is the caller's ``now``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Final
 
-import msgpack
 import zmq
 
-from zkv.node import replication as rep
-from zkv.node.replication import ReplicaSet
+from zkv.errors import RemoteProtocolError
+from zkv.node import wire
+from zkv.node.replication import CHUNK_KEYS, CHUNKS_PER_TURN, ReplicaSet, Sent, Transfers
 from zkv.runtime import Throttle
 from zkv.storage.engine import Store
 
-__all__ = ["Primary"]
+__all__ = ["CHUNKS_PER_TURN", "CHUNK_KEYS", "Primary"]
 
 log = logging.getLogger(__name__)
-
-#: Keys per snapshot chunk sent to a syncing replica.
-CHUNK_KEYS: Final = 2000
-#: Chunks sent per replica per loop turn (the socket's high-water mark may stop it sooner).
-CHUNKS_PER_TURN: Final = 4
-
-
-@dataclass(slots=True)
-class _Transfer:
-    identity: bytes
-    seq: int
-    slots: list[int]
-    pos: int = 0
-    keys: int = 0
-    results_sent: bool = False
-    started: float = field(default_factory=time.monotonic)
 
 
 class Primary:
@@ -56,6 +42,7 @@ class Primary:
         ack_timeout_s: float,
         heartbeat_s: float,
         in_sync: list[str] | None = None,
+        now: float | None = None,
     ) -> None:
         self.store = store
         self.pub = pub
@@ -63,10 +50,10 @@ class Primary:
         self.epoch = epoch
         self.heartbeat_s = heartbeat_s
         self.replicas = ReplicaSet(ack_timeout_s)
-        self.replicas.seed(in_sync or [], time.monotonic())
+        self.replicas.seed(in_sync or [], time.monotonic() if now is None else now)
+        self.snapshots = Transfers()
         self._outbox: list[bytes] = []
         self._outbox_seq = 0  # the sequence number of the first record in the outbox
-        self._transfers: dict[bytes, _Transfer] = {}
         self._last_publish = 0.0
         self._bad = Throttle(log)
 
@@ -89,101 +76,62 @@ class Primary:
         the RESULT record that makes its retry exactly-once always travel together.
         """
         if self._outbox:
-            header = rep.STREAM_HEADER.pack(self.epoch, self._outbox_seq)
-            self.pub.send_multipart([rep.STREAM_RECORD, header, *self._outbox])
+            self.pub.send_multipart(wire.encode_records(self.epoch, self._outbox_seq, self._outbox))
             self._outbox.clear()
             self._last_publish = now
         elif now - self._last_publish >= self.heartbeat_s:
-            self.pub.send_multipart(
-                [rep.STREAM_HEARTBEAT, rep.STREAM_HEADER.pack(self.epoch, self.store.seq)]
-            )
+            self.pub.send_multipart(wire.encode_heartbeat(self.epoch, self.store.seq))
             self._last_publish = now
 
     # ------------------------------------------------------------------ sync channel
 
     def on_sync(self, frames: list[bytes], now: float) -> list[list[bytes]]:
-        """Handle a replica's message; the strong replies it releases."""
-        if len(frames) < 2:
+        """Handle a replica's message (``[identity, *message]``); the strong replies it
+        releases."""
+        try:
+            if len(frames) < 2:
+                raise RemoteProtocolError("a sync message has no frames after the identity")
+            identity, message = frames[0], wire.decode_to_primary(frames[1:])
+        except RemoteProtocolError as exc:
+            self._bad.warning("dropped a sync message: %s", exc)
             return []
-        identity, kind = frames[0], frames[1]
-        if kind == rep.ACK and len(frames) == 4 and len(frames[2]) == rep.SEQ.size:
-            (seq,) = rep.SEQ.unpack(frames[2])
+        if isinstance(message, wire.Ack):
             if identity not in self.replicas.replicas:  # e.g. this primary restarted
-                self.replicas.hello(identity, frames[3].decode("utf-8", "replace"), now)
-            return self.replicas.ack(identity, seq, self.store.seq, now)
-        if kind == rep.HELLO and len(frames) == 3:
-            try:
-                hello = msgpack.unpackb(frames[2], raw=False)
-                name = hello["name"]
-                if not isinstance(name, str):
-                    raise TypeError("name is not a string")
-            except Exception as exc:
-                self._bad.warning("dropped a bad HELLO on the sync socket: %s", exc)
-                return []
-            self.replicas.hello(identity, name, now)
+                self.replicas.hello(identity, message.name, now)
+            return self.replicas.ack(identity, message.seq, self.store.seq, now)
+        if isinstance(message, wire.Hello):
+            self.replicas.hello(identity, message.name, now)
             return []
-        if kind == rep.SNAP and len(frames) == 2:
-            replica = self.replicas.replicas.get(identity)
-            name = replica.name if replica else identity.hex()
-            transfer = _Transfer(identity, self.store.seq, self.store.slot_numbers())
-            self._transfers[identity] = transfer
-            log.info(
-                "sending a snapshot as of seq %d (%d keys) to replica %s",
-                transfer.seq,
-                self.store.held,
-                name,
-            )
-            self._send(identity, [rep.BEGIN, rep.SEQ.pack(transfer.seq)])
-            return []
-        self._bad.warning(
-            "dropped a sync message of kind %r with %d frames", kind[:16], len(frames)
-        )
+        replica = self.replicas.replicas.get(identity)
+        self.snapshots.start(identity, replica.name if replica else identity.hex(), self.store, now)
         return []
 
-    def stream_snapshots(self) -> None:
-        """Send each syncing replica its next chunks, as fast as it drains them."""
-        for identity, transfer in list(self._transfers.items()):
-            for _ in range(CHUNKS_PER_TURN):
-                if transfer.pos >= len(transfer.slots):
-                    if not transfer.results_sent:
-                        results = msgpack.packb(self.store.result_items(), use_bin_type=True)
-                        if not self._send(identity, [rep.RESULTS, results]):
-                            break
-                        transfer.results_sent = True
-                    if self._send(identity, [rep.END, rep.SEQ.pack(transfer.keys)]):
-                        del self._transfers[identity]
-                        log.info(
-                            "snapshot of %d keys sent in %.2f s",
-                            transfer.keys,
-                            time.monotonic() - transfer.started,
-                        )
-                    break
-                flat: list[Any] = []
-                pos = transfer.pos
-                while pos < len(transfer.slots) and len(flat) < CHUNK_KEYS * 3:
-                    flat += self.store.slot_items(transfer.slots[pos])
-                    pos += 1
-                chunk = msgpack.packb(flat, use_bin_type=True)
-                if not self._send(identity, [rep.CHUNK, chunk]):
-                    break  # the replica is behind; try again next turn
-                transfer.pos = pos
-                transfer.keys += len(flat) // 3
+    def stream_snapshots(self, now: float | None = None) -> None:
+        """Send each syncing replica its next messages, as fast as it drains them."""
+        if not self.snapshots:
+            return
+        turn = self.snapshots.turn(self.store, time.monotonic() if now is None else now)
+        try:
+            identity, frames = next(turn)
+            while True:
+                identity, frames = turn.send(self._send(identity, frames))
+        except StopIteration:
+            pass
 
     @property
     def transferring(self) -> bool:
         """Whether a snapshot is being sent."""
-        return bool(self._transfers)
+        return bool(self.snapshots)
 
-    def _send(self, identity: bytes, frames: list[bytes]) -> bool:
+    def _send(self, identity: bytes, frames: list[bytes]) -> Sent:
         try:
             self.sync.send_multipart([identity, *frames], zmq.NOBLOCK)
         except zmq.Again:
-            return False
+            return Sent.FULL
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the replica went away
-            self._transfers.pop(identity, None)
             log.info("replica connection %s is gone: %s", identity.hex(), exc)
-            return False
-        return True
+            return Sent.GONE
+        return Sent.OK
 
     # ------------------------------------------------------------------ strong writes
 

@@ -1,11 +1,11 @@
 """Replica: a shard replica follows its primary's stream, and resyncs by snapshot on a gap.
 
-States: ``idle`` (no primary known yet), ``waiting`` (subscribed; waiting for the first
-stream message, which proves the subscription is live), ``syncing`` (a snapshot is
-arriving; stream records are queued meanwhile), ``following`` (records applied strictly in
-sequence order). A record past the next sequence, or a heartbeat ahead of what the replica
-holds, is a gap: the replica asks for a snapshot again. A replica that already holds the
-primary's sequence when it (re)connects follows at once, without a snapshot.
+This is the socket driver of ``follower.Follower`` (the state machine: which state, when to
+ask for a snapshot, what to apply, when to acknowledge, when a stalled sync starts over):
+it decodes the frames its SUB and DEALER sockets receive (``wire.py``), hands them to the
+follower with the store's sequence number and the time, and carries out the actions it
+gets back, in order: frames to send, records to apply, snapshot file operations,
+connecting and disconnecting.
 
 Applied records go through the node's ``Store`` and ``Persistence`` like any write, so a
 replica is as durable as its primary; it acknowledges its sequence after each loop turn's
@@ -16,24 +16,37 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Final
+from collections.abc import Callable, Iterable
+from typing import Any
 
-import msgpack
 import zmq
 
-from zkv.node import replication as rep
+from zkv.errors import RemoteProtocolError
+from zkv.node import wire
+from zkv.node.follower import (
+    STALL_S,
+    Action,
+    Apply,
+    Connect,
+    Disconnect,
+    Follower,
+    PrimaryAddress,
+    Send,
+    SnapshotAbort,
+    SnapshotBegin,
+    SnapshotChunk,
+    SnapshotEnd,
+    SnapshotResults,
+)
 from zkv.protocol import NodeState
 from zkv.runtime import Throttle
 from zkv.storage.engine import RecordOp, Store
 from zkv.storage.persistence import Persistence
 from zkv.storage.snapshot import SnapshotWriter
 
-__all__ = ["Replica"]
+__all__ = ["STALL_S", "Replica"]
 
 log = logging.getLogger(__name__)
-
-#: A sync that makes no progress for this long starts over (seconds).
-STALL_S: Final = 10.0
 
 
 class Replica:
@@ -48,6 +61,7 @@ class Replica:
         *,
         hwm: int,
         heartbeat_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.store = store
@@ -55,88 +69,183 @@ class Replica:
         self.context = context
         self.hwm = hwm
         self.heartbeat_s = heartbeat_s
-        self.state = NodeState.IDLE
-        self.primary: tuple[str, str, str] | None = None  # name, publish, sync
-        self.primary_seq = 0
+        #: The follow/sync state machine this drives.
+        self.core = Follower(name, heartbeat_s=heartbeat_s)
         self.sub: zmq.Socket[bytes] | None = None
         self.dealer: zmq.Socket[bytes] | None = None
-        self.resyncs = 0
-        #: Resync by snapshot even if the sequence numbers match (a fenced former primary
-        #: may hold writes the new primary never saw).
-        self.force_snapshot = False
-        #: This node cannot log (see ``suspend``): it follows nobody until ``resume``.
-        self.suspended = False
-        self.epoch = 0
-        self._queue: list[tuple[int, bytes]] = []
+        self._clock = clock
         self._writer: SnapshotWriter | None = None
-        self._acked = -1
-        self._last_ack = 0.0
-        self._progress = time.monotonic()
         self._bad = Throttle(log)
 
-    # ------------------------------------------------------------------ connection
+    # ------------------------------------------------------------------ the core's state
 
-    def follow(self, name: str, publish: str, sync: str, epoch: int = 0) -> bool:
+    @property
+    def state(self) -> NodeState:
+        """``idle``, ``waiting``, ``syncing``, ``following`` or ``suspended``."""
+        return self.core.state
+
+    @property
+    def primary(self) -> tuple[str, str, str] | None:
+        """The primary followed: name, stream and sync endpoints (None: not connected)."""
+        return self.core.primary
+
+    @property
+    def epoch(self) -> int:
+        """The shard epoch whose stream is followed."""
+        return self.core.epoch
+
+    @property
+    def suspended(self) -> bool:
+        """Whether this node follows nobody because it cannot log (``suspend``)."""
+        return self.core.suspended
+
+    @property
+    def force_snapshot(self) -> bool:
+        """Resync by snapshot even if the sequence numbers match (a fenced former primary
+        may hold writes the new primary never saw)."""
+        return self.core.force_snapshot
+
+    @force_snapshot.setter
+    def force_snapshot(self, value: bool) -> None:
+        self.core.force_snapshot = value
+
+    @property
+    def resyncs(self) -> int:
+        """Snapshots asked for so far."""
+        return self.core.resyncs
+
+    @property
+    def lag(self) -> int:
+        """Records the primary has that this replica does not (as last heard)."""
+        return self.core.lag(self.store.seq)
+
+    # ------------------------------------------------------------------ events
+
+    def follow(
+        self, name: str, publish: str, sync: str, epoch: int = 0, now: float | None = None
+    ) -> bool:
         """Follow this primary at ``epoch``; True if the sockets changed (re-poll them)."""
-        self.epoch = epoch
-        if self.suspended or self.primary == (name, publish, sync):
-            return False
-        self.close()
-        self.primary = (name, publish, sync)
+        target = PrimaryAddress(name, publish, sync)
+        return self._run(self.core.follow(target, epoch, self.store.seq, self._now(now)), now)
+
+    def suspend(self, why: str, now: float | None = None) -> None:
+        """Stop following while this node cannot log: no records applied, no acks sent, so
+        the primary drops it from the in-sync set; ``resume`` once it can log again (it then
+        catches up, by snapshot if it missed records)."""
+        self._run(self.core.suspend(why, self._now(now)), now)
+
+    def resume(self, now: float | None = None) -> None:
+        """This node can log again: follow the primary the broker names next."""
+        self.core.resume(self._now(now))
+
+    def close(self, now: float | None = None) -> None:
+        """Close the sockets to the primary (and drop an unfinished snapshot)."""
+        self._run(self.core.close(self._now(now)), now)
+        self._disconnect()
+        self._abort()
+
+    def on_stream(self, frames: list[bytes], now: float | None = None) -> None:
+        """Handle one stream message from the primary."""
+        try:
+            message = wire.decode_stream(frames)
+        except RemoteProtocolError as exc:
+            self._bad.warning("dropped a malformed stream message: %s", exc)
+            return
+        self._run(self.core.on_stream(message, self.store.seq, self._now(now)), now)
+
+    def on_sync(self, frames: list[bytes], now: float | None = None) -> None:
+        """Handle a snapshot message from the primary."""
+        try:
+            message = wire.decode_to_replica(frames)
+        except RemoteProtocolError as exc:
+            self._bad.warning("dropped a sync message: %s", exc)
+            return
+        self._run(self.core.on_sync(message, self.store.seq, self._now(now)), now)
+
+    def tick(self, now: float) -> bool:
+        """Acknowledge new records (call after the log flush), and restart a stalled sync.
+
+        True if the sockets changed (a stalled sync reconnected: re-poll them).
+        """
+        return self._run(self.core.tick(self.store.seq, now), now)
+
+    # ------------------------------------------------------------------ actions
+
+    def _now(self, now: float | None) -> float:
+        return self._clock() if now is None else now
+
+    def _run(self, actions: Iterable[Action], now: float | None) -> bool:
+        """Carry out ``actions`` in order; True if the sockets changed.
+
+        If one fails, the rest are not done and the follower is told (it then insists on a
+        snapshot, after ``STALL_S``); the error is raised again for the loop to log.
+        """
+        changed = False
+        try:
+            for action in actions:
+                changed = self._do(action) or changed
+        except Exception as exc:
+            self._run(self.core.failed(f"{type(exc).__name__}: {exc}", self._now(now)), now)
+            raise
+        return changed
+
+    def _do(self, action: Action) -> bool:
+        if isinstance(action, Apply):
+            self.store.replicate(action.seq, action.record)
+        elif isinstance(action, Send):
+            self._send(action.frames)
+        elif isinstance(action, SnapshotChunk):
+            self.store.load(action.flat)
+            self._snapshot_writer().write(action.flat)
+        elif isinstance(action, SnapshotResults):
+            self.store.load_results(action.pairs)
+            self._snapshot_writer().write_results(action.pairs)
+        elif isinstance(action, SnapshotBegin):
+            self._abort()
+            self.store.apply_record((RecordOp.CLEAR,))
+            self.store.begin()  # a rollback of this turn must not undo across the snapshot
+            self._writer = SnapshotWriter(self.persistence.directory, action.seq)
+        elif isinstance(action, SnapshotEnd):
+            writer, self._writer = self._snapshot_writer(), None
+            self.persistence.adopt(writer)
+            self.store.seq = writer.seq
+            self.store.begin()  # the snapshot is on disk: a rollback stops here
+        elif isinstance(action, SnapshotAbort):
+            self._abort()
+        elif isinstance(action, Connect):
+            self._connect(action.primary)
+            return True
+        elif isinstance(action, Disconnect):
+            self._disconnect()
+            return True
+        return False
+
+    def _snapshot_writer(self) -> SnapshotWriter:
+        if self._writer is None:
+            raise RuntimeError("no snapshot is being written")
+        return self._writer
+
+    def _abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+    def _connect(self, primary: PrimaryAddress) -> None:
+        self._disconnect()
         self.sub = self.context.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, self.hwm)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sub.connect(publish)
+        self.sub.connect(primary.publish)
         self.dealer = self.context.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
-        self.dealer.connect(sync)
-        self._send([rep.HELLO, msgpack.packb({"name": self.name, "seq": self.store.seq})])
-        self._enter(NodeState.WAITING)
-        log.info(
-            "following primary %s (stream %s, sync %s) from seq %d",
-            name,
-            publish,
-            sync,
-            self.store.seq,
-        )
-        return True
+        self.dealer.connect(primary.sync)
 
-    def suspend(self, why: str) -> None:
-        """Stop following while this node cannot log: no records applied, no acks sent, so
-        the primary drops it from the in-sync set; ``resume`` once it can log again (it then
-        catches up, by snapshot if it missed records)."""
-        if self.suspended:
-            return
-        log.warning("cannot log (%s): stopped following the primary until it can", why)
-        self.close()
-        self.suspended = True
-        self.state = NodeState.SUSPENDED
-
-    def resume(self) -> None:
-        """This node can log again: follow the primary the broker names next."""
-        if self.suspended:
-            log.info("can log again: following the primary once the broker names it")
-            self.suspended = False
-            self._enter(NodeState.IDLE)
-
-    def close(self) -> None:
-        """Close the sockets to the primary."""
+    def _disconnect(self) -> None:
         for sock in (self.sub, self.dealer):
             if sock is not None:
                 sock.close(linger=0)
         self.sub = self.dealer = None
-        if self._writer is not None:
-            self._writer.abort()
-            self._writer = None
-        self.primary = None
-        self._enter(NodeState.IDLE)
-
-    def _enter(self, state: NodeState) -> None:
-        self.state = state
-        self._progress = time.monotonic()
-        if state != NodeState.SYNCING:
-            self._queue.clear()
 
     def _send(self, frames: list[bytes]) -> None:
         if self.dealer is None:
@@ -145,149 +254,3 @@ class Replica:
             self.dealer.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
             self._bad.warning("sync connection to the primary is full; dropped a message")
-
-    # ------------------------------------------------------------------ stream
-
-    def on_stream(self, frames: list[bytes]) -> None:
-        """Handle one stream message from the primary."""
-        if len(frames) < 2 or len(frames[1]) != rep.STREAM_HEADER.size:
-            self._bad.warning("dropped a malformed stream message")
-            return
-        kind = frames[0]
-        epoch, seq = rep.STREAM_HEADER.unpack(frames[1])
-        if epoch != self.epoch:
-            return  # from a primary of another epoch (a fenced one, or before a failover)
-        if kind == rep.STREAM_RECORD and len(frames) >= 3:
-            for i, payload in enumerate(frames[2:]):  # one turn's records, in order
-                self._on_record(seq + i, payload)
-        elif kind == rep.STREAM_HEARTBEAT and len(frames) == 2:
-            self._on_heartbeat(seq)
-        else:
-            self._bad.warning("dropped a stream message of kind %r", kind[:16])
-
-    def _on_heartbeat(self, seq: int) -> None:
-        self.primary_seq = max(self.primary_seq, seq)
-        if self.state == NodeState.WAITING:
-            if seq == self.store.seq and not self.force_snapshot:
-                self._enter(NodeState.FOLLOWING)
-                log.info("in step with the primary at seq %d; following", self.store.seq)
-            else:
-                self._request_snapshot(f"primary at seq {seq}, this replica at {self.store.seq}")
-        elif self.state == NodeState.FOLLOWING and seq > self.store.seq:
-            self._request_snapshot(f"gap: primary at seq {seq}, this replica at {self.store.seq}")
-        elif self.state == NodeState.FOLLOWING and seq < self.store.seq:
-            # the primary restarted with fewer records than this replica applied (it lost
-            # some it had not fsynced): this replica holds writes the primary does not
-            self.force_snapshot = True
-            self._request_snapshot(
-                f"ahead of the primary: primary at seq {seq}, this replica at {self.store.seq}"
-            )
-
-    def _on_record(self, seq: int, payload: bytes) -> None:
-        self.primary_seq = max(self.primary_seq, seq)
-        if self.state == NodeState.WAITING:
-            if seq == self.store.seq + 1 and not self.force_snapshot:
-                self._enter(NodeState.FOLLOWING)
-                log.info("in step with the primary at seq %d; following", self.store.seq)
-            else:
-                self._request_snapshot(f"primary at seq {seq}, this replica at {self.store.seq}")
-        if self.state == NodeState.SYNCING:
-            self._queue.append((seq, payload))
-        elif self.state == NodeState.FOLLOWING:
-            if seq == self.store.seq + 1:
-                self._apply(seq, payload)
-            elif seq > self.store.seq + 1:
-                self._request_snapshot(f"gap: got record {seq}, expected {self.store.seq + 1}")
-                self._queue.append((seq, payload))
-            else:  # a record it already has: the primary's history differs from its own
-                self.force_snapshot = True
-                self._request_snapshot(f"record {seq} again, this replica at {self.store.seq}")
-
-    def _apply(self, seq: int, payload: bytes) -> None:
-        record_seq, *record = msgpack.unpackb(payload, raw=False, use_list=True)
-        if record_seq != seq:
-            raise ValueError(f"stream header says seq {seq}, record says {record_seq}")
-        self.store.replicate(seq, tuple(record))
-
-    def _request_snapshot(self, why: str) -> None:
-        log.info("requesting a snapshot (%s)", why)
-        self.resyncs += 1
-        self._enter(NodeState.SYNCING)
-        self._send([rep.SNAP])
-
-    # ------------------------------------------------------------------ sync channel
-
-    def on_sync(self, frames: list[bytes]) -> None:
-        """Handle a snapshot message from the primary."""
-        if self.state != NodeState.SYNCING or not frames:
-            return
-        kind = frames[0]
-        self._progress = time.monotonic()
-        if kind == rep.BEGIN and len(frames) == 2 and len(frames[1]) == rep.SEQ.size:
-            (seq,) = rep.SEQ.unpack(frames[1])
-            if self._writer is not None:
-                self._writer.abort()
-            self.store.apply_record((RecordOp.CLEAR,))
-            self.store.begin()  # a rollback of this turn must not undo across the snapshot
-            self._writer = SnapshotWriter(self.persistence.directory, seq)
-        elif kind == rep.CHUNK and len(frames) == 2 and self._writer is not None:
-            flat = msgpack.unpackb(frames[1], raw=False, use_list=True)
-            self.store.load(flat)
-            self._writer.write(flat)
-        elif kind == rep.RESULTS and len(frames) == 2 and self._writer is not None:
-            pairs = msgpack.unpackb(frames[1], raw=False, use_list=True)
-            self.store.load_results(pairs)
-            self._writer.write_results(pairs)
-        elif kind == rep.END and self._writer is not None:
-            writer, self._writer = self._writer, None
-            self.force_snapshot = False
-            self.persistence.adopt(writer)
-            self.store.seq = writer.seq
-            self.store.begin()  # the snapshot is on disk: a rollback stops here
-            queued, self._queue = self._queue, []
-            self._enter(NodeState.FOLLOWING)
-            log.info(
-                "synced %d keys as of seq %d; %d queued records to apply",
-                writer.keys,
-                writer.seq,
-                sum(1 for s, _ in queued if s > writer.seq),
-            )
-            for seq, payload in queued:
-                if seq <= self.store.seq:
-                    continue
-                if seq != self.store.seq + 1:
-                    self._request_snapshot(f"gap in queued records at {seq}")
-                    return
-                self._apply(seq, payload)
-        else:
-            self._bad.warning("dropped a sync message of kind %r", kind[:16])
-
-    # ------------------------------------------------------------------ timers
-
-    def tick(self, now: float) -> None:
-        """Acknowledge new records (call after the log flush), and restart a stalled sync."""
-        if self.dealer is None:
-            return
-        if self.state == NodeState.FOLLOWING and (
-            self.store.seq != self._acked or now - self._last_ack >= self.heartbeat_s
-        ):
-            self._send([rep.ACK, rep.SEQ.pack(self.store.seq), self.name.encode()])
-            self._acked, self._last_ack = self.store.seq, now
-        if (
-            self.state in (NodeState.WAITING, NodeState.SYNCING)
-            and time.monotonic() - self._progress > STALL_S
-        ):
-            primary = self.primary
-            log.warning(
-                "no progress syncing from %s for %g s; reconnecting",
-                primary[0] if primary else "?",
-                STALL_S,
-            )
-            self.close()
-            if primary is not None:
-                self.follow(*primary)
-
-    @property
-    def lag(self) -> int:
-        """Records the primary has that this replica does not (as last heard)."""
-        return max(0, self.primary_seq - self.store.seq)

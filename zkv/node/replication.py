@@ -1,48 +1,58 @@
-"""Replication: the stream and sync messages, and the primary's view of its replicas.
+"""Replication, the primary's side: its view of its replicas and the snapshots it sends.
 
-Pure: no sockets; the clock is passed in. The node's sockets carry these messages.
-
-The stream (primary PUB -> replica SUB), in sequence order::
-
-    [b"R", STREAM_HEADER(epoch, seq), payload...]  one loop turn's records, the first numbered
-                                                   seq: each a log payload [seq, op, *args]
-    [b"H", STREAM_HEADER(epoch, seq)]            heartbeat when idle: "I am at seq"
-
-The sync channel (replica DEALER -> primary ROUTER ``sync``)::
-
-    replica -> primary: [b"HELLO", msgpack {"name", "seq"}]   I follow you
-                        [b"SNAP"]                              send me your state
-                        [b"ACK", SEQ(seq), name]               I applied and logged up to seq
-    primary -> replica: [b"BEGIN", SEQ(S)]                     a snapshot as of S follows
-                        [b"CHUNK", msgpack [key, value, expires_at, ...]]
-                        [b"RESULTS", msgpack [[request id, reply body], ...]]
-                        [b"END", SEQ(keys)]                    then follow the stream from S+1
+Pure: no sockets; the clock is passed in. The messages are defined frame by frame in
+``wire.py`` (their constants are re-exported here); ``primary.py`` drives these cores with
+its sockets, ``follower.py`` is the replica's side.
 
 A replica subscribes first, waits for the first stream message (so its subscription is
 live), then asks for the snapshot and queues the records that keep arriving; at ``END`` it
 drops the queued records at or below S and applies the rest (the ZeroMQ guide's Clone
-pattern). The snapshot is walked over several loop turns while writes go on; it is exact
+pattern). The snapshot is walked over several loop turns while writes go on (``Transfers``:
+which message each syncing replica needs next, only as fast as it takes them); it is exact
 after replaying the records above S, as for compaction (see ``storage/snapshot.py``).
 
 A ``strong`` write is acknowledged once every *in-sync* replica has acknowledged its sequence
-number. A replica joins the in-sync set when it has acknowledged everything the primary has,
-and leaves it when a write waits longer than ``ack_timeout_s`` for it, or when it has been
-silent that long (replicas acknowledge at least once per heartbeat interval).
+number (``ReplicaSet``). A replica joins the in-sync set when it has acknowledged everything
+the primary has, and leaves it when a write waits longer than ``ack_timeout_s`` for it, or
+when it has been silent that long (replicas acknowledge at least once per heartbeat interval).
 """
 
 from __future__ import annotations
 
 import logging
-import struct
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Final
+from enum import Enum
+from typing import Final, Literal, TypeAlias
+
+from zkv.node.wire import (
+    ACK,
+    BEGIN,
+    CHUNK,
+    END,
+    HELLO,
+    RESULTS,
+    SEQ,
+    SNAP,
+    STREAM_HEADER,
+    STREAM_HEARTBEAT,
+    STREAM_RECORD,
+    encode_begin,
+    encode_chunk,
+    encode_end,
+    encode_results,
+)
+from zkv.storage.engine import Store
 
 __all__ = [
     "ACK",
     "BEGIN",
     "CHUNK",
+    "CHUNKS_PER_TURN",
+    "CHUNK_KEYS",
     "END",
     "HELLO",
+    "RESULTS",
     "SEQ",
     "SNAP",
     "STREAM_HEADER",
@@ -50,22 +60,17 @@ __all__ = [
     "STREAM_RECORD",
     "ReplicaSet",
     "ReplicaState",
+    "Sent",
+    "Transfer",
+    "Transfers",
 ]
 
 log = logging.getLogger(__name__)
 
-STREAM_RECORD: Final = b"R"
-STREAM_HEARTBEAT: Final = b"H"
-STREAM_HEADER: Final = struct.Struct(">QQ")
-SEQ: Final = struct.Struct(">Q")
-HELLO: Final = b"HELLO"
-SNAP: Final = b"SNAP"
-ACK: Final = b"ACK"
-BEGIN: Final = b"BEGIN"
-CHUNK: Final = b"CHUNK"
-END: Final = b"END"
-RESULTS: Final = b"RESULTS"
-
+#: Keys per snapshot chunk sent to a syncing replica.
+CHUNK_KEYS: Final = 2000
+#: Chunks sent per replica per loop turn (the socket's high-water mark may stop it sooner).
+CHUNKS_PER_TURN: Final = 4
 
 #: Identity prefix of the placeholder for a seeded replica that has not connected yet.
 _SEED: Final = b"\x00seed:"
@@ -181,3 +186,140 @@ class ReplicaSet:
     def acked(self) -> dict[str, int]:
         """The highest sequence each replica has acknowledged."""
         return {r.name: r.acked for r in self.replicas.values()}
+
+
+# --------------------------------------------------------------------------- snapshots
+
+
+TransferStep: TypeAlias = Literal["begin", "chunks", "results", "end", "done"]
+
+
+class Sent(Enum):
+    """What became of a message the driver was asked to send to a replica."""
+
+    #: Handed to the replica's connection.
+    OK = "ok"
+    #: The connection's queue is full (the replica is behind): try again next turn.
+    FULL = "full"
+    #: The replica's connection is gone: its transfer is dropped.
+    GONE = "gone"
+
+
+@dataclass(slots=True)
+class Transfer:
+    """One snapshot on its way to one replica connection, and the message it needs next.
+
+    ``step`` goes ``begin`` -> ``chunks`` (one ``Store.walk`` step of ``CHUNK_KEYS`` keys
+    each, while writes go on) -> ``results`` -> ``end`` -> ``done``; it moves on only once
+    a message is sent, so a message refused by a full queue is built again next turn.
+    """
+
+    identity: bytes
+    name: str
+    seq: int
+    slots: list[int]
+    started: float
+    step: TransferStep = "begin"
+    pos: int = 0
+    keys: int = 0
+    _resume: int = 0
+    _pending_keys: int = 0
+
+    def next_message(self, store: Store, chunk_keys: int) -> list[bytes]:
+        """The frames to send next (after ``done``: none to send; do not call)."""
+        if self.step == "begin":
+            return encode_begin(self.seq)
+        if self.step == "chunks":
+            flat, self._resume = store.walk(self.slots, self.pos, chunk_keys)
+            self._pending_keys = len(flat) // 3
+            return encode_chunk(flat)
+        if self.step == "results":
+            return encode_results(store.result_items())
+        return encode_end(self.keys)
+
+    def sent(self) -> None:
+        """The message ``next_message`` gave last went out: move on."""
+        if self.step == "begin":
+            self.step = "chunks" if self.slots else "results"
+        elif self.step == "chunks":
+            self.pos, self.keys = self._resume, self.keys + self._pending_keys
+            if self.pos >= len(self.slots):
+                self.step = "results"
+        elif self.step == "results":
+            self.step = "end"
+        else:
+            self.step = "done"
+
+    @property
+    def done(self) -> bool:
+        """Whether END went out."""
+        return self.step == "done"
+
+
+class Transfers:
+    """The snapshots a primary is sending, one per syncing replica connection.
+
+    ``turn`` is a generator, like the client core's calls: it yields ``(identity, frames)``
+    to send and is told by the driver how that went (``Sent``). Each turn sends each
+    replica at most ``chunks_per_turn`` chunks, and stops at the first one its queue
+    refuses, so a snapshot goes only as fast as the replica takes it.
+    """
+
+    def __init__(self, chunk_keys: int = CHUNK_KEYS, chunks_per_turn: int = CHUNKS_PER_TURN):
+        self.chunk_keys = chunk_keys
+        self.chunks_per_turn = chunks_per_turn
+        self._active: dict[bytes, Transfer] = {}
+
+    def start(self, identity: bytes, name: str, store: Store, now: float) -> Transfer:
+        """Begin a snapshot of ``store`` as of now for ``identity`` (replacing any it had)."""
+        transfer = Transfer(identity, name, store.seq, store.slot_numbers(), now)
+        self._active[identity] = transfer
+        log.info(
+            "sending a snapshot as of seq %d (%d keys) to replica %s",
+            transfer.seq,
+            store.held,
+            name,
+        )
+        return transfer
+
+    def get(self, identity: bytes) -> Transfer | None:
+        """The transfer in progress to ``identity``, if any."""
+        return self._active.get(identity)
+
+    def drop(self, identity: bytes) -> None:
+        """Forget the transfer to ``identity`` (its connection is gone)."""
+        self._active.pop(identity, None)
+
+    def __bool__(self) -> bool:
+        """Whether any snapshot is being sent."""
+        return bool(self._active)
+
+    def __len__(self) -> int:
+        """How many snapshots are being sent."""
+        return len(self._active)
+
+    def turn(self, store: Store, now: float) -> Generator[tuple[bytes, list[bytes]], Sent, None]:
+        """This loop turn's messages: yields ``(identity, frames)``, is sent a ``Sent``."""
+        for identity, transfer in list(self._active.items()):
+            chunks = 0
+            while True:
+                if transfer.step == "chunks":
+                    if chunks >= self.chunks_per_turn:
+                        break
+                    chunks += 1
+                result = yield identity, transfer.next_message(store, self.chunk_keys)
+                if result is Sent.GONE:
+                    self.drop(identity)
+                    break
+                if result is not Sent.OK:
+                    break  # the replica is behind; try again next turn
+                transfer.sent()
+                if transfer.done:
+                    self.drop(identity)
+                    log.info(
+                        "snapshot of %d keys sent to replica %s in %.2f s",
+                        transfer.keys,
+                        transfer.name,
+                        now - transfer.started,
+                    )
+                    break
