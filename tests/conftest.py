@@ -2,7 +2,8 @@
 
 Every process binds port 0 and writes its bound endpoints to a ready file, which the
 fixture waits for (no port races, no sleeps). Teardown stops every process by PID
-(SIGTERM, wait, SIGKILL), even when the test failed.
+(SIGTERM, wait, SIGKILL), even when the test failed, and a cluster whose start-up fails
+part-way stops what it had started before the error reaches the test.
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def ttl_left(ttl: float | None, seconds: float, since: float) -> bool:
+    """Whether ``ttl`` can be what is left of a TTL of ``seconds`` set after ``since`` (a
+    ``time.monotonic()`` reading): at most ``seconds``, and at least ``seconds`` less the
+    time elapsed since ``since``, however long that was (no bound on the test's speed)."""
+    if ttl is None:
+        return False
+    elapsed = time.monotonic() - since
+    return seconds - elapsed - 0.05 <= ttl <= seconds
 
 
 def cluster_doc(
@@ -144,6 +155,20 @@ class Cluster:
         self.tmp = tmp
         self.shards = shards
         self.clients: list[zkv.Client] = []
+        self.procs: dict[str, Proc] = {}
+        try:
+            self._start(tmp, shards, lazy, overrides)
+        except BaseException:
+            self.stop()  # whatever did start: a failed start-up leaks no process
+            raise
+
+    def _start(
+        self,
+        tmp: Path,
+        shards: dict[str, list[str]],
+        lazy: tuple[str, ...],
+        overrides: dict[str, Any],
+    ) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         doc = cluster_doc(
             shards,
@@ -154,7 +179,6 @@ class Cluster:
         )
         self.broker_config = tmp / "broker.yaml"
         self.broker_config.write_text(yaml.safe_dump(doc))
-        self.procs: dict[str, Proc] = {}
         broker = self._proc("broker", ["broker", "--config", str(self.broker_config)])
         broker.start()
         endpoints = broker.wait_ready()
@@ -219,7 +243,7 @@ class Cluster:
         with zkv.Client(self.endpoint, timeout_s=2.0) as kv:
             return {n["name"]: n for n in kv.cluster_status()["nodes"]}
 
-    def wait_alive(self, names: list[str], alive: bool = True, timeout: float = 10.0) -> None:
+    def wait_alive(self, names: list[str], alive: bool = True, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -241,10 +265,20 @@ class Cluster:
             self.wait_alive([name])
 
     def stop(self) -> None:
+        """Stop every process started, by PID; one that resists does not spare the others."""
+        errors: list[BaseException] = []
         for kv in self.clients:
-            kv.close()
+            try:
+                kv.close()
+            except Exception as exc:
+                errors.append(exc)
         for proc in reversed(list(self.procs.values())):
-            proc.stop()
+            try:
+                proc.stop()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def logs(self) -> str:
         return "\n".join(
@@ -305,8 +339,14 @@ def cluster_factory(tmp_path: Path) -> Iterator[Any]:
     try:
         yield make
     finally:
-        for cluster in clusters:
-            cluster.stop()
+        errors: list[BaseException] = []
+        for cluster in clusters:  # every one, even if stopping another failed
+            try:
+                cluster.stop()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,8 @@ def test_client_keeps_working_across_broker_kill_and_restart(cluster_factory: An
             while not stop.is_set() and i < 5000:
                 key = f"r{i}"
                 try:
-                    kv.put(key, i, timeout=2.0)
+                    # resent until answered across the restart, however long that takes
+                    kv.put(key, i, timeout=10.0)
                     acked[key] = i
                 except zkv.Timeout:
                     unknown.append(key)
@@ -42,17 +43,15 @@ def test_client_keeps_working_across_broker_kill_and_restart(cluster_factory: An
     worker = threading.Thread(target=load)
     worker.start()
     try:
-        time.sleep(0.5)
+        c.wait_for(lambda: len(acked) > 10 or errors, "writes before the kill")
         before = len(acked)
         c.procs["broker"].signal(signal.SIGKILL)
-        time.sleep(0.5)  # the broker stays down for a while
+        time.sleep(0.5)  # the broker stays down for a while (no check depends on how long)
         c.procs["broker"].start()
         c.procs["broker"].wait_ready()
         c.wait_alive(["s0a", "s1a", "s2a"])  # nodes re-register from their heartbeats
         after_restart = len(acked)
-        deadline = time.monotonic() + 15
-        while len(acked) < after_restart + 100 and time.monotonic() < deadline and not errors:
-            time.sleep(0.05)
+        c.wait_for(lambda: len(acked) >= after_restart + 100 or errors, "writes after it")
     finally:
         stop.set()
         worker.join(30)

@@ -245,9 +245,11 @@ def test_acknowledged_writes_survive_sigkill_under_load(
         for _ in range(kills):
             progress = acked() + 200  # writes go on between kills
             wait_for(lambda p=progress: acked() >= p or errors, 20, "writes to progress")
+            # killed at a random point of the stream, down for a random while (jitter:
+            # no check depends on either)
             time.sleep(rng.uniform(0.0, 0.4))
             kill_node(c, victim)
-            time.sleep(rng.uniform(0.0, 0.3))  # down for a while
+            time.sleep(rng.uniform(0.0, 0.3))
             start_node(c, victim)
         progress = acked() + 200
         wait_for(lambda: acked() >= progress or errors, 20, "writes after the last restart")
@@ -410,8 +412,8 @@ def test_corruption_mid_log_refuses_to_start_until_repaired(cluster_factory: Any
     started = time.monotonic()
     proc.start()
     assert proc.popen is not None
-    assert proc.popen.wait(15) != 0
-    assert time.monotonic() - started < 10
+    assert proc.popen.wait(30) != 0  # it exits by itself: no hang
+    print(f"the node refused to start after {time.monotonic() - started:.2f} s")
     output = log_since(proc, mark)
     lines = [ln for ln in output.splitlines() if ln.strip()]
     assert "Traceback" not in output, output
@@ -533,7 +535,9 @@ def test_compaction_under_load_keeps_every_latest_value(
 def test_ttls_expire_and_stay_expired_across_restart(cluster_factory: Any) -> None:
     c = cluster_factory({"s0": ["s0a"]})
     kv = c.client(timeout_s=10.0)
-    short_ttl, down_ttl, long_ttl = 2.0, 5.0, 60.0
+    # TTLs that pass during the test, and one far too long to: each phase waits for its TTLs
+    # to pass, and no key's TTL is running out while the test checks that it is still there
+    short_ttl, down_ttl, long_ttl = 1.0, 1.0, 3600.0
     groups = {
         name: {f"ttl:{name}:{i}": f"{name}{i}" for i in range(n)}
         for name, n in [
@@ -548,24 +552,21 @@ def test_ttls_expire_and_stay_expired_across_restart(cluster_factory: Any) -> No
         ]
     }
     short = ["get", "mget", "exists", "scan", "unread"]
-    kv.mput(groups["forever"])
+    every = {k: v for g in groups.values() for k, v in g.items()}
+    # every key first without a TTL: the status is seen to count them all, however slowly
+    kv.mput(every)
+    assert mget_all(kv, list(groups["get"])) == groups["get"]
+    wait_for(lambda: c.status()["s0a"]["keys"] == len(every), 10, "the status to count all")
     long_before = time.time()
     for k, v in groups["long"].items():
         kv.put(k, v, ttl=long_ttl)
     long_after = time.time()
-    down_sent = time.time()
-    kv.mput(groups["down"], ttl=down_ttl)
-    down_done = time.time()
     for name in short:
         kv.mput(groups[name], ttl=short_ttl)
     short_done = time.time()
-    every = {k: v for g in groups.values() for k, v in g.items()}
-    assert mget_all(kv, list(groups["get"])) == groups["get"]
-    wait_for(lambda: c.status()["s0a"]["keys"] == len(every), 1.5, "the status to count all")
 
-    # past the short TTL
-    wait_for(lambda: time.time() > short_done + short_ttl + 0.05, 5, "short TTLs to pass")
-    assert time.time() < down_sent + down_ttl, "too slow: the 'down' keys expired already"
+    # past the short TTL (expiry times are on this wall clock: the node's is the same one)
+    wait_for(lambda: time.time() > short_done + short_ttl + 0.05, 10, "short TTLs to pass")
     for k in groups["get"]:
         assert kv.get(k) is None
     assert kv.mget(list(groups["mget"])) == {}
@@ -573,11 +574,13 @@ def test_ttls_expire_and_stay_expired_across_restart(cluster_factory: Any) -> No
     assert list(kv.keys("ttl:scan:")) == []
     # the unread ones are reclaimed by the sweep: the node holds only the others
     survivors = len(groups["down"]) + len(groups["long"]) + len(groups["forever"])
-    wait_for(lambda: c.status()["s0a"]["keys"] == survivors, 5, "the sweep")
+    wait_for(lambda: c.status()["s0a"]["keys"] == survivors, 10, "the sweep")
     assert mget_all(kv, list(groups["down"])) == groups["down"]
-    assert time.time() < down_sent + down_ttl, "too slow: the 'down' keys expired already"
 
-    # crash; the 'down' keys expire while the node is down
+    # crash; the 'down' keys expire while the node is down (if it is slow to go down, they
+    # expire just before: the restart must drop them all the same)
+    kv.mput(groups["down"], ttl=down_ttl)
+    down_done = time.time()
     kill_node(c, "s0a")
     wait_for(lambda: time.time() > down_done + down_ttl + 0.05, 10, "down TTLs to pass")
     start_node(c, "s0a")
@@ -588,7 +591,7 @@ def test_ttls_expire_and_stay_expired_across_restart(cluster_factory: Any) -> No
     assert mget_all(kv, list(alive)) == alive
     assert sorted(kv.keys("ttl:")) == sorted(alive)
     assert not any(kv.exists(k) for k in groups["down"])
-    wait_for(lambda: c.status()["s0a"]["keys"] == len(alive), 5, "the sweep after restart")
+    wait_for(lambda: c.status()["s0a"]["keys"] == len(alive), 10, "the sweep after restart")
     for k in groups["long"]:
         asked = time.time()
         left = kv.ttl(k)
@@ -598,7 +601,7 @@ def test_ttls_expire_and_stay_expired_across_restart(cluster_factory: Any) -> No
         # somewhere in [asked, answered]
         assert long_before + long_ttl - answered - 0.05 <= left, (left, k)
         assert left <= long_after + long_ttl - asked + 0.05, (left, k)
-        assert left < long_ttl - (down_ttl - short_ttl)  # time did pass
+        assert left < long_ttl - down_ttl  # time did pass: the down TTL, at least
     for k in groups["forever"]:
         assert kv.ttl(k) is None
 
@@ -723,14 +726,26 @@ def test_retried_write_is_answered_with_its_first_outcome_after_restart(
                 pass
         return False
 
+    # the broker counts each client request as it takes it (and routes it at once); a probe
+    # of its own STATUS requests tells how many others it took: one probe, one request
+    probe = c.client(timeout_s=5.0)
+    probes = 0
+
+    def broker_took_others() -> int:
+        nonlocal probes
+        probes += 1
+        return int(probe.cluster_status()["broker"]["requests"]) - probes
+
     # the node is paused when the create reaches it and the broker is gone when it answers:
     # the create is applied, its reply is lost, and the client sends it again later
     node.signal(signal.SIGSTOP)
     mark = log_mark(node)
     worker = threading.Thread(target=create)
+    took = broker_took_others()
     worker.start()
     try:
-        time.sleep(0.5)  # the broker forwards it to the paused node (not observable)
+        # the broker took the create, so it forwarded it to the paused node
+        wait_for(lambda: broker_took_others() > took, 10, "the broker to take the create")
         broker.signal(signal.SIGKILL)
         node.signal(signal.SIGCONT)
         wait_for(logged, 10, "the create to be applied and logged (was it forwarded?)")

@@ -40,10 +40,22 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def zkv_process(pid: int) -> bool:
+    """Whether ``pid`` is alive and still a zkv process (not a number since reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: trust the number
+        return pid_alive(pid)
+    return b"zkv" in cmdline
+
+
 class Up:
     """A `zkv up` process and the config it runs."""
 
     def __init__(self, tmp: Path, **overrides: Any) -> None:
+        self.tmp = tmp
         self.clients = f"tcp://127.0.0.1:{free_port()}"
         doc = cluster_doc(
             {"s0": ["s0a"], "s1": ["s1a"]},
@@ -66,8 +78,7 @@ class Up:
             # no --config: `zkv up` reads config/local.yaml from its working directory
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "zkv", "up"], cwd=tmp, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.tmp = tmp
+            )  # the last step: nothing after it can fail and leave the launcher running
 
     def wait_for(self, text: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -83,6 +94,18 @@ class Up:
         with zkv.Client(self.clients, timeout_s=2.0) as kv:
             return {n["name"]: n for n in kv.cluster_status()["nodes"]}
 
+    def children(self) -> set[int]:
+        """The PIDs of the launcher's children, from its state file (read as it is: a
+        launcher that died left it behind) and from the broker."""
+        pids: set[Any] = set()
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            raw = json.loads((self.tmp / "data" / LAUNCHER_FILE).read_text())
+            pids |= {p.get("pid") for p in raw["processes"].values()}
+        if self.proc.poll() is None:  # else its broker is gone too: no need to wait for that
+            with contextlib.suppress(zkv.ZkvError):
+                pids |= {n["pid"] for n in self.status().values()}
+        return {pid for pid in pids if type(pid) is int and pid > 0}
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -97,16 +120,13 @@ class Up:
 def up(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Up]:
     """`zkv up` in ``tmp_path``; indirect parametrization adds top-level config sections."""
     launcher = Up(tmp_path, **getattr(request, "param", {}))
-    pids: list[int] = []
     try:
         yield launcher
     finally:
-        if launcher.proc.poll() is None:  # else nothing answers: no need to wait for that
-            with contextlib.suppress(zkv.ZkvError):
-                pids = [n["pid"] for n in launcher.status().values() if n["pid"]]
+        pids = launcher.children()
         launcher.stop()
         for pid in pids:  # never leave a child behind, even when the test failed
-            if pid_alive(pid):
+            if zkv_process(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -170,7 +190,7 @@ def test_up_gives_up_on_a_child_that_keeps_crashing(
     # hold s1a's publish port so every restart fails to bind
     with socket.socket() as blocker:
         blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        wait_until(lambda: not pid_alive(pid), 5, "s1a to die")
+        wait_until(lambda: not pid_alive(pid), 15, "s1a to die")
         blocker.bind(("127.0.0.1", up.ports[("s1a", "publish")]))
         blocker.listen()
         up.wait_for("giving up on it", timeout=15)
@@ -251,10 +271,15 @@ def test_stderr_tap_drains_forwards_and_ends(capfd: pytest.CaptureFixture[str]) 
         "sys.stderr.write('done, no newline')\n"
     )
     child = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
-    assert child.stderr is not None
-    tap = StderrTap("n1", child.stderr)
-    assert child.wait(10) == 0
-    assert tap.join(5), "the reader thread did not end when the pipe closed"
+    try:
+        assert child.stderr is not None
+        tap = StderrTap("n1", child.stderr)
+        assert child.wait(30) == 0
+        assert tap.join(30), "the reader thread did not end when the pipe closed"
+    finally:
+        if child.poll() is None:  # a failed check leaves no child behind
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(10)
     assert tap.error == "zkv: node n1 cannot start: nope"
     err = capfd.readouterr().err
     assert err.count("\n") == 4001 and "line 3999 " in err
