@@ -222,8 +222,8 @@ class Transfer:
     step: TransferStep = "begin"
     pos: int = 0
     keys: int = 0
-    _resume: int = 0
-    _pending_keys: int = 0
+    _resume: int = field(default=0, init=False, repr=False)
+    _pending_keys: int = field(default=0, init=False, repr=False)
 
     def next_message(self, store: Store, chunk_keys: int) -> list[bytes]:
         """The frames to send next (after ``done``: none to send; do not call)."""
