@@ -568,3 +568,14 @@ def test_rollback_undoes_a_turn_of_every_kind_of_change(clock: FakeClock) -> Non
     store.commit()
     store.rollback()  # nothing open: nothing undone
     assert store.get(b"z") == b"kept"
+
+
+def test_reset_forgets_keys_and_write_outcomes_but_clear_keeps_outcomes() -> None:
+    store = Store(16384)
+    store.put(b"a", b"1", ttl=100)
+    store.emit((RecordOp.RESULT, b"rid", b"body"))
+    store.clear()
+    assert len(store) == 0 and store.results.get(b"rid") == b"body"  # retries stay once-only
+    store.put(b"b", b"2")
+    store.reset()
+    assert len(store) == 0 and store.data_bytes == 0 and not store.results

@@ -79,7 +79,7 @@ class Sim:
                 self.connected = None
             elif isinstance(action, SnapshotBegin):
                 assert self.writing is None
-                self.store.apply_record((RecordOp.CLEAR,))
+                self.store.reset()
                 self.writing = action.seq
             elif isinstance(action, SnapshotChunk):
                 assert self.writing is not None
@@ -488,4 +488,28 @@ def test_the_driver_tells_the_follower_when_a_snapshot_cannot_be_written(
     replica.on_sync(wire.encode_chunk([b"a", b"1", None]), now=0.3)  # ignored, no error
     assert replica.tick(0.3 + STALL_S + 0.001) is True  # reconnected: re-poll the sockets
     assert replica.state == NodeState.WAITING
+    persistence.close()
+
+
+def test_a_resync_forgets_the_write_outcomes_of_the_history_it_gives_up(
+    tmp_path: Path,
+) -> None:
+    """A write this node applied in a history it gives up (it was primary, its last writes
+    never reached the shard) must not answer that write's retry after the resync: the
+    retry would be acknowledged although the write is not there."""
+    replica, store, persistence, _context = _replica(tmp_path)
+    store.emit((RecordOp.RESULT, b"rid-lost", b"\xc3"))  # applied here, never replicated
+    store.emit((RecordOp.RESULT, b"rid-kept", b"\xc2"))
+    replica.follow(*P, epoch=2, now=0.0)
+    replica.on_stream(wire.encode_heartbeat(2, 9), now=0.1)  # behind: a snapshot
+    for frames in (
+        wire.encode_begin(9),
+        wire.encode_chunk([b"a", b"1", None]),
+        wire.encode_results([[b"rid-kept", b"\xc2"]]),  # the shard's outcomes
+        wire.encode_end(1),
+    ):
+        replica.on_sync(frames, now=0.2)
+    assert store.results.get(b"rid-lost") is None
+    assert store.results.get(b"rid-kept") == b"\xc2"
+    replica.close()
     persistence.close()

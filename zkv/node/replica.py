@@ -40,7 +40,7 @@ from zkv.node.follower import (
 )
 from zkv.protocol import NodeState
 from zkv.runtime import Throttle
-from zkv.storage.engine import RecordOp, Store
+from zkv.storage.engine import Store
 from zkv.storage.persistence import Persistence
 from zkv.storage.snapshot import SnapshotWriter
 
@@ -202,7 +202,7 @@ class Replica:
             self._snapshot_writer().write_results(action.pairs)
         elif isinstance(action, SnapshotBegin):
             self._abort()
-            self.store.apply_record((RecordOp.CLEAR,))
+            self.store.reset()  # a stale write outcome must not answer a retry later
             self.store.begin()  # a rollback of this turn must not undo across the snapshot
             self._writer = SnapshotWriter(self.persistence.directory, action.seq)
         elif isinstance(action, SnapshotEnd):

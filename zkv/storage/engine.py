@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from enum import IntEnum
 from typing import Any, Final
 
-from zkv.errors import KeyNotFound
+from zkv.errors import KeyNotFound, show_key
 from zkv.slots import slot_of
 
 __all__ = ["Record", "RecordOp", "Store"]
@@ -247,6 +247,19 @@ class Store:
         """``[request id, reply body]`` of each remembered write outcome, oldest first."""
         return [[rid, body] for rid, body in self.results.items()]
 
+    def reset(self) -> None:
+        """Forget everything: keys, expiry times and the outcomes of past writes.
+
+        For a store about to receive a whole snapshot in place of its own history (a
+        replica's resync). Unlike a CLEAR record (the ``clear`` operation), which removes the
+        keys but keeps the outcomes for exactly-once retries, this drops the outcomes too: a
+        write this node applied in a history it is giving up may never have reached the
+        shard, and answering its retry with that outcome would acknowledge a write that is
+        not there. The snapshot brings the outcomes of the history it stands for.
+        """
+        self.apply_record((RecordOp.CLEAR,))
+        self.results.clear()
+
     def load_results(self, pairs: list[list[bytes]]) -> None:
         """Remember write outcomes from a snapshot (no records, no listeners)."""
         for rid, body in pairs:
@@ -319,7 +332,7 @@ class Store:
         Raises ``KeyNotFound`` when the key is absent or expired.
         """
         if self._lookup(key) is None:
-            raise KeyNotFound(f"key {_show(key)} not found", key=key)
+            raise KeyNotFound(f"key {show_key(key)} not found", key=key)
         expires_at = self._expires.get(key)
         return None if expires_at is None else max(0.0, expires_at - self.clock())
 
@@ -438,10 +451,3 @@ class Store:
     def next_expiry(self) -> float | None:
         """The earliest expiry time pending in the heap, if any."""
         return self._heap[0][0] if self._heap else None
-
-
-def _show(key: bytes) -> str:
-    try:
-        return repr(key[:64].decode("utf-8"))
-    except UnicodeDecodeError:
-        return repr(key[:64])

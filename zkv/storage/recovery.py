@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from zkv.errors import StorageCorrupted
-from zkv.storage.engine import RecordOp, Store
+from zkv.storage.engine import Store
 from zkv.storage.log import FRAME_HEADER, LOG_MAGIC, fsync_dir, scan_file, segments
 from zkv.storage.records import RecordError, decode_record
 from zkv.storage.snapshot import load_snapshot, snapshots
@@ -92,7 +92,7 @@ def _load_snapshot(directory: Path, store: Store, report: Recovery) -> list[_Bad
                 else:
                     store.load(chunk)
         except StorageCorrupted as exc:
-            store.apply_record((RecordOp.CLEAR,))  # drop what a bad snapshot half-loaded
+            store.reset()  # drop what a bad snapshot half-loaded
             bad = _BadSnapshot(seq, path, _reason(exc, path), _offset_of(exc))
             skipped.append(bad)
             message = f"skipped snapshot {path}: {bad.reason}"
