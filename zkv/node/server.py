@@ -38,6 +38,7 @@ from zkv.errors import (
     Unavailable,
     ZkvError,
 )
+from zkv.node import wire
 from zkv.node.core import NodeCore
 from zkv.node.primary import Primary
 from zkv.node.replica import Replica
@@ -52,7 +53,6 @@ __all__ = ["Node"]
 log = logging.getLogger(__name__)
 
 #: A stream message carries one loop turn's records, one frame each.
-STREAM_MAX_FRAMES: Final = 1_000_000
 #: How often the active expiry sweep runs (seconds).
 SWEEP_INTERVAL_S: Final = 0.1
 #: The most messages handled per socket per loop turn before timers get a look-in.
@@ -269,7 +269,7 @@ class Node:
             sock.close(linger=0)
         return None
 
-    def _become_primary(self, epoch: int, in_sync: list[str]) -> None:
+    def _become_primary(self, epoch: int, in_sync: list[str], now: float) -> None:
         if self.replica is not None:
             self.replica.close()
             self.replica = None
@@ -282,6 +282,7 @@ class Node:
                 heartbeat_s=self.config.heartbeat.interval_s,
                 ack_timeout_s=self.config.replication.ack_timeout_s,
                 in_sync=in_sync,
+                now=now,
             )
             self.persistence.tap = self.primary.record
         self.primary.epoch = epoch
@@ -385,7 +386,7 @@ class Node:
         replica = self.replica
         if replica is not None:
             if replica.sub is not None and replica.sub in ready:
-                turn.stream = self._read(replica.sub, STREAM_MAX_FRAMES)
+                turn.stream = self._read(replica.sub, wire.MAX_STREAM_FRAMES)
             if replica.dealer is not None and replica.dealer in ready:
                 turn.replica_sync = self._read(replica.dealer)
         if self._sync_sock in ready:
@@ -413,8 +414,8 @@ class Node:
         self.store.begin()  # this turn's changes stand only once they are logged
         replica = self.replica
         if replica is not None:
-            self._each(turn.stream, replica.on_stream)
-            self._each(turn.replica_sync, replica.on_sync)
+            self._each(turn.stream, lambda f: replica.on_stream(f, now))
+            self._each(turn.replica_sync, lambda f: replica.on_sync(f, now))
         core = self.core
         core.epoch = self.epoch
         core.replica_state = replica.state if replica is not None else None
@@ -450,9 +451,9 @@ class Node:
             self._each(turn.primary_sync, lambda f: released.extend(primary.on_sync(f, now)))
             released += primary.tick(now)
             turn.replies += [(r, False) for r in released]
-            primary.stream_snapshots()
-        elif replica is not None:
-            replica.tick(now)
+            primary.stream_snapshots(now)
+        elif replica is not None and replica.tick(now):
+            self._poll = self._poller()  # a stalled sync reconnected: poll its new sockets
 
     def _respond(self, turn: _Turn, now: float) -> None:
         """Send the replies; a strong write's waits for the in-sync replicas."""
@@ -467,7 +468,7 @@ class Node:
         self.persistence.maybe_compact(self.store)
         changed = False
         for body in turn.beats:  # role changes take effect here, at the turn's end
-            changed = self._on_broker_heartbeat(body) or changed
+            changed = self._on_broker_heartbeat(body, now) or changed
         if now >= self._next_heartbeat or self._beat_now:
             replica = self.replica
             if self.persistence.check(self.store.seq + 1) == "ok" and replica and replica.suspended:
@@ -511,7 +512,7 @@ class Node:
                     poller.register(sock, zmq.POLLIN)
         return poller
 
-    def _on_broker_heartbeat(self, body: bytes) -> bool:
+    def _on_broker_heartbeat(self, body: bytes, now: float) -> bool:
         """Take the role and epoch the broker names, and follow the primary it names.
 
         True if sockets changed (the loop then polls anew).
@@ -537,7 +538,7 @@ class Node:
             )
         changed = False
         if role == Role.PRIMARY and (self.role != Role.PRIMARY or epoch != self.epoch):
-            self._become_primary(epoch, in_sync)
+            self._become_primary(epoch, in_sync, now)
             self._beat_now = changed = True
         elif role == Role.REPLICA and (self.role != Role.REPLICA or epoch != self.epoch):
             self._become_replica(epoch)
@@ -548,7 +549,7 @@ class Node:
             except KeyError as exc:
                 self._bad.warning("dropped a malformed broker heartbeat: %s", exc)
                 return changed
-            changed = self.replica.follow(*target, epoch=epoch) or changed
+            changed = self.replica.follow(*target, epoch=epoch, now=now) or changed
         return changed
 
     def _read(self, sock: zmq.Socket[bytes], max_frames: int = MAX_FRAMES) -> list[list[bytes]]:
