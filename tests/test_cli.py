@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import free_port, ttl_left
 
+import zkv
 from zkv.cli import main
 
 
@@ -26,7 +28,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_put_get_del_keys(cluster: Any, capsys: pytest.CaptureFixture[str]) -> None:
     ep = ["--connect", cluster.endpoint]
-    assert run(capsys, "put", "cli:a", "hello", *ep)[0] == 0
+    assert run(capsys, "put", "cli:a", "hello", *ep)[:2] == (0, "OK\n")
     code, out, _ = run(capsys, "get", "cli:a", *ep)
     assert (code, json.loads(out)) == (0, "hello")
     assert run(capsys, "put", "cli:j", '{"n": [1, 2.5, null]}', "--json", *ep)[0] == 0
@@ -37,12 +39,11 @@ def test_put_get_del_keys(cluster: Any, capsys: pytest.CaptureFixture[str]) -> N
     code, out, _ = run(capsys, "keys", "cli:", *ep)
     assert code == 0
     assert sorted(out.split()) == ["cli:a", "cli:j", "cli:num"]
-    assert run(capsys, "del", "cli:a", *ep)[0] == 0
+    assert run(capsys, "del", "cli:a", *ep)[:2] == (0, "1\n")
     code, out, err = run(capsys, "get", "cli:a", *ep)
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "not found" in err
-    code, _, err = run(capsys, "del", "cli:a", *ep)
-    assert code == 1 and "not found" in err
+    assert run(capsys, "del", "cli:a", *ep)[:2] == (0, "0\n")  # as redis-cli: how many
 
 
 def test_put_with_ttl(cluster: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -83,12 +84,156 @@ def test_bad_config_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 2 and "no such config file" in err and err.count("\n") == 1
 
 
-def test_unavailable_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(
-        capsys, "get", "k", "--connect", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.3"
-    )
-    assert code == 3
-    assert err.startswith("zkv: cluster unavailable") and err.count("\n") == 1
+def test_unreachable_cluster_exit_3_within_about_a_second(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    port = free_port()
+    for endpoint, timeout in (
+        (f"tcp://127.0.0.1:{port}", []),
+        (f"127.0.0.1:{port}", ["--timeout", "0.3"]),
+    ):
+        started = time.monotonic()
+        code, out, err = run(capsys, "get", "k", "--connect", endpoint, *timeout)
+        assert time.monotonic() - started < 2.5
+        assert (code, out) == (3, "")
+        assert err == (
+            f"zkv: cannot reach the cluster at tcp://127.0.0.1:{port} (is it running? start it "
+            "with `zkv up`, or point --connect at it)\n"
+        )
+
+
+def test_bad_endpoint_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("nonsense", "tcp://127.0.0.1", "127.0.0.1:99999", "udp://h:1"):
+        code, _, err = run(capsys, "get", "k", "--connect", bad)
+        assert code == 2, bad
+        assert err.startswith(f"zkv: bad endpoint {bad!r}") and err.count("\n") == 1, err
+
+
+def test_values_and_keys_starting_with_a_dash(
+    cluster: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ep = ["--connect", cluster.endpoint.removeprefix("tcp://")]  # HOST:PORT works too
+    assert run(capsys, "put", "cli:dash", "-x", *ep)[:2] == (0, "OK\n")
+    assert run(capsys, "get", "cli:dash", *ep)[:2] == (0, '"-x"\n')
+    assert run(capsys, "put", "-k", "--v", *ep)[:2] == (0, "OK\n")
+    assert run(capsys, *ep, "get", "-k")[:2] == (2, "")  # options come after the command
+    assert run(capsys, "get", "-k", *ep)[:2] == (0, '"--v"\n')
+    assert run(capsys, "put", "cli:dd", *ep, "--", "-y")[:2] == (0, "OK\n")
+    assert run(capsys, "get", "cli:dd", *ep)[:2] == (0, '"-y"\n')
+    assert run(capsys, "put", "cli:neg", "-5", "--json", *ep)[0] == 0
+    assert run(capsys, "get", "cli:neg", *ep)[:2] == (0, "-5\n")
+
+
+def test_data_commands(cluster: Any, capsys: pytest.CaptureFixture[str], monkeypatch: Any) -> None:
+    ep = ["--connect", cluster.endpoint]
+    assert run(capsys, "put", "cli:m1", "one", *ep)[0] == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("from stdin\n"))
+    assert run(capsys, "put", "cli:m2", "-", *ep)[:2] == (0, "OK\n")
+    code, out, err = run(capsys, "get", "cli:m1", "cli:nope", "cli:m2", *ep)
+    assert (code, out) == (1, '"one"\n\n"from stdin"\n')
+    assert "cli:nope" in err and "not found" in err
+    assert run(capsys, "get", "cli:m1", "cli:m2", *ep)[:2] == (0, '"one"\n"from stdin"\n')
+    assert run(capsys, "del", "cli:m1", "cli:m2", "cli:nope", *ep)[:2] == (0, "2\n")
+
+    assert run(capsys, "create", "cli:c", "v", *ep)[:2] == (0, "OK\n")
+    code, _, err = run(capsys, "create", "cli:c", "w", *ep)
+    assert code == 2 and "exists" in err
+    assert run(capsys, "put", "cli:n", "1", "--json", *ep)[0] == 0
+    assert run(capsys, "cas", "cli:n", "1", "2", "--json", *ep)[:2] == (0, "OK\n")
+    assert run(capsys, "cas", "cli:n", "1", "3", "--json", *ep)[0] == 1
+    assert run(capsys, "get", "cli:n", *ep)[1] == "2\n"
+
+    assert run(capsys, "mput", '{"cli:x": 1, "cli:y": [true, null]}', *ep)[:2] == (0, "OK\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO('{"cli:z": {"$b64": "/w=="}}'))
+    assert run(capsys, "mput", *ep)[:2] == (0, "OK\n")
+    assert run(capsys, "get", "cli:y", "cli:z", *ep)[1] == '[true, null]\n{"$b64": "/w=="}\n'
+    assert run(capsys, "mput", "[1]", *ep)[0] == 2
+
+    assert run(capsys, "exists", "cli:x", *ep)[:2] == (0, "1\n")
+    assert run(capsys, "exists", "cli:nope", *ep)[:2] == (1, "0\n")
+    assert run(capsys, "ttl", "cli:x", *ep)[:2] == (0, "-1\n")
+    assert run(capsys, "ttl", "cli:nope", *ep)[0] == 1
+    assert run(capsys, "expire", "cli:x", "100", *ep)[:2] == (0, "OK\n")
+    assert 99 < float(run(capsys, "ttl", "cli:x", *ep)[1]) <= 100
+    assert run(capsys, "expire", "cli:nope", "100", *ep)[0] == 1
+    code, out, _ = run(capsys, "count", *ep)
+    assert code == 0 and int(out) >= 5
+
+    code, out, _ = run(capsys, "keys", "cli:", "--limit", "2", *ep)
+    assert code == 0 and len(out.splitlines()) == 2
+    with zkv.Client(cluster.endpoint) as kv:
+        kv[b"cli:\xff"] = 1
+    code, out, _ = run(capsys, "keys", "cli:", *ep)
+    assert '{"$b64": "Y2xpOv8="}' in out.splitlines()
+
+    code, _, err = run(capsys, "put", "cli:j", "NaN", "--json", *ep)
+    assert code == 2 and "NaN is not JSON" in err and err.count("\n") == 1
+    assert run(capsys, "put", "cli:j", "1e999", "--json", *ep)[0] == 2
+
+    code, out, _ = run(capsys, "status", "--json", *ep)
+    assert code == 0 and {n["name"] for n in json.loads(out)["nodes"]} >= {"s0a", "s1a"}
+
+    code, _, err = run(capsys, "clear", *ep)  # stdin is not a terminal here
+    assert code == 2 and "--yes" in err
+    assert run(capsys, "exists", "cli:y", *ep)[0] == 0
+
+
+def test_clear_yes(cluster_factory: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    c = cluster_factory({"s0": ["s0a"]})
+    with c.client() as kv:
+        kv.mput({f"k{i}": i for i in range(10)})
+    assert run(capsys, "clear", "--yes", "--connect", c.endpoint)[:2] == (0, "OK\n")
+    assert run(capsys, "count", "--connect", c.endpoint)[:2] == (0, "0\n")
+
+
+def test_broken_pipe_is_quiet(cluster: Any) -> None:
+    with zkv.Client(cluster.endpoint) as kv:
+        kv.mput({f"cli:pipe:{i:06}": i for i in range(6000)})
+    for command in (["keys", "cli:pipe:"], ["status"]):
+        with subprocess.Popen(
+            [sys.executable, "-m", "zkv", *command, "--connect", cluster.endpoint],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout.readline()
+            proc.stdout.close()  # as `| head -1` does
+            err = proc.stderr.read().decode()
+            code = proc.wait(timeout=30)
+        assert err == "", err
+        assert code in (0, 141)
+
+
+def test_config_discovery(
+    cluster: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("ZKV_CONFIG", raising=False)
+    code, _, err = run(capsys, "count")
+    assert code == 2 and err.count("\n") == 1
+    assert "$ZKV_CONFIG" in err and "./config/local.yaml" in err
+    assert str(tmp_path / ".config/zkv/config.yaml") in err
+    user = tmp_path / ".config" / "zkv" / "config.yaml"
+    user.parent.mkdir(parents=True)
+    user.write_text(Path(cluster.config).read_text())
+    assert run(capsys, "count")[0] == 0  # ~/.config/zkv/config.yaml
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "local.yaml").write_text("cluster: [")
+    assert run(capsys, "count")[0] == 2  # ./config/local.yaml comes first, and is bad
+    monkeypatch.setenv("ZKV_CONFIG", str(cluster.config))
+    assert run(capsys, "count")[0] == 0  # $ZKV_CONFIG before it
+    code, _, err = run(capsys, "count", "--config", str(tmp_path / "none.yaml"))
+    assert code == 2 and "no such config file" in err
+
+
+def test_check_missing_folder_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "check", "--data", str(tmp_path / "nosuch"))
+    assert (code, out) == (2, "")
+    assert err == f"zkv: {tmp_path / 'nosuch'}: no such folder\n"
 
 
 def test_entry_points_run(cluster: Any) -> None:

@@ -53,7 +53,7 @@ def zkv_process(pid: int) -> bool:
 class Up:
     """A `zkv up` process and the config it runs."""
 
-    def __init__(self, tmp: Path, **overrides: Any) -> None:
+    def __init__(self, tmp: Path, shadow: bool = False, **overrides: Any) -> None:
         self.tmp = tmp
         self.clients = f"tcp://127.0.0.1:{free_port()}"
         doc = cluster_doc(
@@ -73,10 +73,15 @@ class Up:
         (tmp / "config").mkdir()
         (tmp / "config" / "local.yaml").write_text(yaml.safe_dump(doc))
         self.log = tmp / "up.log"
+        argv = [sys.executable, "-m", "zkv", "up"]
+        if shadow:  # a folder named zkv where `zkv up` runs must not be imported as zkv
+            (tmp / "zkv").mkdir()
+            (tmp / "zkv" / "__init__.py").write_text("raise ImportError('the bogus zkv')\n")
+            argv.insert(1, "-P")  # as the `zkv` script runs: the cwd is not on sys.path
         with open(self.log, "wb") as log:
             # no --config: `zkv up` reads config/local.yaml from its working directory
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "zkv", "up"], cwd=tmp, stdout=log, stderr=subprocess.STDOUT
+                argv, cwd=tmp, stdout=log, stderr=subprocess.STDOUT
             )  # the last step: nothing after it can fail and leave the launcher running
 
     def wait_for(self, text: str, timeout: float = 20.0) -> None:
@@ -125,6 +130,22 @@ def up(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Up]:
         pids = launcher.children()
         launcher.stop()
         for pid in pids:  # never leave a child behind, even when the test failed
+            if zkv_process(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_up_children_ignore_a_zkv_folder_in_the_working_directory(tmp_path: Path) -> None:
+    launcher = Up(tmp_path, shadow=True)
+    try:
+        launcher.wait_for("Clients connect to", timeout=30)
+        assert "bogus" not in launcher.output()
+        with zkv.Client(launcher.clients, timeout_s=5.0) as kv:
+            kv.put("shadow", 1)
+            assert kv.get("shadow") == 1
+    finally:
+        pids = launcher.children()
+        launcher.stop()
+        for pid in pids:
             if zkv_process(pid):
                 os.kill(pid, signal.SIGKILL)
 

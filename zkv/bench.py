@@ -75,6 +75,16 @@ def load_keys(config: BenchConfig) -> None:
             kv.mput({f"bench:{i}": value for i in range(first, last)})
 
 
+def remove_bench_keys(config: BenchConfig) -> None:
+    """Delete the ``bench:*`` keys the run wrote (``zkv bench`` does, unless ``--keep``)."""
+    with Client(config.endpoint, timeout_s=config.timeout_s) as kv:
+        for first in range(0, config.keys, LOAD_BATCH):
+            with kv.pipeline() as p:
+                for i in range(first, min(first + LOAD_BATCH, config.keys)):
+                    p.delete(f"bench:{i}")
+                p.execute()
+
+
 def _worker(
     config: BenchConfig,
     seed: int,

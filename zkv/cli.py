@@ -15,8 +15,10 @@ unavailable or timed out; every failure prints one line on stderr.
 from __future__ import annotations
 
 import argparse
-import base64
+import io
 import json
+import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +29,7 @@ import zmq
 from zkv import __version__
 from zkv.config import load_config
 from zkv.errors import (
+    ClientClosed,
     ConfigError,
     FolderLocked,
     KeyNotFound,
@@ -39,6 +42,33 @@ from zkv.errors import (
 __all__ = ["main"]
 
 DEFAULT_CONFIG: Final = "config/local.yaml"
+USER_CONFIG: Final = "~/.config/zkv/config.yaml"
+CONFIG_HELP: Final = (
+    f"cluster YAML file (default: $ZKV_CONFIG, else ./{DEFAULT_CONFIG}, else {USER_CONFIG})"
+)
+#: Commands whose positionals may start with "-" (a key or a value).
+_VALUE_COMMANDS: Final = frozenset(
+    {"put", "create", "cas", "mput", "get", "del", "exists", "ttl", "expire", "keys"}
+)
+_EXAMPLES: Final = {
+    "up": "example:\n  zkv up --config config/local.yaml",
+    "put": 'examples:\n  zkv put user:1 Ada\n  zkv put user:1 \'{"name": "Ada"}\' --json --ttl 60'
+    "\n  echo hello | zkv put greeting -",
+    "create": "example:\n  zkv create lock:job1 worker-7 --ttl 30",
+    "cas": "example:\n  zkv cas counter 1 2 --json",
+    "mput": 'examples:\n  zkv mput \'{"a": 1, "b": "two"}\'\n  zkv mput < batch.json',
+    "get": "example:\n  zkv get user:1 user:2",
+    "del": "example:\n  zkv del user:1 user:2",
+    "exists": "example:\n  zkv exists user:1",
+    "ttl": "example:\n  zkv ttl session:9",
+    "expire": "example:\n  zkv expire session:9 600",
+    "count": "example:\n  zkv count --connect 127.0.0.1:7400",
+    "clear": "example:\n  zkv clear --yes",
+    "keys": "example:\n  zkv keys user: --limit 10",
+    "status": "examples:\n  zkv status\n  zkv status --json",
+    "bench": "example:\n  zkv bench --workload mixed --threads 4 --seconds 10",
+    "failover": "example:\n  zkv failover s0 --to s0b",
+}
 EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
@@ -49,15 +79,29 @@ class _UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``zkv`` command; returns the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(
+        _positionals_last(parser, list(sys.argv[1:] if argv is None else argv))
+    )
+    args.kv = None
     try:
         status: int = args.run(args)
+        sys.stdout.flush()
         return status
+    except BrokenPipeError:  # `zkv keys | head`: the reader went away; end quietly
+        _silence_stdout()
+        return 141  # as a shell reports a command killed by SIGPIPE
     except KeyNotFound as exc:
         return _fail(str(exc), EXIT_MISSING)
     except (ConfigError, _UsageError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except TransportError as exc:
+        kv = args.kv
+        if kv is not None and not kv.reached and not isinstance(exc, ClientClosed):
+            return _fail(
+                f"cannot reach the cluster at {kv.endpoint} (is it running? start it with "
+                "`zkv up`, or point --connect at it)",
+                EXIT_UNAVAILABLE,
+            )
         return _fail(f"cluster unavailable: {exc}", EXIT_UNAVAILABLE)
     except RequestError as exc:
         return _fail(str(exc), EXIT_USAGE)
@@ -65,6 +109,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
         return 130
+    finally:
+        if args.kv is not None:
+            args.kv.close()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush does not fail again (what
+    Python's documentation recommends for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+
+
+def _positionals_last(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with a data command's positionals moved after ``--``, so a key or value that
+    starts with ``-`` (``zkv put k -x``) is taken as one, not as an unknown option."""
+    if not argv or argv[0] not in _VALUE_COMMANDS or "-h" in argv or "--help" in argv:
+        return argv
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    actions = subparsers.choices[argv[0]]._option_string_actions
+    options: list[str] = []
+    positionals: list[str] = []
+    rest = iter(argv[1:])
+    for token in rest:
+        if token == "--":
+            positionals.extend(rest)
+            break
+        name = token.partition("=")[0]
+        action = actions.get(name)
+        if action is None or token == "-":
+            positionals.append(token)
+            continue
+        options.append(token)
+        if action.nargs != 0 and "=" not in token:
+            value = next(rest, None)
+            if value is not None:
+                options.append(value)
+    return [argv[0], *options, "--", *positionals]
 
 
 def _fail(message: str, status: int) -> int:
@@ -82,22 +166,26 @@ def _parser() -> argparse.ArgumentParser:
     def command(
         name: str, run: Callable[[argparse.Namespace], int], help_: str, process: bool = False
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=_EXAMPLES.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(run=run)
         if process:
-            p.add_argument(
-                "--config",
-                default=DEFAULT_CONFIG,
-                help=f"cluster YAML file (default {DEFAULT_CONFIG})",
-            )
+            p.add_argument("--config", help=CONFIG_HELP)
             p.add_argument(
                 "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
             )
         else:
             target = p.add_mutually_exclusive_group()
-            target.add_argument("--config", help=f"cluster YAML file (default {DEFAULT_CONFIG})")
+            target.add_argument("--config", help=CONFIG_HELP)
             target.add_argument(
-                "--connect", metavar="ENDPOINT", help="broker endpoint, e.g. tcp://127.0.0.1:7400"
+                "--connect",
+                metavar="ENDPOINT",
+                help="broker endpoint, HOST:PORT or tcp://HOST:PORT, e.g. 127.0.0.1:7400",
             )
             p.add_argument(
                 "--timeout",
@@ -130,18 +218,43 @@ def _parser() -> argparse.ArgumentParser:
         help="cut the log at the first bad record (what follows is lost)",
     )
 
-    p = command("put", _put, "set a key")
+    p = command("put", _put, "set a key (prints OK)")
     p.add_argument("key")
-    p.add_argument("value", help="a string, or JSON with --json")
+    p.add_argument("value", help="a string, or JSON with --json; - reads it from stdin")
     p.add_argument("--ttl", type=float, metavar="S", help="expire after S seconds")
     p.add_argument("--json", action="store_true", help="parse VALUE as JSON")
-    p = command("get", _get, "print a key's value as JSON")
+    p = command("create", _create, "set a key only if it is absent (prints OK)")
     p.add_argument("key")
-    p = command("del", _del, "delete a key")
+    p.add_argument("value", help="a string, or JSON with --json; - reads it from stdin")
+    p.add_argument("--ttl", type=float, metavar="S", help="expire after S seconds")
+    p.add_argument("--json", action="store_true", help="parse VALUE as JSON")
+    p = command("cas", _cas, "set KEY to NEW if its value is OLD (prints OK, or exits 1)")
     p.add_argument("key")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--json", action="store_true", help="parse OLD and NEW as JSON")
+    p = command("mput", _mput, "set many keys from one JSON object (prints OK)")
+    p.add_argument("object", nargs="?", default="-", help="a JSON object; - or none: stdin")
+    p.add_argument("--ttl", type=float, metavar="S", help="expire after S seconds")
+    p = command("get", _get, "print each key's value as JSON, one line each")
+    p.add_argument("key", nargs="+")
+    p = command("del", _del, "delete keys; prints how many were present")
+    p.add_argument("key", nargs="+")
+    p = command("exists", _exists, "print 1 if the key is present, else 0 (and exit 1)")
+    p.add_argument("key")
+    p = command("ttl", _ttl, "print the seconds before a key expires (-1: no TTL)")
+    p.add_argument("key")
+    p = command("expire", _expire, "expire a key after S seconds (0 deletes it)")
+    p.add_argument("key")
+    p.add_argument("seconds", type=float)
+    command("count", _count, "print the number of keys in the cluster")
+    p = command("clear", _clear, "delete every key in the cluster")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p = command("keys", _keys, "list keys, one per line")
     p.add_argument("prefix", nargs="?", default="")
-    command("status", _status, "show every node of the cluster")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N keys")
+    p = command("status", _status, "show every node of the cluster")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
     p = command("bench", _bench, "measure throughput and latency of a running cluster")
     p.add_argument("--workload", choices=["get", "put", "mixed"], default="get")
     p.add_argument("--read-ratio", type=float, default=0.9, help="share of reads in mixed")
@@ -153,6 +266,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--consistency", choices=["strong", "eventual"])
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--keep", action="store_true", help="keep the bench:* keys afterwards")
     p = command("failover", _failover, "move a shard's primary role to a replica, losing no write")
     p.add_argument("shard")
     p.add_argument(
@@ -171,7 +285,7 @@ def _up(args: argparse.Namespace) -> int:
     from zkv.runtime import configure_logging
 
     configure_logging("up", args.log_level)
-    path = Path(args.config)
+    path = config_path(args.config)
     return Launcher(load_config(path), path, args.log_level).run()
 
 
@@ -180,7 +294,7 @@ def _broker(args: argparse.Namespace) -> int:
     from zkv.runtime import configure_logging, on_stop_signals
 
     configure_logging("broker", args.log_level)
-    broker = Broker(load_config(args.config), ready_file=args.ready_file)
+    broker = Broker(load_config(config_path(args.config)), ready_file=args.ready_file)
     on_stop_signals(broker.stop)
     return _serve(broker.run, "broker")
 
@@ -190,7 +304,7 @@ def _node(args: argparse.Namespace) -> int:
     from zkv.runtime import configure_logging, on_stop_signals
 
     configure_logging(args.name, args.log_level)
-    node = Node(load_config(args.config), args.name, ready_file=args.ready_file)
+    node = Node(load_config(config_path(args.config)), args.name, ready_file=args.ready_file)
     on_stop_signals(node.stop)
     return _serve(node.run, f"node {args.name}")
 
@@ -204,7 +318,7 @@ def _http(args: argparse.Namespace) -> int:
     from zkv.runtime import configure_logging, write_ready_file
 
     configure_logging("http", args.log_level)
-    config = load_config(args.config)
+    config = load_config(config_path(args.config))
     host = config.http.host
 
     def ready(port: int) -> None:
@@ -312,6 +426,24 @@ def _pid(pid: int | None) -> str:
 # ---------------------------------------------------------------------------- data
 
 
+def config_path(given: str | None) -> Path:
+    """The config file: ``--config``, else ``$ZKV_CONFIG``, else ``./config/local.yaml``,
+    else ``~/.config/zkv/config.yaml``; ``ConfigError`` listing where it looked."""
+    if given:
+        return Path(given)
+    env = os.environ.get("ZKV_CONFIG")
+    if env:
+        return Path(env)
+    candidates = [Path(DEFAULT_CONFIG), Path(USER_CONFIG).expanduser()]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        "no config file found; looked for --config, $ZKV_CONFIG (not set), "
+        f"./{DEFAULT_CONFIG} and {candidates[1]}; pass --config FILE or --connect HOST:PORT"
+    )
+
+
 def _client(args: argparse.Namespace) -> Any:
     from zkv.client import Client
 
@@ -321,53 +453,186 @@ def _client(args: argparse.Namespace) -> Any:
             raise _UsageError("--timeout must be a positive number of seconds")
         kwargs["timeout_s"] = args.timeout
     if args.connect:
-        return Client(args.connect, **kwargs)
-    return Client.from_config(args.config or DEFAULT_CONFIG, **kwargs)
+        args.kv = Client(args.connect, **kwargs)
+    else:
+        args.kv = Client.from_config(config_path(args.config), **kwargs)
+    return args.kv
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text} is out of the range of a double")
+    return number
+
+
+def _reject(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (zkv stores only finite numbers)")
+
+
+def _json_value(text: str, what: str) -> Any:
+    """``text`` parsed as a JSON value zkv can store (no NaN or Infinity; ``{"$b64": ...}``
+    is bytes, as in the HTTP API)."""
+    from zkv.http.codec import value_from_json
+
+    try:
+        doc = json.loads(text, parse_float=_finite, parse_constant=_reject)
+    except RecursionError:
+        raise _UsageError(f"{what} is nested too deeply") from None
+    except ValueError as exc:
+        raise _UsageError(f"{what} is not valid JSON: {exc}") from None
+    return value_from_json(doc, what)
+
+
+def _dumps(value: Any) -> str:
+    """A stored value as one line of JSON (bytes as ``{"$b64": ...}``)."""
+    from zkv.http.codec import value_to_json
+
+    return json.dumps(value_to_json(value), ensure_ascii=False, allow_nan=False)
+
+
+def _show_key(key: Any) -> str:
+    from zkv.http.codec import key_to_json
+
+    shown = key_to_json(key)
+    return shown if isinstance(shown, str) else json.dumps(shown)
+
+
+def _value_arg(text: str, as_json: bool, what: str = "VALUE") -> Any:
+    if text == "-":
+        text = sys.stdin.read()
+        if not as_json:
+            text = text.removesuffix("\n")
+    return _json_value(text, what) if as_json else text
 
 
 def _put(args: argparse.Namespace) -> int:
-    value: Any = args.value
-    if args.json:
-        try:
-            value = json.loads(args.value)
-        except json.JSONDecodeError as exc:
-            raise _UsageError(f"VALUE is not valid JSON: {exc}") from None
-    with _client(args) as kv:
-        kv.put(args.key, value, ttl=args.ttl)
+    value = _value_arg(args.value, args.json)
+    _client(args).put(args.key, value, ttl=args.ttl)
+    print("OK")
+    return EXIT_OK
+
+
+def _create(args: argparse.Namespace) -> int:
+    value = _value_arg(args.value, args.json)
+    _client(args).create(args.key, value, ttl=args.ttl)
+    print("OK")
+    return EXIT_OK
+
+
+def _cas(args: argparse.Namespace) -> int:
+    old = _value_arg(args.old, args.json, "OLD")
+    new = _value_arg(args.new, args.json, "NEW")
+    if _client(args).cas(args.key, old, new):
+        print("OK")
+        return EXIT_OK
+    return _fail(f"{args.key}: the value is not OLD (or the key is missing); not set", 1)
+
+
+def _mput(args: argparse.Namespace) -> int:
+    mapping = _value_arg(args.object, True, "OBJECT")
+    if not isinstance(mapping, dict):
+        raise _UsageError("OBJECT must be a JSON object of keys and values")
+    if mapping:
+        _client(args).mput(mapping, ttl=args.ttl)
+    print("OK")
     return EXIT_OK
 
 
 def _get(args: argparse.Namespace) -> int:
-    with _client(args) as kv:
-        value = kv[args.key]
-    print(json.dumps(value, default=_json_default, ensure_ascii=False))
-    return EXIT_OK
+    kv = _client(args)
+    if len(args.key) == 1:
+        print(_dumps(kv[args.key[0]]))
+        return EXIT_OK
+    found = kv.mget(args.key)
+    missing = [key for key in args.key if key not in found]
+    for key in args.key:
+        print(_dumps(found[key]) if key in found else "")  # an empty line: missing
+    sys.stdout.flush()
+    for key in missing:
+        print(f"zkv: key {key!r} not found", file=sys.stderr)
+    return EXIT_MISSING if missing else EXIT_OK
 
 
 def _del(args: argparse.Namespace) -> int:
-    with _client(args) as kv:
-        del kv[args.key]
+    kv = _client(args)
+    if len(args.key) == 1:
+        deleted = int(kv.delete(args.key[0]))
+    else:
+        with kv.pipeline() as p:
+            for key in args.key:
+                p.delete(key)
+            deleted = sum(map(bool, p.execute()))
+    print(deleted)
+    return EXIT_OK
+
+
+def _exists(args: argparse.Namespace) -> int:
+    present = _client(args).exists(args.key)
+    print(int(present))
+    return EXIT_OK if present else EXIT_MISSING
+
+
+def _ttl(args: argparse.Namespace) -> int:
+    kv = _client(args)
+    ttl = kv.ttl(args.key)
+    if ttl is None:
+        if not kv.exists(args.key):
+            raise KeyNotFound(f"key {args.key!r} not found")
+        print(-1)
+    else:
+        print(f"{ttl:.3f}")
+    return EXIT_OK
+
+
+def _expire(args: argparse.Namespace) -> int:
+    if not _client(args).expire(args.key, args.seconds):
+        raise KeyNotFound(f"key {args.key!r} not found")
+    print("OK")
+    return EXIT_OK
+
+
+def _count(args: argparse.Namespace) -> int:
+    print(_client(args).count())
+    return EXIT_OK
+
+
+def _clear(args: argparse.Namespace) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise _UsageError("clear deletes every key: pass --yes to confirm (no terminal)")
+        kv = _client(args)
+        answer = input(f"delete all {kv.count()} keys of the cluster at {kv.endpoint}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not cleared")
+            return EXIT_OK
+    _client(args).clear()
+    print("OK")
     return EXIT_OK
 
 
 def _keys(args: argparse.Namespace) -> int:
-    with _client(args) as kv:
-        for key in kv.keys(args.prefix):
-            print(key if isinstance(key, str) else repr(key))
+    if args.limit is not None and args.limit < 0:
+        raise _UsageError("--limit must be 0 or more")
+    kv = _client(args)
+    for shown, key in enumerate(kv.keys(args.prefix)):
+        if args.limit is not None and shown >= args.limit:
+            break
+        print(_show_key(key))
     return EXIT_OK
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from zkv.bench import BenchConfig, report, run_bench
+    from zkv.bench import BenchConfig, remove_bench_keys, report, run_bench
 
     for name in ("keys", "value_size", "threads", "processes", "pipeline"):
         if getattr(args, name) < 1:
             raise _UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if not args.seconds > 0 or not 0 <= args.read_ratio <= 1:
         raise _UsageError("--seconds must be positive and --read-ratio between 0 and 1")
-    with _client(args) as kv:
-        kv.cluster_status()  # fail fast, with exit 3, if nothing answers
-        endpoint = kv.endpoint
+    kv = _client(args)
+    kv.cluster_status()  # fail fast, with exit 3, if nothing answers
+    endpoint = kv.endpoint
     config = BenchConfig(
         endpoint=endpoint,
         workload=args.workload,
@@ -380,14 +645,17 @@ def _bench(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         consistency=args.consistency,
     )
-    result = run_bench(config, show_progress=not args.json)
+    try:
+        result = run_bench(config, show_progress=not args.json and sys.stderr.isatty())
+    finally:
+        if not args.keep:
+            remove_bench_keys(config)
     print(report(config, result, args.json))
     return EXIT_OK
 
 
 def _failover(args: argparse.Namespace) -> int:
-    with _client(args) as kv:
-        result = kv.failover(args.shard, args.to, timeout=args.timeout)
+    result = _client(args).failover(args.shard, args.to, timeout=args.timeout)
     print(
         f"shard {result['shard']}: {result['primary']} is the primary now (epoch {result['epoch']})"
     )
@@ -395,8 +663,14 @@ def _failover(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    with _client(args) as kv:
-        status = kv.cluster_status()
+    status = _client(args).cluster_status()
+    if args.json:
+        from zkv.http.codec import value_to_json
+
+        print(
+            json.dumps(status, default=value_to_json, ensure_ascii=False, allow_nan=False, indent=2)
+        )
+        return EXIT_OK
     columns = [
         "name",
         "shard",
@@ -464,9 +738,3 @@ def _bytes(count: Any) -> str:
             return f"{value:.1f} {unit}"
         value /= 1000
     return f"{value:.1f} PB"
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return {"$b64": base64.b64encode(value).decode("ascii")}
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

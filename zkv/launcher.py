@@ -215,7 +215,8 @@ class Launcher:
         self._run_dir = Path(tempfile.mkdtemp(prefix="zkv-up-"))
         self._states: dict[str, ProcessState] = {}
         self._state_write_failed = False
-        base = [sys.executable, "-m", "zkv"]
+        # -P: the children import the installed zkv, whatever the working folder holds
+        base = [sys.executable, "-P", "-m", "zkv"]
         common = ["--config", str(config_path), "--log-level", log_level]
         self.children = [Child("broker", [*base, "broker", *common], self._run_dir / "broker.json")]
         self.http = Child("http", [*base, "http", *common], self._run_dir / "http.json")

@@ -33,7 +33,14 @@ from zkv.client._core import (
     config_defaults,
 )
 from zkv.client._pipeline import AsyncPipeline
-from zkv.client._sync import configure_socket
+from zkv.client._sync import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    check_connect_timeout,
+    configure_socket,
+    connect_socket,
+    parse_endpoint,
+    unreachable,
+)
 from zkv.errors import ClientClosed
 from zkv.protocol import Consistency
 
@@ -56,15 +63,20 @@ class AsyncClient:
         consistency: Consistency | str = Consistency.STRONG,
         max_request_bytes: int = 64 * 1024 * 1024,
         context: zmq.asyncio.Context | None = None,
+        connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> None:
-        self.endpoint = endpoint
+        self.endpoint = parse_endpoint(endpoint)
+        self.connect_timeout_s = check_connect_timeout(connect_timeout_s)
+        #: As ``Client.reached``.
+        self.reached = False
         self._core = ClientCore(
             timeout_s=timeout_s, consistency=consistency, max_request_bytes=max_request_bytes
         )
         self._context = context or zmq.asyncio.Context.instance()
-        self._socket: zmq.asyncio.Socket | None = self._context.socket(zmq.DEALER)
-        configure_socket(self._socket)
-        self._socket.connect(endpoint)
+        sock = self._context.socket(zmq.DEALER)
+        configure_socket(sock)
+        connect_socket(sock, self.endpoint)
+        self._socket: zmq.asyncio.Socket | None = sock
         self._pending: dict[int, asyncio.Future[list[bytes]]] = {}
         self._receiver: asyncio.Task[None] | None = None
 
@@ -117,11 +129,22 @@ class AsyncClient:
             raise ClientClosed("this client was closed")
         if self._receiver is None:
             self._receiver = asyncio.get_running_loop().create_task(self._receive())
+        started = self._core.clock()
         try:
             action = next(call)
             while True:
                 if isinstance(action, Send):
-                    action = call.send(await self._exchange(action))
+                    reply = await self._exchange(action)
+                    limit = self.connect_timeout_s
+                    if (
+                        reply is NOT_SENT
+                        and not self.reached
+                        and limit is not None
+                        and self._core.clock() - started >= limit
+                    ):
+                        call.close()
+                        raise unreachable(self.endpoint, limit)
+                    action = call.send(reply)
                 else:
                     await asyncio.sleep(action.seconds)
                     action = next(call)
@@ -156,6 +179,7 @@ class AsyncClient:
                 await sock.send_multipart(send.frames, flags=zmq.NOBLOCK)
             except zmq.Again:
                 return NOT_SENT
+            self.reached = True
             left = send.deadline - self._core.clock()
             try:
                 return await asyncio.wait_for(future, max(left, 0.0))

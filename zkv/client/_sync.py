@@ -13,12 +13,13 @@ each thread its own ``Client``.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import zmq
 
@@ -36,10 +37,55 @@ from zkv.client._core import (
     config_defaults,
 )
 from zkv.client._pipeline import Pipeline
-from zkv.errors import ClientClosed, KeyNotFound
+from zkv.errors import ClientClosed, InvalidRequest, KeyNotFound, Unavailable
 from zkv.protocol import Consistency
 
-__all__ = ["Client"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "Client", "parse_endpoint"]
+
+#: How long a client that never reached its broker keeps trying before ``Unavailable``.
+DEFAULT_CONNECT_TIMEOUT_S: Final = 1.0
+_HOST_PORT: Final = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+|\*):(?P<port>\d+)")
+
+
+def parse_endpoint(endpoint: str) -> str:
+    """The ZeroMQ endpoint for ``endpoint``: ``HOST:PORT`` becomes ``tcp://HOST:PORT``;
+    ``tcp://HOST:PORT``, ``ipc://PATH`` and ``inproc://NAME`` are kept. Anything else raises
+    ``InvalidRequest`` naming it."""
+    if not isinstance(endpoint, str):
+        raise InvalidRequest(f"endpoint must be a string, not {type(endpoint).__name__}")
+    if endpoint.startswith(("ipc://", "inproc://")) and endpoint.partition("://")[2]:
+        return endpoint
+    address = endpoint.removeprefix("tcp://")
+    m = _HOST_PORT.fullmatch(address)
+    if m is None or not 0 < int(m["port"]) <= 65535 or m["host"] == "*":
+        raise InvalidRequest(
+            f"bad endpoint {endpoint!r}: expected HOST:PORT or tcp://HOST:PORT "
+            "(port 1-65535), e.g. tcp://127.0.0.1:7400"
+        )
+    return f"tcp://{address}"
+
+
+def connect_socket(sock: zmq.Socket[Any], endpoint: str) -> None:
+    """Connect ``sock`` to ``endpoint`` (already parsed); ``InvalidRequest`` if ZeroMQ
+    refuses it (e.g. a host name it cannot resolve)."""
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise InvalidRequest(f"bad endpoint {endpoint!r}: {exc}") from None
+
+
+def unreachable(endpoint: str, connect_timeout_s: float) -> Unavailable:
+    """The error of a client that never reached its broker within ``connect_timeout_s``."""
+    return Unavailable(
+        f"cannot reach the cluster at {endpoint} (no connection within {connect_timeout_s:g} s)"
+    )
+
+
+def check_connect_timeout(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise InvalidRequest(f"connect_timeout_s must be a positive number or None, got {value!r}")
+    return value
 
 
 def configure_socket(sock: zmq.Socket[Any]) -> None:
@@ -70,8 +116,13 @@ class Client(MutableMapping[Key, Any]):
         consistency: Consistency | str = Consistency.STRONG,
         max_request_bytes: int = 64 * 1024 * 1024,
         context: zmq.Context[Any] | None = None,
+        connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> None:
-        self.endpoint = endpoint
+        self.endpoint = parse_endpoint(endpoint)
+        self.connect_timeout_s = check_connect_timeout(connect_timeout_s)
+        #: Whether a request ever went out on a connection (after that, a broker that goes
+        #: away is waited for up to each call's timeout, not ``connect_timeout_s``).
+        self.reached = False
         self._core = ClientCore(
             timeout_s=timeout_s, consistency=consistency, max_request_bytes=max_request_bytes
         )
@@ -88,7 +139,7 @@ class Client(MutableMapping[Key, Any]):
     def _connect(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
         configure_socket(sock)
-        sock.connect(self.endpoint)
+        connect_socket(sock, self.endpoint)
         return sock
 
     # ------------------------------------------------------------------ lifecycle
@@ -128,16 +179,27 @@ class Client(MutableMapping[Key, Any]):
             if sock is None:
                 call.close()
                 raise ClientClosed("this client was closed")
+            started = self._core.clock()
             try:
                 action = next(call)
                 while True:
                     if isinstance(action, Send):
-                        action = call.send(self._exchange(sock, action))
+                        reply = self._exchange(sock, action)
+                        if reply is NOT_SENT:
+                            self._check_reachable(call, started)
+                        action = call.send(reply)
                     else:
                         time.sleep(action.seconds)
                         action = next(call)
             except StopIteration as stop:
                 return stop.value
+
+    def _check_reachable(self, call: Call, started: float) -> None:
+        """Give up on a broker never reached once ``connect_timeout_s`` has passed."""
+        limit = self.connect_timeout_s
+        if not self.reached and limit is not None and self._core.clock() - started >= limit:
+            call.close()
+            raise unreachable(self.endpoint, limit)
 
     def _walk(self, walk: Walk) -> Iterator[Any]:
         """Drive a ``ClientCore`` walk: run each of its calls (one ``_run`` each, so other
@@ -160,6 +222,7 @@ class Client(MutableMapping[Key, Any]):
             sock.send_multipart(send.frames, zmq.NOBLOCK)
         except zmq.Again:
             return NOT_SENT
+        self.reached = True
         while True:
             left_ms = (send.deadline - self._core.clock()) * 1000
             if left_ms <= 0 or not sock.poll(max(1, int(left_ms)), zmq.POLLIN):
