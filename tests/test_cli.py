@@ -289,4 +289,12 @@ def test_bench_prints_a_table_and_json(cluster: Any, capsys: pytest.CaptureFixtu
     )
     assert code == 0
     assert "ops/s" in out and "p99.9 us" in out
+    with zkv.Client(cluster.endpoint) as kv:
+        assert list(kv.keys("bench:")) == []  # removed at the end
+    code, out, err = run(
+        capsys, "bench", "--connect", cluster.endpoint, "--seconds", "0.6", "--keys", "50", "--keep"
+    )
+    assert code == 0 and "\r" not in err  # stderr is not a terminal: no progress line
+    with zkv.Client(cluster.endpoint) as kv:
+        assert len(list(kv.keys("bench:"))) == 50
     assert run(capsys, "bench", "--connect", cluster.endpoint, "--threads", "0")[0] == 2

@@ -53,7 +53,9 @@ def zkv_process(pid: int) -> bool:
 class Up:
     """A `zkv up` process and the config it runs."""
 
-    def __init__(self, tmp: Path, shadow: bool = False, **overrides: Any) -> None:
+    def __init__(
+        self, tmp: Path, shadow: bool = False, args: tuple[str, ...] = (), **overrides: Any
+    ) -> None:
         self.tmp = tmp
         self.clients = f"tcp://127.0.0.1:{free_port()}"
         doc = cluster_doc(
@@ -73,7 +75,7 @@ class Up:
         (tmp / "config").mkdir()
         (tmp / "config" / "local.yaml").write_text(yaml.safe_dump(doc))
         self.log = tmp / "up.log"
-        argv = [sys.executable, "-m", "zkv", "up"]
+        argv = [sys.executable, "-m", "zkv", "up", *args]
         if shadow:  # a folder named zkv where `zkv up` runs must not be imported as zkv
             (tmp / "zkv").mkdir()
             (tmp / "zkv" / "__init__.py").write_text("raise ImportError('the bogus zkv')\n")
@@ -135,10 +137,12 @@ def up(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Up]:
 
 
 def test_up_children_ignore_a_zkv_folder_in_the_working_directory(tmp_path: Path) -> None:
-    launcher = Up(tmp_path, shadow=True)
+    launcher = Up(tmp_path, shadow=True, args=("--foreground-logs",))
     try:
-        launcher.wait_for("Clients connect to", timeout=30)
+        launcher.wait_for("zkv up: ready", timeout=30)
         assert "bogus" not in launcher.output()
+        assert " broker INFO " in launcher.output()  # --foreground-logs: on the terminal
+        assert not (tmp_path / "data" / "logs").exists()
         with zkv.Client(launcher.clients, timeout_s=5.0) as kv:
             kv.put("shadow", 1)
             assert kv.get("shadow") == 1
@@ -159,7 +163,12 @@ def wait_until(predicate: Any, timeout: float, what: str) -> None:
 
 
 def test_up_serves_and_stops_every_child(up: Up) -> None:
-    up.wait_for("Clients connect to " + up.clients)
+    up.wait_for("zkv up: ready. Clients connect to " + up.clients)
+    summary = up.output()
+    assert "zkv up: cluster 'test': 2 shards, 2 nodes, 4 processes" in summary, summary
+    assert f"clients {up.clients}" in summary and "http://127.0.0.1:" in summary
+    assert "shard s0  publish tcp://127.0.0.1:" in summary
+    assert f"logs: {Path('data') / 'logs'}/<name>.log" in summary
     with zkv.Client(up.clients) as kv:
         kv.mput({f"k{i}": i for i in range(100)})
         assert len(kv) == 100
@@ -174,7 +183,10 @@ def test_up_serves_and_stops_every_child(up: Up) -> None:
         "s1a": ("running", pids[2], 0),
         "http": ("running", states["http"].pid, 0),
     }
-    assert " broker INFO " in up.output()  # the children's stderr still reaches ours
+    # each child's stderr goes to its own log file, not to the terminal
+    assert " broker INFO " not in up.output()
+    assert " broker INFO " in (up.tmp / "data" / "logs" / "broker.log").read_text()
+    assert " s1a INFO " in (up.tmp / "data" / "logs" / "s1a.log").read_text()
     up.proc.send_signal(signal.SIGTERM)
     assert up.proc.wait(15) == 0
     assert not [p for p in pids if pid_alive(p)], "children left behind"

@@ -196,7 +196,12 @@ def _parser() -> argparse.ArgumentParser:
             )
         return p
 
-    command("up", _up, "run the whole cluster of a config file on this machine", True)
+    p = command("up", _up, "run the whole cluster of a config file on this machine", True)
+    p.add_argument(
+        "--foreground-logs",
+        action="store_true",
+        help="send each process's log to this terminal, not to <storage.dir>/logs/<name>.log",
+    )
     p = command("broker", _broker, "run the broker process", True)
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     p = command("http", _http, "run the HTTP gateway (REST API, /metrics) at http.listen", True)
@@ -286,7 +291,7 @@ def _up(args: argparse.Namespace) -> int:
 
     configure_logging("up", args.log_level)
     path = config_path(args.config)
-    return Launcher(load_config(path), path, args.log_level).run()
+    return Launcher(load_config(path), path, args.log_level, args.foreground_logs).run()
 
 
 def _broker(args: argparse.Namespace) -> int:

@@ -13,8 +13,10 @@ SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period). On Linux
 also get SIGTERM if the launcher itself dies (``PR_SET_PDEATHSIG``), so nothing is left
 orphaned.
 
-Each child's stderr goes through a pipe: a thread per child process forwards every line,
-unchanged, to the launcher's stderr and remembers the child's last error line. The state of
+Each child's stderr goes through a pipe: a thread per child process writes every line,
+unchanged, to the child's log file ``<storage.dir>/logs/<name>.log`` (appended to; or to the
+launcher's stderr with ``zkv up --foreground-logs``) and remembers the child's last error
+line. The state of
 every child (running, restarting, failed, with that error line) is recorded in
 ``<storage.dir>/launcher.json`` (see ``zkv.supervision``), which the broker reads for its
 STATUS reply; the file is removed when the launcher stops.
@@ -136,17 +138,31 @@ class StderrTap:
     closes (the child and anything that inherited the pipe exited).
     """
 
-    def __init__(self, name: str, stream: IO[bytes]) -> None:
+    def __init__(self, name: str, stream: IO[bytes], log_file: Path | None = None) -> None:
         self._stream = stream
+        self._log_file = log_file
         self._errors = ErrorLine()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"zkv-up-{name}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        sink: IO[bytes] | None = None
+        if self._log_file is not None:
+            try:
+                sink = open(self._log_file, "ab")  # noqa: SIM115 - closed below
+            except OSError as exc:
+                _forward(f"zkv up: cannot write {self._log_file}: {exc}\n".encode())
         try:
             for line in iter(self._stream.readline, b""):
-                _forward(line)
+                if sink is None:
+                    _forward(line)
+                else:
+                    try:
+                        sink.write(line)
+                        sink.flush()
+                    except OSError:
+                        pass  # a full disk: keep draining the pipe
                 with self._lock:
                     self._errors.feed(line.decode(errors="replace"))
         except (OSError, ValueError):
@@ -154,6 +170,9 @@ class StderrTap:
         finally:
             with contextlib.suppress(OSError):
                 self._stream.close()
+            if sink is not None:
+                with contextlib.suppress(OSError):
+                    sink.close()
 
     @property
     def error(self) -> str | None:
@@ -174,6 +193,7 @@ class Child:
     name: str
     argv: list[str]
     ready_file: Path
+    log_file: Path | None = None
     process: subprocess.Popen[bytes] | None = None
     tap: StderrTap | None = None
     crashes: list[float] = field(default_factory=list)
@@ -190,7 +210,7 @@ class Child:
             preexec_fn=_die_with_parent,
         )
         assert self.process.stderr is not None
-        self.tap = StderrTap(self.name, self.process.stderr)
+        self.tap = StderrTap(self.name, self.process.stderr, self.log_file)
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
     def last_error(self) -> str | None:
@@ -209,8 +229,16 @@ class Child:
 class Launcher:
     """Starts, supervises and stops every process of one cluster config."""
 
-    def __init__(self, config: ClusterConfig, config_path: Path, log_level: str = "INFO") -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        config_path: Path,
+        log_level: str = "INFO",
+        foreground_logs: bool = False,
+    ) -> None:
         self.config = config
+        #: Where each child's stderr goes (None: the launcher's stderr).
+        self.log_dir: Path | None = None if foreground_logs else config.storage.dir / "logs"
         self._stopping = False
         self._run_dir = Path(tempfile.mkdtemp(prefix="zkv-up-"))
         self._states: dict[str, ProcessState] = {}
@@ -229,6 +257,9 @@ class Launcher:
                 )
             )
         self.children.append(self.http)
+        if self.log_dir is not None:
+            for child in self.children:
+                child.log_file = self.log_dir / f"{child.name}.log"
 
     def stop(self) -> None:
         """Ask ``run`` to stop every child and return (safe from a signal handler)."""
@@ -239,6 +270,8 @@ class Launcher:
         on_stop_signals(self.stop)
         for path in {self.config.storage.dir / c.name for c in self.children[:-1]}:
             path.mkdir(parents=True, exist_ok=True)
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             broker, nodes = self.children[0], self.children[1:-1]
             if not all(self._start_all(group) for group in ([broker], nodes, [self.http])):
@@ -293,10 +326,13 @@ class Launcher:
                 assert child.process is not None
                 code = child.process.poll()
                 if code is not None:
-                    self._record(child, "failed", exit_status=code, error=child.last_error())
+                    error = child.last_error()
+                    self._record(child, "failed", exit_status=code, error=error)
+                    where = child.log_file or "its log above"
                     print(
-                        f"zkv up: {child.name} exited with status {code} while starting "
-                        "(see its log above); stopping the cluster",
+                        f"zkv up: {child.name} exited with status {code} while starting; "
+                        f"last error: {error or '(nothing on stderr)'} (see {where}); "
+                        "stopping the cluster",
                         file=sys.stderr,
                     )
                     return False
@@ -313,14 +349,32 @@ class Launcher:
         return not self._stopping
 
     def _announce(self) -> None:
-        nodes = len(self.children) - 2
-        shards = len(self.config.shards)
-        print(
-            f"zkv up: cluster {self.config.cluster!r} is up: {shards} shards, {nodes} nodes. "
-            f"Clients connect to {self.config.broker.clients}; HTTP at "
-            f"http://{self.config.http.listen}/. Ctrl-C stops it.",
-            flush=True,
+        """One summary of what runs where, then the ready line."""
+        config = self.config
+        http = read_ready_file(self.http.ready_file) or {}
+        http_url = f"http://{http.get('listen') or config.http.listen}/"
+        nodes = {n.name: n for n in config.nodes()}
+        lines = [
+            f"zkv up: cluster {config.cluster!r}: {len(config.shards)} shards, "
+            f"{len(nodes)} nodes, {len(self.children)} processes"
+        ]
+        width = max(len(c.name) for c in self.children)
+        for child in self.children:
+            if child.name == "broker":
+                where = f"clients {config.broker.clients}  nodes {config.broker.nodes}"
+            elif child.name == "http":
+                where = http_url
+            else:
+                node = nodes[child.name]
+                where = f"shard {node.shard}  publish {node.publish}  sync {node.sync}"
+            lines.append(f"  {child.name:<{width}}  pid {child.pid:<7}  {where}")
+        if self.log_dir is not None:
+            lines.append(f"  logs: {self.log_dir}/<name>.log")
+        lines.append(
+            f"zkv up: ready. Clients connect to {config.broker.clients}; HTTP at {http_url}. "
+            "Ctrl-C stops it."
         )
+        print("\n".join(lines), flush=True)
 
     def _supervise(self, now: float) -> None:
         limits = self.config.launcher
