@@ -3,13 +3,16 @@
 Processes: ``zkv up`` (the whole local cluster), ``zkv broker``, ``zkv node --name NAME``,
 ``zkv http`` (the HTTP gateway).
 Storage: ``zkv check --data DIR [--repair]``.
-Operations: ``zkv status``, ``zkv failover SHARD [--to NODE]``.
-Data: ``zkv put KEY VALUE [--ttl S] [--json]``, ``zkv get KEY``, ``zkv del KEY``,
-``zkv keys [PREFIX]``, ``zkv status``; each takes ``--config FILE`` or ``--connect ENDPOINT``.
+Operations: ``zkv status [--json]``, ``zkv failover SHARD [--to NODE]``, ``zkv bench``.
+Data: ``put``, ``create``, ``cas``, ``mput``, ``get KEY...``, ``del KEY...``, ``exists``,
+``ttl``, ``expire``, ``count``, ``clear``, ``keys [PREFIX]``; each takes ``--config FILE``
+or ``--connect ENDPOINT`` (``HOST:PORT`` or ``tcp://HOST:PORT``). Without either, the config
+file is ``$ZKV_CONFIG``, else ``./config/local.yaml``, else ``~/.config/zkv/config.yaml``.
 
 Exit status: 0 success, 1 the key is missing (``check``: the folder is damaged), 2 bad
 usage, a bad config file, or a data folder in use by another process, 3 the cluster is
-unavailable or timed out; every failure prints one line on stderr.
+unavailable or timed out; every failure prints one line on stderr. A closed stdout (``zkv
+keys | head``) ends the command quietly.
 """
 
 from __future__ import annotations
