@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -298,3 +300,74 @@ def test_bench_prints_a_table_and_json(cluster: Any, capsys: pytest.CaptureFixtu
     with zkv.Client(cluster.endpoint) as kv:
         assert len(list(kv.keys("bench:"))) == 50
     assert run(capsys, "bench", "--connect", cluster.endpoint, "--threads", "0")[0] == 2
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_clear_asks_on_a_terminal(
+    cluster: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ep = ["--connect", cluster.endpoint]
+    assert run(capsys, "put", "cli:keep", "v", *ep)[0] == 0
+    monkeypatch.setattr("sys.stdin", _Terminal("n\n"))
+    code, out, _ = run(capsys, "clear", *ep)
+    assert code == 0 and "delete all" in out and "[y/N]" in out and "not cleared" in out
+    assert run(capsys, "exists", "cli:keep", *ep)[0] == 0
+
+
+def test_status_watch_refreshes_until_ctrl_c(
+    cluster: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("zkv.cli._watch_sleep", sleep)
+    code, out, _ = run(
+        capsys, "status", "--watch", "--interval", "0.5", "--connect", cluster.endpoint
+    )
+    assert code == 0 and sleeps == [0.5, 0.5]
+    assert out.count("NAME") == 2 and out.count("every 0.5 s, Ctrl-C stops") == 2
+    assert "\x1b[" not in out  # not a terminal: no screen clearing
+
+
+def test_completion_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, script, _ = run(capsys, "completion", "bash")
+    assert code == 0
+    (tmp_path / "zkv.bash").write_text(script)
+    probe = (
+        f"source {tmp_path / 'zkv.bash'}\n"
+        'COMP_WORDS=(zkv pu); COMP_CWORD=1; _zkv; echo "${COMPREPLY[*]}"\n'
+        'COMP_WORDS=(zkv put k v --j); COMP_CWORD=4; _zkv; echo "${COMPREPLY[*]}"\n'
+        'COMP_WORDS=(zkv status --w); COMP_CWORD=2; _zkv; echo "${COMPREPLY[*]}"\n'
+    )
+    done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["put", "--json", "--watch"]
+    code, script, _ = run(capsys, "completion", "zsh")
+    assert code == 0 and script.startswith("#compdef zkv") and "'put:set a key" in script
+    if shutil.which("zsh"):
+        (tmp_path / "_zkv").write_text(script)
+        done = subprocess.run(["zsh", "-n", str(tmp_path / "_zkv")], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert run(capsys, "completion", "fish")[0] == 2
+
+
+def test_every_command_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    from zkv.cli import _parser
+
+    parser = _parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, sub in subparsers.choices.items():
+        if name in ("broker", "node", "http", "check"):  # their use is in the README
+            continue
+        if "example" not in sub.format_help():
+            missing.append(name)
+    assert missing == []

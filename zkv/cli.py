@@ -23,6 +23,7 @@ import json
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -68,7 +69,9 @@ _EXAMPLES: Final = {
     "count": "example:\n  zkv count --connect 127.0.0.1:7400",
     "clear": "example:\n  zkv clear --yes",
     "keys": "example:\n  zkv keys user: --limit 10",
-    "status": "examples:\n  zkv status\n  zkv status --json",
+    "status": "examples:\n  zkv status\n  zkv status --json\n  zkv status --watch --interval 2",
+    "completion": "examples:\n  source <(zkv completion bash)     # in ~/.bashrc\n"
+    "  source <(zkv completion zsh)      # in ~/.zshrc",
     "bench": "example:\n  zkv bench --workload mixed --threads 4 --seconds 10",
     "failover": "example:\n  zkv failover s0 --to s0b",
 }
@@ -263,6 +266,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="at most N keys")
     p = command("status", _status, "show every node of the cluster")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument("--watch", action="store_true", help="refresh the table until Ctrl-C")
+    p.add_argument(
+        "--interval", type=float, default=1.0, metavar="S", help="seconds between refreshes"
+    )
     p = command("bench", _bench, "measure throughput and latency of a running cluster")
     p.add_argument("--workload", choices=["get", "put", "mixed"], default="get")
     p.add_argument("--read-ratio", type=float, default=0.9, help="share of reads in mixed")
@@ -282,7 +289,81 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NODE",
         help="the replica to promote (default: the most advanced in-sync one)",
     )
+    p = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print a completion script for the zkv command.",
+        epilog=_EXAMPLES["completion"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("shell", choices=["bash", "zsh"])
+    p.set_defaults(run=lambda args: _completion(parser, args.shell))
     return parser
+
+
+def _completion(parser: argparse.ArgumentParser, shell: str) -> int:
+    """Print a completion script: commands, then each command's options (else file names)."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands: dict[str, list[str]] = {}
+    for name, sub in subparsers.choices.items():
+        commands[name] = sorted(
+            option
+            for action in sub._actions
+            if action.help != argparse.SUPPRESS
+            for option in action.option_strings
+            if option.startswith("--")
+        )
+    cases = "\n".join(
+        f'        {name}) opts="{" ".join(opts)}" ;;' for name, opts in commands.items()
+    )
+    names = " ".join(commands)
+    if shell == "bash":
+        print(f"""# zkv bash completion: source <(zkv completion bash)
+_zkv() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} opts=""
+    if [ "$COMP_CWORD" -eq 1 ]; then
+        COMPREPLY=($(compgen -W "{names} --help --version" -- "$cur"))
+        return
+    fi
+    case "${{COMP_WORDS[1]}}" in
+{cases}
+    esac
+    if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "$opts --help" -- "$cur"))
+    else
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}}
+complete -o filenames -F _zkv zkv""")
+    else:
+        helps = {a.dest: a.help or "" for a in subparsers._choices_actions}
+        described = "\n".join(
+            f"        '{name}:{helps.get(name, '').replace(chr(39), '').replace(':', '')}'"
+            for name in commands
+        )
+        print(f"""#compdef zkv
+# zkv zsh completion: source <(zkv completion zsh)
+_zkv() {{
+    local -a commands
+    local opts=""
+    commands=(
+{described}
+    )
+    if (( CURRENT == 2 )); then
+        _describe 'zkv command' commands
+        return
+    fi
+    case $words[2] in
+{cases}
+    esac
+    if [[ $PREFIX == -* ]]; then
+        compadd -- ${{=opts}} --help
+    else
+        _files
+    fi
+}}
+compdef _zkv zkv""")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------- processes
@@ -671,6 +752,8 @@ def _failover(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch(args)
     status = _client(args).cluster_status()
     if args.json:
         from zkv.http.codec import value_to_json
@@ -679,6 +762,13 @@ def _status(args: argparse.Namespace) -> int:
             json.dumps(status, default=value_to_json, ensure_ascii=False, allow_nan=False, indent=2)
         )
         return EXIT_OK
+    print("\n".join(_status_lines(status)))
+    return EXIT_OK
+
+
+def _status_lines(status: dict[str, Any]) -> list[str]:
+    """The ``zkv status`` table and notes, one string a line."""
+    lines: list[str] = []
     columns = [
         "name",
         "shard",
@@ -702,16 +792,16 @@ def _status(args: argparse.Namespace) -> int:
         for node in status["nodes"]
     ]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-    print(
+    lines.append(
         f"cluster {status['cluster']}: {status['slots']} slots, broker pid "
         f"{status['broker']['pid']}, clients at {status['broker']['clients']}"
     )
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    lines.append("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
     for node in status["nodes"]:
         if node.get("state") == "failed":  # the launcher (`zkv up`) gave up restarting it
-            print(
+            lines.append(
                 f"{node.get('name')}: FAILED, no longer restarted; last error: "
                 f"{node.get('error') or '(none recorded)'}"
             )
@@ -722,8 +812,32 @@ def _status(args: argparse.Namespace) -> int:
             detail = node.get("storage_error") or (
                 f"{free} free" if free != "-" else "(no error recorded)"
             )
-            print(f"{node.get('name')}: storage {storage}: {detail}")
-    return EXIT_OK
+            lines.append(f"{node.get('name')}: storage {storage}: {detail}")
+    return lines
+
+
+_watch_sleep = time.sleep  # a test replaces it
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """``zkv status --watch``: the table again every ``--interval`` s until Ctrl-C; a cluster
+    that stops answering is shown as such, and watched on."""
+    if not args.interval > 0:
+        raise _UsageError("--interval must be a positive number of seconds")
+    kv = _client(args)
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            try:
+                lines = _status_lines(kv.cluster_status())
+            except TransportError as exc:
+                lines = [f"cluster unavailable: {exc}"]
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{clear}{stamp}  every {args.interval:g} s, Ctrl-C stops", *lines, sep="\n")
+            sys.stdout.flush()
+            _watch_sleep(args.interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _cell(value: Any) -> str:
