@@ -328,7 +328,7 @@ def test_status_watch_refreshes_until_ctrl_c(
         if len(sleeps) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("zkv.cli._watch_sleep", sleep)
+    monkeypatch.setattr("zkv.cli.ops._watch_sleep", sleep)
     code, out, _ = run(
         capsys, "status", "--watch", "--interval", "0.5", "--connect", cluster.endpoint
     )

@@ -1,0 +1,307 @@
+"""The ``zkv`` command line.
+
+Processes: ``zkv up`` (the whole local cluster), ``zkv broker``, ``zkv node --name NAME``,
+``zkv http`` (the HTTP gateway).
+Storage: ``zkv check --data DIR [--repair]``.
+Operations: ``zkv status [--json]``, ``zkv failover SHARD [--to NODE]``, ``zkv bench``.
+Data: ``put``, ``create``, ``cas``, ``mput``, ``get KEY...``, ``del KEY...``, ``exists``,
+``ttl``, ``expire``, ``count``, ``clear``, ``keys [PREFIX]``; each takes ``--config FILE``
+or ``--connect ENDPOINT`` (``HOST:PORT`` or ``tcp://HOST:PORT``). Without either, the config
+file is ``$ZKV_CONFIG``, else ``./config/local.yaml``, else ``~/.config/zkv/config.yaml``.
+
+Exit status: 0 success, 1 the key is missing (``check``: the folder is damaged), 2 bad
+usage, a bad config file, or a data folder in use by another process, 3 the cluster is
+unavailable or timed out; every failure prints one line on stderr. A closed stdout (``zkv
+keys | head``) ends the command quietly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Final
+
+from zkv import __version__
+from zkv.cli._common import (
+    CONFIG_HELP,
+    EXIT_MISSING,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    _fail,
+    _UsageError,
+    config_path,
+)
+from zkv.cli.completion import _completion
+from zkv.cli.data import (
+    _cas,
+    _clear,
+    _count,
+    _create,
+    _del,
+    _exists,
+    _expire,
+    _get,
+    _keys,
+    _mput,
+    _put,
+    _ttl,
+)
+
+# the seam every data command connects through (tests replace it)
+from zkv.cli.data import _client as _client
+from zkv.cli.ops import _bench, _failover, _status
+from zkv.cli.processes import _broker, _check, _http, _node, _up
+from zkv.cli.processes import _serve as _serve  # tests use it from here
+from zkv.errors import (
+    ClientClosed,
+    ConfigError,
+    KeyNotFound,
+    RequestError,
+    TransportError,
+    ZkvError,
+)
+
+__all__ = ["config_path", "main"]
+
+_VALUE_COMMANDS: Final = frozenset(
+    {"put", "create", "cas", "mput", "get", "del", "exists", "ttl", "expire", "keys"}
+)
+_EXAMPLES: Final = {
+    "up": "example:\n  zkv up --config config/local.yaml",
+    "put": 'examples:\n  zkv put user:1 Ada\n  zkv put user:1 \'{"name": "Ada"}\' --json --ttl 60'
+    "\n  echo hello | zkv put greeting -",
+    "create": "example:\n  zkv create lock:job1 worker-7 --ttl 30",
+    "cas": "example:\n  zkv cas counter 1 2 --json",
+    "mput": 'examples:\n  zkv mput \'{"a": 1, "b": "two"}\'\n  zkv mput < batch.json',
+    "get": "example:\n  zkv get user:1 user:2",
+    "del": "example:\n  zkv del user:1 user:2",
+    "exists": "example:\n  zkv exists user:1",
+    "ttl": "example:\n  zkv ttl session:9",
+    "expire": "example:\n  zkv expire session:9 600",
+    "count": "example:\n  zkv count --connect 127.0.0.1:7400",
+    "clear": "example:\n  zkv clear --yes",
+    "keys": "example:\n  zkv keys user: --limit 10",
+    "status": "examples:\n  zkv status\n  zkv status --json\n  zkv status --watch --interval 2",
+    "completion": "examples:\n  source <(zkv completion bash)     # in ~/.bashrc\n"
+    "  source <(zkv completion zsh)      # in ~/.zshrc",
+    "bench": "example:\n  zkv bench --workload mixed --threads 4 --seconds 10",
+    "failover": "example:\n  zkv failover s0 --to s0b",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``zkv`` command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(
+        _positionals_last(parser, list(sys.argv[1:] if argv is None else argv))
+    )
+    args.kv = None
+    try:
+        status: int = args.run(args)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:  # `zkv keys | head`: the reader went away; end quietly
+        _silence_stdout()
+        return 141  # as a shell reports a command killed by SIGPIPE
+    except KeyNotFound as exc:
+        return _fail(str(exc), EXIT_MISSING)
+    except (ConfigError, _UsageError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except TransportError as exc:
+        kv = args.kv
+        if kv is not None and not kv.reached and not isinstance(exc, ClientClosed):
+            return _fail(
+                f"cannot reach the cluster at {kv.endpoint} (is it running? start it with "
+                "`zkv up`, or point --connect at it)",
+                EXIT_UNAVAILABLE,
+            )
+        return _fail(f"cluster unavailable: {exc}", EXIT_UNAVAILABLE)
+    except RequestError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except ZkvError as exc:
+        return _fail(str(exc), EXIT_UNAVAILABLE)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if args.kv is not None:
+            args.kv.close()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's last flush does not fail again (what
+    Python's documentation recommends for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+
+
+def _positionals_last(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with a data command's positionals moved after ``--``, so a key or value that
+    starts with ``-`` (``zkv put k -x``) is taken as one, not as an unknown option."""
+    if not argv or argv[0] not in _VALUE_COMMANDS or "-h" in argv or "--help" in argv:
+        return argv
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    actions = subparsers.choices[argv[0]]._option_string_actions
+    options: list[str] = []
+    positionals: list[str] = []
+    rest = iter(argv[1:])
+    for token in rest:
+        if token == "--":
+            positionals.extend(rest)
+            break
+        name = token.partition("=")[0]
+        action = actions.get(name)
+        if action is None or token == "-":
+            positionals.append(token)
+            continue
+        options.append(token)
+        if action.nargs != 0 and "=" not in token:
+            value = next(rest, None)
+            if value is not None:
+                options.append(value)
+    return [argv[0], *options, "--", *positionals]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zkv", description="zkv: a sharded, replicated key-value store on ZeroMQ."
+    )
+    parser.add_argument("--version", action="version", version=f"zkv {__version__}")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(
+        name: str, run: Callable[[argparse.Namespace], int], help_: str, process: bool = False
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=_EXAMPLES.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(run=run)
+        if process:
+            p.add_argument("--config", help=CONFIG_HELP)
+            p.add_argument(
+                "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+            )
+        else:
+            target = p.add_mutually_exclusive_group()
+            target.add_argument("--config", help=CONFIG_HELP)
+            target.add_argument(
+                "--connect",
+                metavar="ENDPOINT",
+                help="broker endpoint, HOST:PORT or tcp://HOST:PORT, e.g. 127.0.0.1:7400",
+            )
+            p.add_argument(
+                "--timeout",
+                type=float,
+                default=None,
+                metavar="S",
+                help="seconds to wait for the cluster",
+            )
+        return p
+
+    p = command("up", _up, "run the whole cluster of a config file on this machine", True)
+    p.add_argument(
+        "--foreground-logs",
+        action="store_true",
+        help="send each process's log to this terminal, not to <storage.dir>/logs/<name>.log",
+    )
+    p = command("broker", _broker, "run the broker process", True)
+    p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    p = command("http", _http, "run the HTTP gateway (REST API, /metrics) at http.listen", True)
+    p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    p = command("node", _node, "run one shard node process", True)
+    p.add_argument("--name", required=True, help="the node's name in the config file")
+    p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+
+    p = sub.add_parser(
+        "check",
+        help="check a node's data folder",
+        description="Check a node's data folder (e.g. data/s0a) for damage.",
+    )
+    p.set_defaults(run=_check)
+    p.add_argument("--data", required=True, metavar="DIR", help="the node's data folder")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="cut the log at the first bad record (what follows is lost)",
+    )
+
+    p = command("put", _put, "set a key (prints OK)")
+    p.add_argument("key")
+    p.add_argument("value", help="a string, or JSON with --json; - reads it from stdin")
+    p.add_argument("--ttl", type=float, metavar="S", help="expire after S seconds")
+    p.add_argument("--json", action="store_true", help="parse VALUE as JSON")
+    p = command("create", _create, "set a key only if it is absent (prints OK)")
+    p.add_argument("key")
+    p.add_argument("value", help="a string, or JSON with --json; - reads it from stdin")
+    p.add_argument("--ttl", type=float, metavar="S", help="expire after S seconds")
+    p.add_argument("--json", action="store_true", help="parse VALUE as JSON")
+    p = command("cas", _cas, "set KEY to NEW if its value is OLD (prints OK, or exits 1)")
+    p.add_argument("key")
+    p.add_argument("old")
+    p.add_argument("new")
+    p.add_argument("--json", action="store_true", help="parse OLD and NEW as JSON")
+    p = command("mput", _mput, "set many keys from one JSON object (prints OK)")
+    p.add_argument("object", nargs="?", default="-", help="a JSON object; - or none: stdin")
+    p.add_argument("--ttl", type=float, metavar="S", help="expire after S seconds")
+    p = command("get", _get, "print each key's value as JSON, one line each")
+    p.add_argument("key", nargs="+")
+    p = command("del", _del, "delete keys; prints how many were present")
+    p.add_argument("key", nargs="+")
+    p = command("exists", _exists, "print 1 if the key is present, else 0 (and exit 1)")
+    p.add_argument("key")
+    p = command("ttl", _ttl, "print the seconds before a key expires (-1: no TTL)")
+    p.add_argument("key")
+    p = command("expire", _expire, "expire a key after S seconds (0 deletes it)")
+    p.add_argument("key")
+    p.add_argument("seconds", type=float)
+    command("count", _count, "print the number of keys in the cluster")
+    p = command("clear", _clear, "delete every key in the cluster")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p = command("keys", _keys, "list keys, one per line")
+    p.add_argument("prefix", nargs="?", default="")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N keys")
+    p = command("status", _status, "show every node of the cluster")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument("--watch", action="store_true", help="refresh the table until Ctrl-C")
+    p.add_argument(
+        "--interval", type=float, default=1.0, metavar="S", help="seconds between refreshes"
+    )
+    p = command("bench", _bench, "measure throughput and latency of a running cluster")
+    p.add_argument("--workload", choices=["get", "put", "mixed"], default="get")
+    p.add_argument("--read-ratio", type=float, default=0.9, help="share of reads in mixed")
+    p.add_argument("--keys", type=int, default=10_000)
+    p.add_argument("--value-size", type=int, default=100, metavar="BYTES")
+    p.add_argument("--threads", type=int, default=1, help="client threads per process")
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--pipeline", type=int, default=1, metavar="N", help="operations per request")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--consistency", choices=["strong", "eventual"])
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--keep", action="store_true", help="keep the bench:* keys afterwards")
+    p = command("failover", _failover, "move a shard's primary role to a replica, losing no write")
+    p.add_argument("shard")
+    p.add_argument(
+        "--to",
+        metavar="NODE",
+        help="the replica to promote (default: the most advanced in-sync one)",
+    )
+    p = sub.add_parser(
+        "completion",
+        help="print a shell completion script (bash or zsh)",
+        description="Print a completion script for the zkv command.",
+        epilog=_EXAMPLES["completion"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("shell", choices=["bash", "zsh"])
+    p.set_defaults(run=lambda args: _completion(parser, args.shell))
+    return parser

@@ -1,0 +1,169 @@
+"""The operations commands: ``status`` (and ``--watch``), ``bench``, ``failover``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from zkv.cli._common import (
+    EXIT_OK,
+    _connect,
+    _UsageError,
+)
+from zkv.errors import (
+    TransportError,
+)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from zkv.bench import BenchConfig, remove_bench_keys, report, run_bench
+
+    for name in ("keys", "value_size", "threads", "processes", "pipeline"):
+        if getattr(args, name) < 1:
+            raise _UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.seconds > 0 or not 0 <= args.read_ratio <= 1:
+        raise _UsageError("--seconds must be positive and --read-ratio between 0 and 1")
+    kv = _connect(args)
+    kv.cluster_status()  # fail fast, with exit 3, if nothing answers
+    endpoint = kv.endpoint
+    config = BenchConfig(
+        endpoint=endpoint,
+        workload=args.workload,
+        read_ratio=args.read_ratio,
+        keys=args.keys,
+        value_size=args.value_size,
+        threads=args.threads,
+        processes=args.processes,
+        pipeline=args.pipeline,
+        seconds=args.seconds,
+        consistency=args.consistency,
+    )
+    try:
+        result = run_bench(config, show_progress=not args.json and sys.stderr.isatty())
+    finally:
+        if not args.keep:
+            remove_bench_keys(config)
+    print(report(config, result, args.json))
+    return EXIT_OK
+
+
+def _failover(args: argparse.Namespace) -> int:
+    result = _connect(args).failover(args.shard, args.to, timeout=args.timeout)
+    print(
+        f"shard {result['shard']}: {result['primary']} is the primary now (epoch {result['epoch']})"
+    )
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch(args)
+    status = _connect(args).cluster_status()
+    if args.json:
+        from zkv.http.codec import value_to_json
+
+        print(
+            json.dumps(status, default=value_to_json, ensure_ascii=False, allow_nan=False, indent=2)
+        )
+        return EXIT_OK
+    print("\n".join(_status_lines(status)))
+    return EXIT_OK
+
+
+def _status_lines(status: dict[str, Any]) -> list[str]:
+    """The ``zkv status`` table and notes, one string a line."""
+    lines: list[str] = []
+    columns = [
+        "name",
+        "shard",
+        "role",
+        "state",
+        "alive",
+        "pid",
+        "epoch",
+        "seq",
+        "lag",
+        "in_sync",
+        "keys",
+        "slots",
+        "requests",
+        "errors",
+        "storage",
+        "free",
+    ]
+    rows = [
+        [_bytes(node.get("free_bytes")) if c == "free" else _cell(node.get(c)) for c in columns]
+        for node in status["nodes"]
+    ]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    lines.append(
+        f"cluster {status['cluster']}: {status['slots']} slots, broker pid "
+        f"{status['broker']['pid']}, clients at {status['broker']['clients']}"
+    )
+    lines.append("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in rows:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    for node in status["nodes"]:
+        if node.get("state") == "failed":  # the launcher (`zkv up`) gave up restarting it
+            lines.append(
+                f"{node.get('name')}: FAILED, no longer restarted; last error: "
+                f"{node.get('error') or '(none recorded)'}"
+            )
+    for node in status["nodes"]:
+        storage = node.get("storage")
+        if storage is not None and storage != "ok":  # low, full or error: writes may be refused
+            free = _bytes(node.get("free_bytes"))
+            detail = node.get("storage_error") or (
+                f"{free} free" if free != "-" else "(no error recorded)"
+            )
+            lines.append(f"{node.get('name')}: storage {storage}: {detail}")
+    return lines
+
+
+_watch_sleep = time.sleep  # a test replaces it
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """``zkv status --watch``: the table again every ``--interval`` s until Ctrl-C; a cluster
+    that stops answering is shown as such, and watched on."""
+    if not args.interval > 0:
+        raise _UsageError("--interval must be a positive number of seconds")
+    kv = _connect(args)
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            try:
+                lines = _status_lines(kv.cluster_status())
+            except TransportError as exc:
+                lines = [f"cluster unavailable: {exc}"]
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{clear}{stamp}  every {args.interval:g} s, Ctrl-C stops", *lines, sep="\n")
+            sys.stdout.flush()
+            _watch_sleep(args.interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    return str(value)
+
+
+def _bytes(count: Any) -> str:
+    """A byte count for people, in decimal units (``12.3 MB``); ``-`` if unknown (None, -1)."""
+    if isinstance(count, bool) or not isinstance(count, int | float) or not count >= 0:
+        return "-"
+    if count < 1000:
+        return f"{int(count)} B"
+    value = count / 1000
+    for unit in ("kB", "MB", "GB", "TB"):
+        if value < 999.95:  # what rounds to 1000.0 is shown in the next unit
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} PB"

@@ -1,0 +1,165 @@
+"""The process commands: ``up``, ``broker``, ``node``, ``http``, and ``check``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+
+from zkv.cli._common import (
+    EXIT_OK,
+    EXIT_USAGE,
+    _fail,
+    config_path,
+)
+from zkv.config import load_config
+from zkv.errors import (
+    FolderLocked,
+    StorageCorrupted,
+)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from zkv.launcher import Launcher
+    from zkv.runtime import configure_logging
+
+    configure_logging("up", args.log_level)
+    path = config_path(args.config)
+    return Launcher(load_config(path), path, args.log_level, args.foreground_logs).run()
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from zkv.broker.server import Broker
+    from zkv.runtime import configure_logging, on_stop_signals
+
+    configure_logging("broker", args.log_level)
+    broker = Broker(load_config(config_path(args.config)), ready_file=args.ready_file)
+    on_stop_signals(broker.stop)
+    return _serve(broker.run, "broker")
+
+
+def _node(args: argparse.Namespace) -> int:
+    from zkv.node.server import Node
+    from zkv.runtime import configure_logging, on_stop_signals
+
+    configure_logging(args.name, args.log_level)
+    node = Node(load_config(config_path(args.config)), args.name, ready_file=args.ready_file)
+    on_stop_signals(node.stop)
+    return _serve(node.run, f"node {args.name}")
+
+
+def _http(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+    import signal
+
+    from zkv.http import serve
+    from zkv.runtime import configure_logging, write_ready_file
+
+    configure_logging("http", args.log_level)
+    config = load_config(config_path(args.config))
+    host = config.http.host
+
+    def ready(port: int) -> None:
+        if args.ready_file is not None:
+            write_ready_file(args.ready_file, {"listen": f"{host}:{port}"})
+
+    async def main() -> None:
+        task = asyncio.ensure_future(
+            serve(
+                config.broker.clients,
+                host,
+                config.http.port,
+                timeout_s=config.defaults.timeout_s,
+                consistency=config.defaults.consistency,
+                max_request_bytes=config.limits.max_request_bytes,
+                ready=ready,
+            )
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        print(
+            f"zkv: http gateway cannot listen at {config.http.listen}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _serve(run: Callable[[], None], what: str) -> int:
+    try:
+        run()
+    except zmq.ZMQError as exc:
+        print(f"zkv: {what} cannot start: {exc}", file=sys.stderr)
+        return 1
+    except FolderLocked as exc:  # another process uses the data folder: the operator's to fix
+        print(f"zkv: {what} cannot start: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StorageCorrupted as exc:
+        print(f"zkv: {what} cannot start: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"zkv: {what} stopped: storage error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from zkv.storage.lock import folder_holder, lock_folder
+    from zkv.storage.recovery import check_directory
+
+    directory = Path(args.data)
+    if not directory.is_dir():
+        return _fail(f"{directory}: no such folder", EXIT_USAGE)
+    if args.repair:
+        try:
+            lock = lock_folder(directory)  # no node may start (or write) while we cut
+        except FolderLocked as exc:
+            return _fail(
+                f"cannot repair {directory}: it is in use by a live zkv process "
+                f"({_pid(exc.pid)}); stop it first",
+                EXIT_USAGE,
+            )
+        with lock:
+            ok, lines = check_directory(directory, repair=True)
+    else:
+        holder = folder_holder(directory)
+        if holder is not None:
+            print(
+                f"zkv: note: a live zkv process ({_pid(holder)}) holds {directory} and may "
+                "write to it meanwhile, so this result may be stale",
+                file=sys.stderr,
+            )
+        ok, lines = check_directory(directory)
+    for line in lines:
+        print(line)
+    if ok:
+        return EXIT_OK
+    if args.repair:
+        print(
+            f"zkv: {args.data} is still not fit to start from: records are missing that no "
+            "cut brings back; restore the missing files, or move the folder aside so the "
+            "node starts empty and resyncs from its shard",
+            file=sys.stderr,
+        )
+    else:
+        print(
+            f"zkv: {args.data} is damaged; `zkv check --data {args.data} --repair` cuts the "
+            "log at the first bad record and sets bad snapshots aside (losing what follows)",
+            file=sys.stderr,
+        )
+    return 1
+
+
+def _pid(pid: int | None) -> str:
+    return f"pid {pid}" if pid else "pid unknown"
