@@ -211,7 +211,7 @@ class Child:
         )
         assert self.process.stderr is not None
         self.tap = StderrTap(self.name, self.process.stderr, self.log_file)
-        log.info("started %s (pid %d)", self.name, self.process.pid)
+        log.debug("started %s (pid %d)", self.name, self.process.pid)
 
     def last_error(self) -> str | None:
         """Once the process exited: its last error line (after reading what it left)."""
