@@ -72,6 +72,10 @@ _VALUE_COMMANDS: Final = frozenset(
 )
 _EXAMPLES: Final = {
     "up": "example:\n  zkv up --config config/local.yaml",
+    "broker": "example (a cluster across machines):\n  zkv broker --config cluster.yaml",
+    "node": "example (a cluster across machines):\n  zkv node --config cluster.yaml --name s0a",
+    "http": "example:\n  zkv http --config config/local.yaml",
+    "check": "examples:\n  zkv check --data data/s0a\n  zkv check --data data/s0a --repair",
     "put": 'examples:\n  zkv put user:1 Ada\n  zkv put user:1 \'{"name": "Ada"}\' --json --ttl 60'
     "\n  echo hello | zkv put greeting -",
     "create": "example:\n  zkv create lock:job1 worker-7 --ttl 30",
@@ -226,6 +230,8 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         help="check a node's data folder",
         description="Check a node's data folder (e.g. data/s0a) for damage.",
+        epilog=_EXAMPLES["check"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(run=_check)
     p.add_argument("--data", required=True, metavar="DIR", help="the node's data folder")
