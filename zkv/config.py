@@ -9,6 +9,7 @@ to the working directory of the process (as Redis's ``dir``).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -163,6 +164,9 @@ class ClusterConfig:
     replication: ReplicationConfig = ReplicationConfig()
     http: HttpConfig = HttpConfig()
     launcher: LauncherConfig = LauncherConfig()
+    #: Accept endpoints off loopback although the links are not encrypted (a warning at
+    #: every start); without it such a config is refused (see ``exposed_endpoints``).
+    allow_insecure_remote: bool = False
     path: Path | None = None
 
     def nodes(self) -> list[NodeConfig]:
@@ -176,6 +180,22 @@ class ClusterConfig:
                 return node
         known = ", ".join(n.name for n in self.nodes())
         raise ConfigError(f"{self._where()}no node named {name!r} (nodes: {known})")
+
+    def exposed_endpoints(self) -> list[tuple[str, str]]:
+        """``(key path, endpoint)`` of every endpoint whose host is not a loopback address.
+
+        The HTTP gateway's ``listen`` counts too. Host names other than ``localhost`` count
+        as exposed: what they resolve to is not known here.
+        """
+        endpoints = [("broker.clients", self.broker.clients), ("broker.nodes", self.broker.nodes)]
+        for shard, nodes in self.shards.items():
+            for i, node in enumerate(nodes):
+                endpoints.append((f"shards.{shard}[{i}].publish", node.publish))
+                endpoints.append((f"shards.{shard}[{i}].sync", node.sync))
+        exposed = [(where, e) for where, e in endpoints if not is_loopback(_tcp_host(e))]
+        if not is_loopback(self.http.host):
+            exposed.append(("http.listen", self.http.listen))
+        return exposed
 
     def data_dir(self, name: str) -> Path:
         """The folder where process ``name`` keeps its files."""
@@ -255,6 +275,7 @@ class _Parser:
                 "replication",
                 "http",
                 "launcher",
+                "allow_insecure_remote",
             },
         )
         cluster = self._str(top.get("cluster", "zkv"), "cluster")
@@ -344,6 +365,9 @@ class _Parser:
             replication=replication,
             http=HttpConfig(listen),
             launcher=launcher,
+            allow_insecure_remote=self._flag(
+                top.get("allow_insecure_remote", False), "allow_insecure_remote"
+            ),
             path=path,
         )
 
@@ -452,9 +476,31 @@ class _Parser:
         return float(raw)
 
     @staticmethod
+    def _flag(raw: Any, where: str) -> bool:
+        if type(raw) is not bool:
+            raise _Invalid(where, "must be true or false")
+        return raw
+
+    @staticmethod
     def _endpoint(raw: Any, where: str) -> str:
         if not isinstance(raw, str) or not (m := _ENDPOINT.fullmatch(raw)):
             raise _Invalid(where, "not a tcp:// endpoint (tcp://HOST:PORT)")
         if m["port"] != "*" and int(m["port"]) > 65535:
             raise _Invalid(where, f"port {m['port']} is out of range")
         return raw
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, ``localhost``, ``*``) is a loopback address."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # '*', a host name: not known to stay on this machine
+        return False
+
+
+def _tcp_host(endpoint: str) -> str:
+    """The host part of ``tcp://HOST:PORT``."""
+    return endpoint.removeprefix("tcp://").rsplit(":", 1)[0]

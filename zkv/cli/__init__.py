@@ -54,7 +54,7 @@ from zkv.cli.data import (
 # the seam every data command connects through (tests replace it)
 from zkv.cli.data import _client as _client
 from zkv.cli.ops import _bench, _failover, _status
-from zkv.cli.processes import _broker, _check, _http, _node, _up
+from zkv.cli.processes import _broker, _check, _http, _keygen, _node, _up
 from zkv.cli.processes import _serve as _serve  # tests use it from here
 from zkv.errors import (
     ClientClosed,
@@ -75,6 +75,7 @@ _EXAMPLES: Final = {
     "broker": "example (a cluster across machines):\n  zkv broker --config cluster.yaml",
     "node": "example (a cluster across machines):\n  zkv node --config cluster.yaml --name s0a",
     "http": "example:\n  zkv http --config config/local.yaml",
+    "keygen": "example:\n  zkv keygen --out keys broker s0a s0b app",
     "check": "examples:\n  zkv check --data data/s0a\n  zkv check --data data/s0a --repair",
     "put": 'examples:\n  zkv put user:1 Ada\n  zkv put user:1 \'{"name": "Ada"}\' --json --ttl 60'
     "\n  echo hello | zkv put greeting -",
@@ -301,6 +302,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NODE",
         help="the replica to promote (default: the most advanced in-sync one)",
     )
+    p = sub.add_parser(
+        "keygen",
+        help="write CURVE key pairs (NAME.key, NAME.key_secret) with zmq.auth",
+        description="Write a CURVE key pair for each NAME into DIR (existing pairs are kept). "
+        "The links do not use them yet: that is the security work in progress.",
+        epilog=_EXAMPLES["keygen"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="the keys' folder")
+    p.add_argument("names", nargs="+", metavar="NAME", help="a process or client name")
+    p.set_defaults(run=_keygen)
     p = sub.add_parser(
         "completion",
         help="print a shell completion script (bash or zsh)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,11 +16,40 @@ from zkv.cli._common import (
     _fail,
     config_path,
 )
-from zkv.config import load_config
+from zkv.config import ClusterConfig, load_config
 from zkv.errors import (
+    ConfigError,
     FolderLocked,
     StorageCorrupted,
 )
+
+log = logging.getLogger(__name__)
+
+
+def _server_config(path: Path) -> ClusterConfig:
+    """The config a server process runs from, refused if it binds off loopback.
+
+    zkv's links are not encrypted or authenticated yet (CURVE is the security issue's
+    work), so an endpoint that another machine could reach is refused, unless the file
+    says ``allow_insecure_remote: true``: then each start warns, once per endpoint.
+    """
+    config = load_config(path)
+    exposed = config.exposed_endpoints()
+    if exposed and not config.allow_insecure_remote:
+        where, endpoint = exposed[0]
+        raise ConfigError(
+            f"{path}: {where} is {endpoint}, not a loopback address, and zkv's links are not "
+            "encrypted or authenticated yet: bind to 127.0.0.1 (or ::1), or put "
+            "`allow_insecure_remote: true` at the top of the file to run on a trusted network"
+        )
+    for where, endpoint in exposed:
+        log.warning(
+            "%s is %s, off loopback, without encryption or authentication "
+            "(allow_insecure_remote: true): keep this network trusted",
+            where,
+            endpoint,
+        )
+    return config
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -28,7 +58,7 @@ def _up(args: argparse.Namespace) -> int:
 
     configure_logging("up", args.log_level)
     path = config_path(args.config)
-    return Launcher(load_config(path), path, args.log_level, args.foreground_logs).run()
+    return Launcher(_server_config(path), path, args.log_level, args.foreground_logs).run()
 
 
 def _broker(args: argparse.Namespace) -> int:
@@ -36,7 +66,7 @@ def _broker(args: argparse.Namespace) -> int:
     from zkv.runtime import configure_logging, on_stop_signals
 
     configure_logging("broker", args.log_level)
-    broker = Broker(load_config(config_path(args.config)), ready_file=args.ready_file)
+    broker = Broker(_server_config(config_path(args.config)), ready_file=args.ready_file)
     on_stop_signals(broker.stop)
     return _serve(broker.run, "broker")
 
@@ -46,7 +76,7 @@ def _node(args: argparse.Namespace) -> int:
     from zkv.runtime import configure_logging, on_stop_signals
 
     configure_logging(args.name, args.log_level)
-    node = Node(load_config(config_path(args.config)), args.name, ready_file=args.ready_file)
+    node = Node(_server_config(config_path(args.config)), args.name, ready_file=args.ready_file)
     on_stop_signals(node.stop)
     return _serve(node.run, f"node {args.name}")
 
@@ -60,7 +90,7 @@ def _http(args: argparse.Namespace) -> int:
     from zkv.runtime import configure_logging, write_ready_file
 
     configure_logging("http", args.log_level)
-    config = load_config(config_path(args.config))
+    config = _server_config(config_path(args.config))
     host = config.http.host
 
     def ready(port: int) -> None:
@@ -163,3 +193,14 @@ def _check(args: argparse.Namespace) -> int:
 
 def _pid(pid: int | None) -> str:
     return f"pid {pid}" if pid else "pid unknown"
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from zkv.security import generate_keys
+
+    for pair in generate_keys(args.out, args.names):
+        if pair.created:
+            print(f"created {pair.public} and {pair.secret} (mode 0600)")
+        else:
+            print(f"kept {pair.public} and {pair.secret}: they exist already")
+    return EXIT_OK
