@@ -128,6 +128,9 @@ def test_defaults_when_optional_sections_are_absent() -> None:
     assert cfg.limits.max_key_bytes == 1024
     assert cfg.limits.max_value_bytes == 1024 * 1024
     assert cfg.limits.max_request_bytes == 64 * 1024 * 1024
+    assert cfg.limits.max_keys_per_request == 10_000
+    assert cfg.limits.max_inflight_per_client == 1000
+    assert cfg.limits.hwm == 10_000
     assert cfg.defaults == DefaultsConfig()
     assert cfg.defaults.consistency is Consistency.STRONG
     assert cfg.defaults.timeout_s == 5.0
@@ -304,8 +307,8 @@ def test_bad_yaml_line_number() -> None:
         ({"cluster": "x"}, "shards: is required"),
         (
             _doc(bogus=1),
-            "bogus: unknown key (known: broker, cluster, defaults, heartbeat, http, launcher, "
-            "limits, replication, shards, slots, storage)",
+            "bogus: unknown key (known: allow_insecure_remote, broker, cluster, defaults, "
+            "heartbeat, http, launcher, limits, replication, shards, slots, storage)",
         ),
         (_doc(cluster=""), "cluster: must be a non-empty string"),
         (_doc(cluster=5), "cluster: must be a non-empty string"),
@@ -359,9 +362,18 @@ def test_bad_yaml_line_number() -> None:
         # limits
         (
             _doc(limits={"max_keys": 1}),
-            "limits.max_keys: unknown key (known: max_key_bytes, max_request_bytes, "
-            "max_value_bytes)",
+            "limits.max_keys: unknown key (known: hwm, max_inflight_per_client, max_key_bytes, "
+            "max_keys_per_request, max_request_bytes, max_value_bytes)",
         ),
+        (
+            _doc(limits={"max_keys_per_request": 0}),
+            "limits.max_keys_per_request: must be between 1 and 100000",
+        ),
+        (
+            _doc(limits={"max_inflight_per_client": "many"}),
+            "limits.max_inflight_per_client: must be an integer",
+        ),
+        (_doc(limits={"hwm": 0}), "limits.hwm: must be between 1 and 10000000"),
         (_doc(limits={"max_key_bytes": 0}), "limits.max_key_bytes: must be between 1 and 65536"),
         (
             _doc(limits={"max_key_bytes": 65537}),

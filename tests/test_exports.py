@@ -39,6 +39,7 @@ def test_error_class_names_are_what_we_expect() -> None:
         "StorageError",
         "StorageFull",
         "Timeout",
+        "TooManyRequests",
         "TransportError",
         "Unavailable",
         "ValueTooLarge",

@@ -68,11 +68,19 @@ class StorageConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """Size limits, checked before anything is stored."""
+    """Limits a peer cannot exceed: sizes, checked before anything is stored, and the load
+    one client may put on the broker."""
 
     max_key_bytes: int = 1024
     max_value_bytes: int = 1024 * 1024
     max_request_bytes: int = 64 * 1024 * 1024
+    #: The most keys (or pipeline operations) one mget, mput or pipeline may carry.
+    max_keys_per_request: int = 10_000
+    #: Requests of one client the broker forwards and holds unanswered; past it a request
+    #: is refused at once with ``TooManyRequests``.
+    max_inflight_per_client: int = 1000
+    #: Messages each broker socket queues per peer, each way (ZeroMQ's SNDHWM/RCVHWM).
+    hwm: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +317,14 @@ class _Parser:
         lim = self._map(
             top.get("limits", {}),
             "limits",
-            allowed={"max_key_bytes", "max_value_bytes", "max_request_bytes"},
+            allowed={
+                "max_key_bytes",
+                "max_value_bytes",
+                "max_request_bytes",
+                "max_keys_per_request",
+                "max_inflight_per_client",
+                "hwm",
+            },
         )
         limits = LimitsConfig(
             max_key_bytes=self._int(
@@ -324,6 +339,19 @@ class _Parser:
                 1024,
                 2**31,
             ),
+            max_keys_per_request=self._int(
+                lim.get("max_keys_per_request", 10_000),
+                "limits.max_keys_per_request",
+                1,
+                100_000,
+            ),
+            max_inflight_per_client=self._int(
+                lim.get("max_inflight_per_client", 1000),
+                "limits.max_inflight_per_client",
+                1,
+                1_000_000,
+            ),
+            hwm=self._int(lim.get("hwm", 10_000), "limits.hwm", 1, 10_000_000),
         )
         d = self._map(top.get("defaults", {}), "defaults", allowed={"consistency", "timeout_s"})
         consistency = d.get("consistency", "strong")

@@ -16,6 +16,7 @@ Every failure a zkv user can see is a ``ZkvError``::
     │   ├── ValueTooLarge (ValueError)    value over limits.max_value_bytes
     │   ├── InvalidRequest (ValueError)   a well-formed request with bad arguments
     │   ├── ServerError                   the server failed while handling the request
+    │   ├── TooManyRequests               over limits.max_inflight_per_client at the broker
     │   └── StorageError                  the node cannot log writes (an I/O error)
     │       └── StorageFull               ... because its disk is (nearly) full
     └── TransportError                    no answer could be had
@@ -56,6 +57,7 @@ __all__ = [
     "StorageError",
     "StorageFull",
     "Timeout",
+    "TooManyRequests",
     "TransportError",
     "Unavailable",
     "ValueTooLarge",
@@ -80,6 +82,7 @@ class ErrorCode(IntEnum):
     SERVER_ERROR = 9
     STORAGE_ERROR = 10
     STORAGE_FULL = 11
+    TOO_MANY_REQUESTS = 12
 
 
 class ZkvError(Exception):
@@ -205,6 +208,14 @@ class ServerError(RequestError):
     code = ErrorCode.SERVER_ERROR
 
 
+class TooManyRequests(RequestError):
+    """The broker already holds ``limits.max_inflight_per_client`` of this client's requests
+    unanswered: this one was refused at once and changed nothing. Read the replies (or wait
+    for them) before sending more."""
+
+    code = ErrorCode.TOO_MANY_REQUESTS
+
+
 class StorageError(RequestError):
     """The node could not log the write to its disk (an I/O error, the device's fault), so it
     did not apply it; reads go on, and the node takes writes again by itself once it can."""
@@ -251,6 +262,7 @@ ERROR_CLASSES: dict[ErrorCode, type[ZkvError]] = {
     ErrorCode.SERVER_ERROR: ServerError,
     ErrorCode.STORAGE_ERROR: StorageError,
     ErrorCode.STORAGE_FULL: StorageFull,
+    ErrorCode.TOO_MANY_REQUESTS: TooManyRequests,
 }
 
 

@@ -43,7 +43,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
 
@@ -59,6 +59,9 @@ from zkv.errors import (
     error_from_code,
 )
 from zkv.errors import show_key as show_key  # its home is errors: every layer may import it
+
+if TYPE_CHECKING:
+    from zkv.config import LimitsConfig
 
 VERSION: Final = 1
 REQUEST_HEADER: Final = struct.Struct(">BBB16sQI")
@@ -366,6 +369,44 @@ def _malformed(request: Request, message: str) -> RemoteProtocolError:
 
 
 # --------------------------------------------------------------------------- limits
+
+
+#: Room for the envelope, headers and msgpack framing around a request's own bytes.
+FRAME_OVERHEAD_BYTES: Final = 4096
+#: msgpack framing of one key, value and expiry in a reply or record.
+ENTRY_OVERHEAD_BYTES: Final = 64
+#: The largest message a replica sends its primary's sync socket (HELLO, SNAP, ACK: a name
+#: of at most 64 bytes and a few numbers).
+MAX_SYNC_TO_PRIMARY_BYTES: Final = 64 * 1024
+
+
+def max_request_frame_bytes(limits: LimitsConfig) -> int:
+    """``MAXMSGSIZE`` of a socket receiving requests (the broker's, a node's from the
+    broker): one frame carries at most one request of ``limits.max_request_bytes``."""
+    return limits.max_request_bytes + FRAME_OVERHEAD_BYTES
+
+
+def max_reply_frame_bytes(limits: LimitsConfig) -> int:
+    """``MAXMSGSIZE`` of a socket receiving replies or the replication stream.
+
+    The largest frame a node sends back is a request's own size (a write's record), or a
+    reply of at most ``max(limits.max_keys_per_request, MAX_PAGE)`` entries of a key and a
+    value at their limits (an MGET or pipeline reply, a KEYS page; a write's RESULT record
+    carries such a reply too). Nothing legitimate is larger, so nothing legitimate is refused.
+    """
+    entries = max(limits.max_keys_per_request, MAX_PAGE)
+    per_entry = limits.max_key_bytes + limits.max_value_bytes + ENTRY_OVERHEAD_BYTES
+    return max(limits.max_request_bytes, entries * per_entry) + FRAME_OVERHEAD_BYTES
+
+
+def check_key_count(op_name: str, count: int, limit: int, what: str = "keys") -> None:
+    """Raise ``InvalidRequest`` if a multi-key request carries more than ``limit`` keys
+    (``limits.max_keys_per_request``)."""
+    if count > limit:
+        raise InvalidRequest(
+            f"{op_name} of {count} {what}; the limit is {limit} "
+            "(limits.max_keys_per_request): split it"
+        )
 
 
 def check_key(key: bytes, max_key_bytes: int) -> None:

@@ -28,6 +28,7 @@ import zmq
 
 from zkv import protocol
 from zkv.broker import fanout
+from zkv.broker.inflight import Inflight
 from zkv.broker.membership import Member, Membership
 from zkv.broker.routing import RoutingTable
 from zkv.broker.switchover import Switchboard
@@ -36,6 +37,7 @@ from zkv.errors import (
     ErrorCode,
     RemoteProtocolError,
     ServerError,
+    TooManyRequests,
     Unavailable,
     ZkvError,
 )
@@ -80,6 +82,8 @@ class Broker:
         self.failovers = 0
         self.switchboard = Switchboard(self.membership, config.heartbeat.interval_s)
         self._gathers = fanout.Gathers(self.slot_map)
+        #: Each client's requests forwarded and not answered yet (limits.max_inflight_per_client).
+        self._inflight = Inflight(config.limits.max_inflight_per_client)
         self._stopping = False
         #: Warnings any peer can trigger at will are throttled.
         self._bad = Throttle(log)
@@ -100,12 +104,15 @@ class Broker:
             self._run_locked()
 
     def _run_locked(self) -> None:
-        limit = self.config.limits.max_request_bytes + 4096
+        limits = self.config.limits
         self.clients = self.context.socket(zmq.ROUTER)
         self.nodes = self.context.socket(zmq.ROUTER)
         for sock in (self.clients, self.nodes):
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, limit)
+            sock.setsockopt(zmq.MAXMSGSIZE, protocol.max_request_frame_bytes(limits))
+            # a peer that sends without reading cannot make the broker queue without bound
+            sock.setsockopt(zmq.SNDHWM, limits.hwm)
+            sock.setsockopt(zmq.RCVHWM, limits.hwm)
         self.nodes.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.nodes.setsockopt(zmq.ROUTER_HANDOVER, 1)
         try:
@@ -175,6 +182,9 @@ class Broker:
             self._beat(member)
         for gather, error in self._gathers.expire(now):
             self._fail(gather.client, gather.request.seq, error)
+        forgotten = self._inflight.expire(now)
+        if forgotten:
+            log.debug("forgot %d requests never answered", forgotten)
 
     # ------------------------------------------------------------------ clients
 
@@ -194,6 +204,8 @@ class Broker:
         try:
             request = protocol.decode_request_header(frames[1])
             seq, op = request.seq, request.op
+            if op in protocol.SINGLE_KEY_OPS or op in fanout.FANOUT_OPS:
+                self._admit(client, request)
             if op in protocol.SINGLE_KEY_OPS:
                 self._route(client, request, frames[1:])
             elif op in fanout.FANOUT_OPS:
@@ -205,11 +217,36 @@ class Broker:
                 self._start_switch(client, protocol.decode_request(frames[1:]))
             else:
                 raise RemoteProtocolError(f"unknown operation {op.name}")
+        except _Refused:
+            pass
         except ZkvError as exc:
             self._fail(client, seq if exc.seq is None else exc.seq, exc)
         except Exception as exc:
             log.exception("failed to handle a client request")
             self._fail(client, seq, ServerError(f"broker error: {type(exc).__name__}: {exc}"))
+
+    def _admit(self, client: bytes, request: Request) -> None:
+        """Count ``request`` against its client's ``limits.max_inflight_per_client``.
+
+        Past the limit it is answered ``TooManyRequests`` at once and changes nothing. The
+        count is released when the broker answers the request, or after its timeout (the
+        node that had it may have died).
+        """
+        timeout_s = min(request.timeout_ms / 1000 or MAX_GATHER_S, MAX_GATHER_S)
+        if self._inflight.acquire(client, request.seq, time.monotonic() + timeout_s + 1.0):
+            return
+        self.errors += 1
+        self._bad.warning(
+            "client %s has %d requests in flight; refusing more",
+            client.hex()[:16],
+            self._inflight.limit,
+        )
+        error = TooManyRequests(
+            f"{request.op.name}: {self._inflight.limit} requests of this client are in flight "
+            "(limits.max_inflight_per_client); read their replies before sending more"
+        )
+        self.clients_send(client, protocol.encode_error(request.seq, error))
+        raise _Refused
 
     def _route(self, client: bytes, request: Request, frames: list[bytes]) -> None:
         key = frames[1]
@@ -230,8 +267,13 @@ class Broker:
             raise self._unavailable(shard, request)
 
     def _fan_out(self, client: bytes, request: Request) -> None:
+        limits = self.config.limits
+        if request.op in (Op.MGET, Op.MPUT, Op.BATCH):
+            what = "operations" if request.op is Op.BATCH else "keys"
+            protocol.check_key_count(
+                request.op.name, len(request.args[0]), limits.max_keys_per_request, what
+            )
         if request.op is Op.MPUT:  # refuse the whole batch before any shard stores a part
-            limits = self.config.limits
             protocol.check_items(request.args[0], limits.max_key_bytes, limits.max_value_bytes)
         parts = fanout.plan(request, self.slot_map)
         members = []
@@ -555,6 +597,14 @@ class Broker:
     # ------------------------------------------------------------------ replies
 
     def _reply(self, client: bytes, frames: list[bytes]) -> None:
+        """Send ``frames`` (a reply) to ``client``; the request it answers is no longer in
+        flight."""
+        if len(self._inflight) and len(frames[0]) == protocol.REPLY_HEADER.size:
+            self._inflight.release(client, protocol.REPLY_HEADER.unpack(frames[0])[2])
+        self.clients_send(client, frames)
+
+    def clients_send(self, client: bytes, frames: list[bytes]) -> None:
+        """Send ``frames`` to ``client`` without waiting (dropped if its queue is full)."""
         try:
             self.clients.send_multipart([client, *frames], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
@@ -565,6 +615,10 @@ class Broker:
         if exc.code in (ErrorCode.PROTOCOL, None):
             self._bad.warning("bad request from client %s: %s", client.hex()[:16], exc)
         self._reply(client, protocol.encode_error(seq, exc))
+
+
+class _Refused(Exception):
+    """A request already answered with an error that must not release its client's count."""
 
 
 def _ranges(runs: list[tuple[int, int]]) -> str:

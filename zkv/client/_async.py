@@ -62,6 +62,8 @@ class AsyncClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         consistency: Consistency | str = Consistency.STRONG,
         max_request_bytes: int = 64 * 1024 * 1024,
+        max_keys_per_request: int = 10_000,
+        max_reply_bytes: int | None = None,
         context: zmq.asyncio.Context | None = None,
         connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> None:
@@ -70,11 +72,17 @@ class AsyncClient:
         #: As ``Client.reached``.
         self.reached = False
         self._core = ClientCore(
-            timeout_s=timeout_s, consistency=consistency, max_request_bytes=max_request_bytes
+            timeout_s=timeout_s,
+            consistency=consistency,
+            max_request_bytes=max_request_bytes,
+            max_keys_per_request=max_keys_per_request,
         )
+        #: ``MAXMSGSIZE`` of the connection: the largest reply frame the cluster can send
+        #: (``protocol.max_reply_frame_bytes``; ``from_config`` sets it; None: no limit).
+        self.max_reply_bytes = max_reply_bytes
         self._context = context or zmq.asyncio.Context.instance()
         sock = self._context.socket(zmq.DEALER)
-        configure_socket(sock)
+        configure_socket(sock, self.max_reply_bytes)
         connect_socket(sock, self.endpoint)
         self._socket: zmq.asyncio.Socket | None = sock
         self._pending: dict[int, asyncio.Future[list[bytes]]] = {}

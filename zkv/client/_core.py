@@ -174,6 +174,8 @@ def config_defaults(path: str | Path, kwargs: dict[str, Any]) -> str:
     kwargs.setdefault("timeout_s", config.defaults.timeout_s)
     kwargs.setdefault("consistency", config.defaults.consistency)
     kwargs.setdefault("max_request_bytes", config.limits.max_request_bytes)
+    kwargs.setdefault("max_keys_per_request", config.limits.max_keys_per_request)
+    kwargs.setdefault("max_reply_bytes", protocol.max_reply_frame_bytes(config.limits))
     return config.broker.clients
 
 
@@ -252,6 +254,10 @@ def _batch_result(operation: Operation, result: Any) -> Any:
     return error_from_code(result[0], message, key)
 
 
+#: The requests whose first argument lists keys (or operations): ``limits.max_keys_per_request``.
+_MULTI_KEY_OPS: Final = frozenset({Op.MGET, Op.MPUT, Op.BATCH})
+
+
 class ClientCore:
     """Request building, reply matching and retry decisions for one client.
 
@@ -267,6 +273,7 @@ class ClientCore:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         consistency: Consistency | str = Consistency.STRONG,
         max_request_bytes: int = 64 * 1024 * 1024,
+        max_keys_per_request: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client_id = protocol.new_client_id()
@@ -274,6 +281,8 @@ class ClientCore:
         self.timeout_s = timeout_s
         self.consistency = Consistency(consistency)
         self.max_request_bytes = max_request_bytes
+        #: The most keys an mget, mput or pipeline may carry (``limits.max_keys_per_request``).
+        self.max_keys_per_request = max_keys_per_request
         self._seq = 0
 
     # ------------------------------------------------------------------ one exchange
@@ -306,11 +315,19 @@ class ClientCore:
             raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
         timeout_s = min(timeout_s, protocol.MAX_TIMEOUT_MS / 1000)  # inf: about 49 days
         deadline = self.clock() + timeout_s
+        arguments = list(args)
+        if op in _MULTI_KEY_OPS and arguments and isinstance(arguments[0], list | dict):
+            protocol.check_key_count(
+                op.name,
+                len(arguments[0]),
+                self.max_keys_per_request,
+                "operations" if op is Op.BATCH else "keys",
+            )
         self._seq += 1
         request = Request(
             op,
             key,
-            list(args),
+            arguments,
             client_id=self.client_id,
             seq=self._seq,
             consistency=self.consistency if consistency is None else Consistency(consistency),

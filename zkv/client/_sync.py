@@ -88,10 +88,13 @@ def check_connect_timeout(value: float | None) -> float | None:
     return value
 
 
-def configure_socket(sock: zmq.Socket[Any]) -> None:
+def configure_socket(sock: zmq.Socket[Any], max_reply_bytes: int | None = None) -> None:
     """Options every client socket gets (sync or async): no linger, no queueing on a dead
-    connection, quick reconnection to a restarted broker."""
+    connection, quick reconnection to a restarted broker, and no reply frame over
+    ``max_reply_bytes`` (None: no limit)."""
     sock.setsockopt(zmq.LINGER, 0)
+    if max_reply_bytes is not None:
+        sock.setsockopt(zmq.MAXMSGSIZE, max_reply_bytes)
     sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.RECONNECT_IVL, 50)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
@@ -115,6 +118,8 @@ class Client(MutableMapping[Key, Any]):
         timeout_s: float = DEFAULT_TIMEOUT_S,
         consistency: Consistency | str = Consistency.STRONG,
         max_request_bytes: int = 64 * 1024 * 1024,
+        max_keys_per_request: int = 10_000,
+        max_reply_bytes: int | None = None,
         context: zmq.Context[Any] | None = None,
         connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> None:
@@ -124,8 +129,14 @@ class Client(MutableMapping[Key, Any]):
         #: away is waited for up to each call's timeout, not ``connect_timeout_s``).
         self.reached = False
         self._core = ClientCore(
-            timeout_s=timeout_s, consistency=consistency, max_request_bytes=max_request_bytes
+            timeout_s=timeout_s,
+            consistency=consistency,
+            max_request_bytes=max_request_bytes,
+            max_keys_per_request=max_keys_per_request,
         )
+        #: ``MAXMSGSIZE`` of the connection: the largest reply frame the cluster can send
+        #: (``protocol.max_reply_frame_bytes``; ``from_config`` sets it; None: no limit).
+        self.max_reply_bytes = max_reply_bytes
         self._lock = threading.Lock()
         self._socket: zmq.Socket[bytes] | None = None
         self._context = context or zmq.Context.instance()
@@ -138,7 +149,7 @@ class Client(MutableMapping[Key, Any]):
 
     def _connect(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
-        configure_socket(sock)
+        configure_socket(sock, self.max_reply_bytes)
         connect_socket(sock, self.endpoint)
         return sock
 

@@ -32,6 +32,7 @@ from zkv.errors import (
     StorageError,
     StorageFull,
     Timeout,
+    TooManyRequests,
     Unavailable,
     ValueTooLarge,
     ZkvError,
@@ -451,6 +452,8 @@ ROUTES: Final[tuple[tuple[str, str, Handler, str], ...]] = (
 #: ``StorageError`` (an I/O error of the device) is 503 Service Unavailable, a temporary
 #: condition of the service the client may retry later, rather than 500 (kept for bugs of
 #: the gateway itself) or 502 (the cluster failing on the request, ``ServerError``).
+#: ``TooManyRequests`` (the broker holds ``limits.max_inflight_per_client`` requests of the
+#: gateway unanswered) is 429 Too Many Requests.
 _STATUS: Final[tuple[tuple[type[ZkvError], int], ...]] = (
     (KeyNotFound, 404),
     (KeyExists, 409),
@@ -458,6 +461,7 @@ _STATUS: Final[tuple[tuple[type[ZkvError], int], ...]] = (
     (ValueTooLarge, 413),
     (InvalidRequest, 400),
     (LocalProtocolError, 400),
+    (TooManyRequests, 429),
     (StorageFull, 507),
     (StorageError, 503),
     (Timeout, 504),

@@ -61,6 +61,7 @@ class Replica:
         *,
         hwm: int,
         heartbeat_s: float,
+        max_frame_bytes: int = -1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
@@ -68,6 +69,8 @@ class Replica:
         self.persistence = persistence
         self.context = context
         self.hwm = hwm
+        #: ``MAXMSGSIZE`` of the stream (``protocol.max_reply_frame_bytes``; -1: no limit).
+        self.max_frame_bytes = max_frame_bytes
         self.heartbeat_s = heartbeat_s
         #: The follow/sync state machine this drives.
         self.core = Follower(name, heartbeat_s=heartbeat_s)
@@ -235,10 +238,16 @@ class Replica:
         self.sub = self.context.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, self.hwm)
+        # a stream frame is one logged record: at most a request, or a write's reply
+        self.sub.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.connect(primary.publish)
         self.dealer = self.context.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
+        # No MAXMSGSIZE on the sync channel: a snapshot CHUNK holds whole slots (at least
+        # CHUNK_KEYS keys, and a slot may hold any number) and RESULTS every remembered write
+        # outcome, so any bound derived from the limits could refuse a legitimate snapshot.
+        # The peer is the primary the broker named.
         self.dealer.connect(primary.sync)
 
     def _disconnect(self) -> None:

@@ -160,7 +160,7 @@ class Node:
         broker = ctx.socket(zmq.DEALER)
         broker.setsockopt(zmq.IDENTITY, f"node:{self.me.name}".encode())
         broker.setsockopt(zmq.LINGER, 0)
-        broker.setsockopt(zmq.MAXMSGSIZE, self.limits.max_request_bytes + 4096)
+        broker.setsockopt(zmq.MAXMSGSIZE, protocol.max_request_frame_bytes(self.limits))
         pub = ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.LINGER, 0)
         pub.setsockopt(zmq.SNDHWM, self.config.replication.hwm)
@@ -168,6 +168,8 @@ class Node:
         sync.setsockopt(zmq.LINGER, 0)
         sync.setsockopt(zmq.SNDHWM, 8)  # snapshot chunks go only as fast as a replica reads
         sync.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # replicas send only HELLO, SNAP and ACK here, each a few dozen bytes
+        sync.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_SYNC_TO_PRIMARY_BYTES)
         try:
             pub.bind(bind_endpoint(self.me.publish))
             sync.bind(bind_endpoint(self.me.sync))
@@ -191,6 +193,7 @@ class Node:
             self.context,
             hwm=self.config.replication.hwm,
             heartbeat_s=self.config.heartbeat.interval_s,
+            max_frame_bytes=protocol.max_reply_frame_bytes(self.limits),
         )
         replica.force_snapshot = self.discarded_seq >= 0 and self.store.seq == 0
         return replica
