@@ -10,6 +10,7 @@ from pathlib import Path
 
 import zmq
 
+from zkv import protocol
 from zkv.cli._common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -106,6 +107,8 @@ def _http(args: argparse.Namespace) -> int:
                 timeout_s=config.defaults.timeout_s,
                 consistency=config.defaults.consistency,
                 max_request_bytes=config.limits.max_request_bytes,
+                max_keys_per_request=config.limits.max_keys_per_request,
+                max_reply_bytes=protocol.max_reply_frame_bytes(config.limits),
                 ready=ready,
             )
         )

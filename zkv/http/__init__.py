@@ -83,6 +83,8 @@ exception's name (or the HTTP one for routing errors):
 409    ``KeyExists``
 413    ``KeyTooLarge``, ``ValueTooLarge`` (the cluster's limits); ``RequestTooLarge``
        (a body over the gateway's ``max_body_bytes``, 64 MiB by default)
+429    ``TooManyRequests``: the broker holds ``limits.max_inflight_per_client`` of the
+       gateway's requests unanswered; refused at once, nothing changed
 502    another zkv error from the cluster (``ServerError``, a malformed reply)
 503    ``Unavailable``: the key's shard has no live node, or no broker can be reached;
        ``StorageError``: the node could not log a write to its disk (an I/O error)

@@ -582,6 +582,8 @@ async def serve(
     ready: Callable[[int], None] | None = None,
     consistency: str = "strong",
     max_request_bytes: int = 64 * 1024 * 1024,
+    max_keys_per_request: int = 10_000,
+    max_reply_bytes: int | None = None,
 ) -> None:
     """Serve the gateway on ``host``:``port`` for the cluster whose broker is ``endpoint``.
 
@@ -590,13 +592,16 @@ async def serve(
     first socket's, should ``host`` resolve to several addresses). ``timeout_s`` is each
     cluster call's timeout (an expired call answers 504); ``consistency`` the default of
     requests that do not choose one, and ``max_request_bytes`` the largest request sent to
-    the cluster (the config's ``defaults.consistency`` and ``limits.max_request_bytes``).
+    the cluster (the config's ``defaults.consistency`` and ``limits.max_request_bytes``);
+    ``max_keys_per_request`` and ``max_reply_bytes`` as ``AsyncClient`` takes them.
     """
     client = AsyncClient(
         endpoint,
         timeout_s=timeout_s,
         consistency=consistency,
         max_request_bytes=max_request_bytes,
+        max_keys_per_request=max_keys_per_request,
+        max_reply_bytes=max_reply_bytes,
     )
     try:
         runner = web.AppRunner(create_app(client))

@@ -39,12 +39,13 @@ def _errors(*statuses: str) -> dict[str, Any]:
         "404": "NotFound",
         "409": "Conflict",
         "413": "TooLarge",
+        "429": "TooManyRequests",
         "502": "BadGateway",
         "503": "Unavailable",
         "504": "Timeout",
         "507": "InsufficientStorage",
     }
-    return {s: _response(names[s]) for s in sorted({*statuses, "502", "503", "504"})}
+    return {s: _response(names[s]) for s in sorted({*statuses, "429", "502", "503", "504"})}
 
 
 def _write_errors(*statuses: str) -> dict[str, Any]:
@@ -335,6 +336,10 @@ _RESPONSES: Final[dict[str, Any]] = {
         "The node's disk is full, or under its `storage.min_free_bytes` free (`StorageFull`): "
         "the write was not applied. Reads go on; the node takes writes again by itself once "
         "space is freed."
+    ),
+    "TooManyRequests": _error_response(
+        "The broker already holds `limits.max_inflight_per_client` of the gateway's requests "
+        "unanswered (`TooManyRequests`): this one was refused and changed nothing; retry later."
     ),
     "Timeout": _error_response(
         "No answer from the cluster in time (`Timeout`); a write may or may not have been applied."
