@@ -245,7 +245,7 @@ class Broker:
             f"{request.op.name}: {self._inflight.limit} requests of this client are in flight "
             "(limits.max_inflight_per_client); read their replies before sending more"
         )
-        self.clients_send(client, protocol.encode_error(request.seq, error))
+        self._send_client(client, protocol.encode_error(request.seq, error))
         raise _Refused
 
     def _route(self, client: bytes, request: Request, frames: list[bytes]) -> None:
@@ -601,9 +601,9 @@ class Broker:
         flight."""
         if len(self._inflight) and len(frames[0]) == protocol.REPLY_HEADER.size:
             self._inflight.release(client, protocol.REPLY_HEADER.unpack(frames[0])[2])
-        self.clients_send(client, frames)
+        self._send_client(client, frames)
 
-    def clients_send(self, client: bytes, frames: list[bytes]) -> None:
+    def _send_client(self, client: bytes, frames: list[bytes]) -> None:
         """Send ``frames`` to ``client`` without waiting (dropped if its queue is full)."""
         try:
             self.clients.send_multipart([client, *frames], zmq.NOBLOCK)
