@@ -87,10 +87,22 @@ def test_a_replica_that_holds_a_write_past_the_timeout_leaves_the_set() -> None:
     assert rs.wait(6, [b"reply"], now=0.0) is None
     rs.ack(b"id-b", 5, primary_seq=6, now=0.9)  # heard from, but without seq 6
     assert rs.expire(now=1.0) == []  # not yet: exactly the timeout
-    assert rs.expire(now=1.01) == [[b"reply"]]
-    assert rs.in_sync() == []
+    assert rs.expire(now=1.01) == []  # out of the set, but the broker may still promote it
+    assert rs.in_sync() == []  # what the next heartbeat reports
+    assert rs.confirm(["b"]) == []  # the broker has not taken it in yet
+    assert rs.confirm([]) == [[b"reply"]]  # now it has: the reply goes
     rs.ack(b"id-b", 6, primary_seq=6, now=1.5)  # caught up: back in
     assert rs.in_sync() == ["b"]
+
+
+def test_a_dropped_replica_that_catches_up_releases_what_it_held() -> None:
+    rs = ReplicaSet(ack_timeout_s=1.0)
+    rs.hello(b"id-b", "b", now=0.0)
+    rs.ack(b"id-b", 5, primary_seq=5, now=0.0)
+    assert rs.wait(6, [b"r6"], now=0.0) is None
+    assert rs.expire(now=1.5) == []  # dropped, unconfirmed: r6 still waits for b
+    assert rs.wait(5, [b"r5"], now=1.5) == [b"r5"]  # b has seq 5: that one goes
+    assert rs.ack(b"id-b", 6, primary_seq=6, now=1.6) == [[b"r6"]]  # back in sync
 
 
 def test_a_silent_replica_leaves_the_set() -> None:
@@ -287,8 +299,9 @@ def test_a_replica_that_stops_acking_releases_held_replies_after_the_timeout() -
     store.put(b"x", b"y")
     assert primary.hold(store.seq, [b"reply"], now=0.1) is None
     assert primary.tick(now=1.0) == []
-    assert primary.tick(now=1.2) == [[b"reply"]]
+    assert primary.tick(now=1.2) == []  # dropped; held until the broker confirms
     assert primary.replicas.in_sync() == []
+    assert primary.replicas.confirm([]) == [[b"reply"]]
 
 
 def test_the_primary_streams_a_snapshot_as_fast_as_the_replica_takes_it() -> None:

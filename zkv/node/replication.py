@@ -96,11 +96,22 @@ class _Waiting:
 
 @dataclass
 class ReplicaSet:
-    """The primary's replicas, its in-sync set, and the strong replies waiting on them."""
+    """The primary's replicas, its in-sync set, and the strong replies waiting on them.
+
+    A replica that leaves the in-sync set still holds back the strong replies it has not
+    acknowledged until the broker confirms the smaller set (``confirm``: the broker's
+    heartbeat echoes the set it has on record). Until then the broker could still promote
+    that replica if this primary died, so a reply released earlier could name a write the
+    new primary never had. The price: when a replica drops out, strong writes wait about one
+    heartbeat round trip more.
+    """
 
     ack_timeout_s: float
     replicas: dict[bytes, ReplicaState] = field(default_factory=dict)
     _waiting: list[_Waiting] = field(default_factory=list)
+    #: Replicas dropped from the in-sync set that the broker may still count in it, with
+    #: the highest sequence each had acknowledged: replies above it wait for ``confirm``.
+    _dropped: dict[str, int] = field(default_factory=dict)
 
     def seed(self, names: list[str], now: float) -> None:
         """Count ``names`` in sync before they connect: the set a restarted primary inherits.
@@ -135,14 +146,18 @@ class ReplicaSet:
             return []
         replica.acked = max(replica.acked, seq)
         replica.last_heard = now
+        if replica.name in self._dropped:
+            self._dropped[replica.name] = max(self._dropped[replica.name], replica.acked)
         if not replica.in_sync and replica.acked >= primary_seq:
             replica.in_sync = True
+            self._dropped.pop(replica.name, None)
             log.info("replica %s is in sync at seq %d", replica.name, replica.acked)
         return self._release()
 
     def wait(self, seq: int, reply: list[bytes], now: float) -> list[bytes] | None:
         """Hold ``reply`` until every in-sync replica has ``seq``; returned now if none lack it."""
-        if all(r.acked >= seq for r in self.replicas.values() if r.in_sync):
+        floor = self._floor()
+        if floor is None or seq <= floor:
             return reply
         self._waiting.append(_Waiting(seq, now, reply))
         return None
@@ -160,6 +175,7 @@ class ReplicaSet:
             silent = now - replica.last_heard > timeout
             if late or silent:
                 replica.in_sync = False
+                self._dropped[replica.name] = replica.acked
                 why = (
                     f"no ack for seq {oldest.seq} within {timeout:g} s"
                     if late and oldest
@@ -170,10 +186,22 @@ class ReplicaSet:
             del self.replicas[identity]
         return self._release()
 
+    def confirm(self, broker_in_sync: list[str]) -> list[list[bytes]]:
+        """The broker's record of the in-sync set; the replies dropped replicas held back."""
+        for name in [n for n in self._dropped if n not in broker_in_sync]:
+            del self._dropped[name]
+        return self._release()
+
+    def _floor(self) -> int | None:
+        """The highest sequence every replica a strong reply must wait for has acknowledged
+        (None: there is none)."""
+        acked = [r.acked for r in self.replicas.values() if r.in_sync]
+        return min([*acked, *self._dropped.values()], default=None)
+
     def _release(self) -> list[list[bytes]]:
         if not self._waiting:
             return []
-        floor = min((r.acked for r in self.replicas.values() if r.in_sync), default=None)
+        floor = self._floor()
         released = []
         while self._waiting and (floor is None or self._waiting[0].seq <= floor):
             released.append(self._waiting.pop(0).reply)

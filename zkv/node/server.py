@@ -546,6 +546,10 @@ class Node:
         elif role == Role.REPLICA and (self.role != Role.REPLICA or epoch != self.epoch):
             self._become_replica(epoch)
             self._beat_now = changed = True
+        if role == Role.PRIMARY and self.primary is not None:
+            # the broker's record of the in-sync set: replies a dropped replica held go now
+            for reply in self.primary.replicas.confirm(in_sync):
+                self._send(self._broker, reply)
         if self.replica is not None and isinstance(primary, dict):
             try:
                 target = (str(primary["name"]), str(primary["publish"]), str(primary["sync"]))
