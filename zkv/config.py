@@ -31,6 +31,7 @@ __all__ = [
     "LimitsConfig",
     "NodeConfig",
     "ReplicationConfig",
+    "SecurityConfig",
     "StorageConfig",
     "load_config",
     "parse_config",
@@ -41,6 +42,8 @@ _ENDPOINT = re.compile(r"^tcp://(?P<host>[^:/\s]+|\[[0-9a-fA-F:.]+\]):(?P<port>\
 _TOP = "(top level)"
 _LISTEN = re.compile(r"(?P<host>[^:/\s]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5})")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: The name of the broker's key pair in ``security.keys``.
+BROKER_KEY = "broker"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +120,11 @@ class ReplicationConfig:
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
-    """The HTTP gateway (``zkv http``): where it listens, ``HOST:PORT``."""
+    """The HTTP gateway (``zkv http``): where it listens, ``HOST:PORT``, and, when the
+    cluster has a ``security`` section, the client key it talks to the broker with."""
 
     listen: str = "127.0.0.1:7480"
+    client: str = "gateway"
 
     @property
     def host(self) -> str:
@@ -145,6 +150,28 @@ class LauncherConfig:
     crash_window_s: float = 60.0
     backoff_first_s: float = 0.5
     backoff_max_s: float = 8.0
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """CURVE on every ZeroMQ link: where the key pairs live and which clients are admitted.
+
+    ``keys`` holds one pair per name (``NAME.key`` public, ``NAME.key_secret`` secret, as
+    ``zkv keygen`` writes them): ``broker``, every node, and every client in ``clients``.
+    Each process reads only its own secret file and the public files of its peers, so a
+    machine needs only the secret keys of the processes it runs.
+    """
+
+    keys: Path
+    clients: tuple[str, ...]
+
+    def public_file(self, name: str) -> Path:
+        """The public key file of ``name``."""
+        return self.keys / f"{name}.key"
+
+    def secret_file(self, name: str) -> Path:
+        """The secret key file of ``name`` (mode 0600)."""
+        return self.keys / f"{name}.key_secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +202,8 @@ class ClusterConfig:
     #: Accept endpoints off loopback although the links are not encrypted (a warning at
     #: every start); without it such a config is refused (see ``exposed_endpoints``).
     allow_insecure_remote: bool = False
+    #: CURVE keys and admitted clients; None: no encryption, every endpoint on loopback.
+    security: SecurityConfig | None = None
     path: Path | None = None
 
     def nodes(self) -> list[NodeConfig]:
@@ -189,12 +218,22 @@ class ClusterConfig:
         known = ", ".join(n.name for n in self.nodes())
         raise ConfigError(f"{self._where()}no node named {name!r} (nodes: {known})")
 
-    def exposed_endpoints(self) -> list[tuple[str, str]]:
-        """``(key path, endpoint)`` of every endpoint whose host is not a loopback address.
+    def key_names(self) -> list[str]:
+        """Every key pair the ``security`` section names: the broker, each node, each client."""
+        if self.security is None:
+            return []
+        return [BROKER_KEY, *(n.name for n in self.nodes()), *self.security.clients]
 
-        The HTTP gateway's ``listen`` counts too. Host names other than ``localhost`` count
-        as exposed: what they resolve to is not known here.
+    def exposed_endpoints(self) -> list[tuple[str, str]]:
+        """``(key path, endpoint)`` of every endpoint that is neither encrypted nor on a
+        loopback address.
+
+        With a ``security`` section every ZeroMQ link is encrypted, so only the HTTP
+        gateway's ``listen`` can count. Host names other than ``localhost`` count as exposed:
+        what they resolve to is not known here.
         """
+        if self.security is not None:
+            return [] if is_loopback(self.http.host) else [("http.listen", self.http.listen)]
         endpoints = [("broker.clients", self.broker.clients), ("broker.nodes", self.broker.nodes)]
         for shard, nodes in self.shards.items():
             for i, node in enumerate(nodes):
@@ -284,6 +323,7 @@ class _Parser:
                 "http",
                 "launcher",
                 "allow_insecure_remote",
+                "security",
             },
         )
         cluster = self._str(top.get("cluster", "zkv"), "cluster")
@@ -371,14 +411,20 @@ class _Parser:
             ack_timeout_s=self._seconds(r.get("ack_timeout_s", 1.0), "replication.ack_timeout_s"),
             hwm=self._int(r.get("hwm", 100_000), "replication.hwm", 1, 2**31),
         )
-        w = self._map(top.get("http", {}), "http", allowed={"listen"})
+        w = self._map(top.get("http", {}), "http", allowed={"listen", "client"})
         listen = w.get("listen", "127.0.0.1:7480")
         if not isinstance(listen, str) or not _LISTEN.fullmatch(listen):
             raise _Invalid("http.listen", "must be HOST:PORT, e.g. 127.0.0.1:7480")
         if int(listen.rsplit(":", 1)[1]) > 65535:
             raise _Invalid("http.listen", "port is out of range")
+        gateway = w.get("client", "gateway")
+        if not isinstance(gateway, str) or not _NAME.fullmatch(gateway):
+            raise _Invalid("http.client", "a client name is letters, digits, '_', '-' or '.'")
         launcher = self._launcher(top.get("launcher", {}))
         shards = self._shards(top["shards"], broker)
+        security = None
+        if "security" in top:
+            security = self._security(top["security"], shards, gateway)
         if slots < len(shards):
             raise _Invalid("slots", f"must be at least the number of shards ({len(shards)})")
         return ClusterConfig(
@@ -391,13 +437,41 @@ class _Parser:
             heartbeat=heartbeat,
             shards=shards,
             replication=replication,
-            http=HttpConfig(listen),
+            http=HttpConfig(listen, gateway),
             launcher=launcher,
             allow_insecure_remote=self._flag(
                 top.get("allow_insecure_remote", False), "allow_insecure_remote"
             ),
+            security=security,
             path=path,
         )
+
+    def _security(
+        self, raw: Any, shards: dict[str, tuple[NodeConfig, ...]], gateway: str
+    ) -> SecurityConfig:
+        sec = self._map(raw, "security", required={"keys", "clients"}, allowed={"keys", "clients"})
+        keys = Path(self._str(sec["keys"], "security.keys"))
+        clients = sec["clients"]
+        if not isinstance(clients, list) or not clients:
+            raise _Invalid("security.clients", "must be a non-empty list of client names")
+        taken = {BROKER_KEY: "the broker"}
+        taken.update({n.name: f"node {n.name}" for nodes in shards.values() for n in nodes})
+        names: list[str] = []
+        for i, name in enumerate(clients):
+            where = f"security.clients[{i}]"
+            if not isinstance(name, str) or not _NAME.fullmatch(name):
+                raise _Invalid(where, "a client name is letters, digits, '_', '-' or '.'")
+            if name in taken or name in names:
+                owner = taken.get(name, "another client")
+                raise _Invalid(where, f"{name!r} is already the key name of {owner}")
+            names.append(name)
+        if gateway not in names:
+            raise _Invalid(
+                "http.client",
+                f"the gateway's client {gateway!r} is not in security.clients "
+                "(the gateway talks to the broker with that key)",
+            )
+        return SecurityConfig(keys=keys, clients=tuple(names))
 
     def _launcher(self, raw: Any) -> LauncherConfig:
         u = self._map(
