@@ -30,6 +30,7 @@ __all__ = [
     "on_stop_signals",
     "read_ready_file",
     "recv_frames",
+    "recv_frames_with_user",
     "write_ready_file",
 ]
 
@@ -49,6 +50,21 @@ def recv_frames(sock: zmq.Socket[bytes], max_frames: int = MAX_FRAMES) -> list[b
         if len(frames) <= max_frames:
             frames.append(frame)
     return frames if len(frames) <= max_frames else None
+
+
+def recv_frames_with_user(
+    sock: zmq.Socket[bytes], max_frames: int = MAX_FRAMES
+) -> tuple[list[bytes] | None, str]:
+    """``recv_frames``, plus the ``User-Id`` the ZAP authenticator gave the sender's
+    connection (its key's name; only on a socket with CURVE and ZAP)."""
+    first = sock.recv(zmq.NOBLOCK, copy=False)
+    user = first.get("User-Id")
+    frames = [first.bytes]
+    while sock.getsockopt(zmq.RCVMORE):
+        frame = sock.recv()
+        if len(frames) <= max_frames:
+            frames.append(frame)
+    return (frames if len(frames) <= max_frames else None), str(user)
 
 
 class Throttle:

@@ -1,7 +1,9 @@
 """Broker: the one address clients know; routes each request to the node that owns its key.
 
 Two ROUTER sockets: ``clients`` (client DEALERs) and ``nodes`` (node DEALERs, identity
-``node:<name>``). A single-key request is routed by its key frame alone
+``node:<name>``). With a ``security`` section both run CURVE (``zkv.security.Keyring``): only
+listed client keys reach ``clients``, only node keys reach ``nodes``, and a node is known by
+the name of the key it proved, not by an identity it chose. A single-key request is routed by its key frame alone
 (``slot_of(key) -> shard -> primary``) and forwarded untouched, wrapped in an envelope
 naming the client; the node's reply is unwrapped and sent back. The broker never decodes
 a single-key request's body, and never decodes a value. Multi-key and cluster-wide
@@ -42,7 +44,15 @@ from zkv.errors import (
     ZkvError,
 )
 from zkv.protocol import Consistency, Op, Request, Role
-from zkv.runtime import MAX_FRAMES, Throttle, bind_endpoint, recv_frames, write_ready_file
+from zkv.runtime import (
+    MAX_FRAMES,
+    Throttle,
+    bind_endpoint,
+    recv_frames,
+    recv_frames_with_user,
+    write_ready_file,
+)
+from zkv.security import CLIENTS_DOMAIN, NODES_DOMAIN, Keyring
 from zkv.slots import SlotMap
 from zkv.storage.lock import lock_folder
 from zkv.storage.persistence import RESUME_HEADROOM_BYTES
@@ -85,6 +95,10 @@ class Broker:
         #: Each client's requests forwarded and not answered yet (limits.max_inflight_per_client).
         self._inflight = Inflight(config.limits.max_inflight_per_client)
         self._stopping = False
+        #: Whether the sockets run CURVE: nodes are then known by their keys' names, and
+        #: reached on the connection each last spoke on (``_named_connection``).
+        self._secure = False
+        self._connections: dict[bytes, bytes] = {}
         #: Warnings any peer can trigger at will are throttled.
         self._bad = Throttle(log)
 
@@ -104,6 +118,17 @@ class Broker:
             self._run_locked()
 
     def _run_locked(self) -> None:
+        keyring = None
+        if self.config.security is not None:
+            keyring = Keyring.for_broker(self.config, self.context)
+            keyring.start()
+        try:
+            self._bind_and_serve(keyring)
+        finally:
+            if keyring is not None:
+                keyring.stop()
+
+    def _bind_and_serve(self, keyring: Keyring | None) -> None:
         limits = self.config.limits
         self.clients = self.context.socket(zmq.ROUTER)
         self.nodes = self.context.socket(zmq.ROUTER)
@@ -114,13 +139,26 @@ class Broker:
             sock.setsockopt(zmq.SNDHWM, limits.hwm)
             sock.setsockopt(zmq.RCVHWM, limits.hwm)
         self.nodes.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.nodes.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if keyring is not None:
+            keyring.serve(self.clients, CLIENTS_DOMAIN)
+            keyring.serve(self.nodes, NODES_DOMAIN)
+            self._secure = True
+        else:
+            # a restarted node takes its name back at once from a connection not closed yet
+            self.nodes.setsockopt(zmq.ROUTER_HANDOVER, 1)
         try:
             self.clients.bind(bind_endpoint(self.config.broker.clients))
             self.nodes.bind(bind_endpoint(self.config.broker.nodes))
             clients_at = self.clients.getsockopt_string(zmq.LAST_ENDPOINT)
             nodes_at = self.nodes.getsockopt_string(zmq.LAST_ENDPOINT)
-            log.info("broker serving clients at %s, nodes at %s", clients_at, nodes_at)
+            log.info(
+                "broker serving clients at %s, nodes at %s (%s)",
+                clients_at,
+                nodes_at,
+                "CURVE, keys from " + str(self.config.security.keys)
+                if self.config.security is not None
+                else "not encrypted",
+            )
             if self.ready_file is not None:
                 write_ready_file(self.ready_file, {"clients": clients_at, "nodes": nodes_at})
             self._loop()
@@ -143,7 +181,7 @@ class Broker:
                     raise
                 continue
             if self.nodes in ready:
-                self._drain(self.nodes, self._on_node)
+                self._drain(self.nodes, self._on_node, node_keys=self._secure)
             if self.clients in ready:
                 self._drain(self.clients, self._on_client)
             now = time.monotonic()
@@ -151,21 +189,47 @@ class Broker:
                 self._tick(now)
                 next_tick = now + interval
 
-    def _drain(self, sock: zmq.Socket[bytes], handle: Any) -> None:
+    def _drain(self, sock: zmq.Socket[bytes], handle: Any, *, node_keys: bool = False) -> None:
+        """Handle every message ready on ``sock`` (up to ``DRAIN_MAX``).
+
+        With ``node_keys`` a node message's identity is the name of the key it came with
+        (see ``_named_connection``), never one the sender chose.
+        """
         for _ in range(DRAIN_MAX):
             try:
-                frames = recv_frames(sock)
+                if node_keys:
+                    frames, user = recv_frames_with_user(sock)
+                else:
+                    frames, user = recv_frames(sock), ""
             except zmq.Again:
                 return
             if frames is None:
                 self._bad.warning("dropped a message of more than %d frames", MAX_FRAMES)
                 continue
+            if node_keys:
+                frames[0] = self._named_connection(frames[0], user)
             try:
                 handle(frames)
             except ZkvError as exc:
                 self._bad.warning("dropped a malformed message: %s", exc)
             except Exception:
                 log.exception("failed to handle a message of %d frames", len(frames))
+
+    def _named_connection(self, connection: bytes, user: str) -> bytes:
+        """The identity ``node:NAME`` of a message that came on ``connection`` with NAME's key.
+
+        With CURVE, nodes do not choose their identity on the node socket (the ROUTER gives
+        each connection its own, without handover): the ZAP authenticator names the key
+        each connection proved, and the broker sends to a node on the connection its last
+        message came from. So a node key admits its holder under its own name only: an
+        impostor with another node's key speaks as that node, and cannot take over (or
+        shut out) a name whose key it lacks.
+        """
+        identity = b"node:" + user.encode()
+        if self._connections.get(identity) != connection:
+            self._connections[identity] = connection
+            log.debug("node %s speaks on connection %s", user, connection.hex())
+        return identity
 
     def _tick(self, now: float) -> None:
         self.membership.expire(now)
@@ -584,10 +648,17 @@ class Broker:
             self._reply(gather.client, protocol.encode_reply(gather.request.seq, outcome))
 
     def _to_node(self, member: Member, frames: list[bytes]) -> bool:
+        address: bytes | None = member.identity
+        if self._secure:
+            address = self._connections.get(member.identity)
+            if address is None:
+                self.membership.lost(member.name)
+                return False
         try:
-            self.nodes.send_multipart([member.identity, *frames], zmq.NOBLOCK)
+            self.nodes.send_multipart([address, *frames], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (full)
             if exc.errno == zmq.EHOSTUNREACH:
+                self._connections.pop(member.identity, None)
                 self.membership.lost(member.name)
             else:
                 log.warning("node %s is not keeping up; dropped a message", member.name)

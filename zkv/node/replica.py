@@ -63,6 +63,7 @@ class Replica:
         heartbeat_s: float,
         max_frame_bytes: int = -1,
         clock: Callable[[], float] = time.monotonic,
+        dial: Callable[[zmq.Socket[Any], str], None] | None = None,
     ) -> None:
         self.name = name
         self.store = store
@@ -72,6 +73,8 @@ class Replica:
         #: ``MAXMSGSIZE`` of the stream (``protocol.max_reply_frame_bytes``; -1: no limit).
         self.max_frame_bytes = max_frame_bytes
         self.heartbeat_s = heartbeat_s
+        #: With CURVE: makes a socket prove this node's key to the named primary.
+        self.dial = dial
         #: The follow/sync state machine this drives.
         self.core = Follower(name, heartbeat_s=heartbeat_s)
         self.sub: zmq.Socket[bytes] | None = None
@@ -241,9 +244,12 @@ class Replica:
         # a stream frame is one logged record: at most a request, or a write's reply
         self.sub.setsockopt(zmq.MAXMSGSIZE, self.max_frame_bytes)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sub.connect(primary.publish)
         self.dealer = self.context.socket(zmq.DEALER)
         self.dealer.setsockopt(zmq.LINGER, 0)
+        if self.dial is not None:
+            self.dial(self.sub, primary.name)
+            self.dial(self.dealer, primary.name)
+        self.sub.connect(primary.publish)
         # No MAXMSGSIZE on the sync channel: a snapshot CHUNK holds whole slots (at least
         # CHUNK_KEYS keys, and a slot may hold any number) and RESULTS every remembered write
         # outcome, so any bound derived from the limits could refuse a legitimate snapshot.

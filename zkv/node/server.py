@@ -31,7 +31,7 @@ from typing import Any, Final
 import zmq
 
 from zkv import protocol
-from zkv.config import ClusterConfig, NodeConfig
+from zkv.config import BROKER_KEY, ClusterConfig, NodeConfig
 from zkv.errors import (
     StorageCorrupted,
     StorageError,
@@ -44,6 +44,7 @@ from zkv.node.primary import Primary
 from zkv.node.replica import Replica
 from zkv.protocol import NodeInfo, NodeState, Role
 from zkv.runtime import MAX_FRAMES, Throttle, bind_endpoint, recv_frames, write_ready_file
+from zkv.security import Keyring, shard_domain
 from zkv.storage.engine import Store
 from zkv.storage.lock import lock_folder
 from zkv.storage.persistence import Persistence
@@ -103,6 +104,8 @@ class Node:
         #: Warnings any peer can trigger at will are throttled.
         self._bad = Throttle(log)
         self.core = NodeCore(self.store, config.limits, config.slots, name, self.me.shard)
+        #: This node's CURVE keys and authenticator (None without a ``security`` section).
+        self.keyring: Keyring | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,7 +133,14 @@ class Node:
         otherwise it raises before binding anything.
         """
         with lock_folder(self.persistence.directory):
-            self._run_locked()
+            if self.config.security is not None:
+                self.keyring = Keyring.for_node(self.config, self.me.name, self.context)
+                self.keyring.start()
+            try:
+                self._run_locked()
+            finally:
+                if self.keyring is not None:
+                    self.keyring.stop()
 
     def _run_locked(self) -> None:
         try:
@@ -157,9 +167,7 @@ class Node:
 
     def _run_sockets(self) -> None:
         ctx = self.context
-        broker = ctx.socket(zmq.DEALER)
-        broker.setsockopt(zmq.IDENTITY, f"node:{self.me.name}".encode())
-        broker.setsockopt(zmq.LINGER, 0)
+        broker = self._broker_socket()
         broker.setsockopt(zmq.MAXMSGSIZE, protocol.max_request_frame_bytes(self.limits))
         pub = ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.LINGER, 0)
@@ -170,12 +178,14 @@ class Node:
         sync.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # replicas send only HELLO, SNAP and ACK here, each a few dozen bytes
         sync.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_SYNC_TO_PRIMARY_BYTES)
+        if self.keyring is not None:  # only this shard's nodes follow its stream
+            self.keyring.serve(pub, shard_domain(self.me.shard))
+            self.keyring.serve(sync, shard_domain(self.me.shard))
         try:
             pub.bind(bind_endpoint(self.me.publish))
             sync.bind(bind_endpoint(self.me.sync))
             self.publish = pub.getsockopt_string(zmq.LAST_ENDPOINT)
             self.sync = sync.getsockopt_string(zmq.LAST_ENDPOINT)
-            broker.connect(self.config.broker.nodes)
             self._pub, self._sync = pub, sync
             self.replica = self._new_replica()
             self._serve(broker, sync)
@@ -184,6 +194,21 @@ class Node:
                 self.replica.close()
             for sock in (broker, pub, sync):
                 sock.close(linger=0)
+
+    def _broker_socket(self) -> zmq.Socket[bytes]:
+        """A DEALER connected to the broker's node endpoint, known there as this node.
+
+        Without CURVE its identity says so (``node:NAME``). With CURVE it proves this
+        node's key instead, and the broker names the connection after the key.
+        """
+        sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.keyring is None:
+            sock.setsockopt(zmq.IDENTITY, f"node:{self.me.name}".encode())
+        else:
+            self.keyring.dial(sock, BROKER_KEY)
+        sock.connect(self.config.broker.nodes)
+        return sock
 
     def _new_replica(self) -> Replica:
         replica = Replica(
@@ -194,6 +219,7 @@ class Node:
             hwm=self.config.replication.hwm,
             heartbeat_s=self.config.heartbeat.interval_s,
             max_frame_bytes=protocol.max_reply_frame_bytes(self.limits),
+            dial=None if self.keyring is None else self.keyring.dial,
         )
         replica.force_snapshot = self.discarded_seq >= 0 and self.store.seq == 0
         return replica
@@ -243,10 +269,7 @@ class Node:
 
     def _serving_primary(self, last_seq: int, wait_s: float) -> str | None:
         """Report ``damaged`` to the broker; the name of a serving primary it names in time."""
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, f"node:{self.me.name}".encode())
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.config.broker.nodes)
+        sock = self._broker_socket()
         info = NodeInfo(
             self.me.name, self.me.shard, role=Role.REPLICA, state=NodeState.DAMAGED, pid=os.getpid()
         )
