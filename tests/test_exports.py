@@ -48,7 +48,14 @@ def test_error_class_names_are_what_we_expect() -> None:
 
 
 def test_all_is_exactly_the_public_names() -> None:
-    expected = {"AsyncClient", "Client", "Consistency", "__version__", *ERROR_CLASS_NAMES}
+    expected = {
+        "AsyncClient",
+        "Client",
+        "Consistency",
+        "CurveKeys",
+        "__version__",
+        *ERROR_CLASS_NAMES,
+    }
     assert set(zkv.__all__) == expected
     assert len(zkv.__all__) == len(set(zkv.__all__))  # no duplicates
 

@@ -5,6 +5,10 @@
 >>> kv["greeting"] = "hello"
 >>> kv.get("greeting")
 'hello'
+
+A cluster whose config has a ``security`` section takes CURVE keys:
+``zkv.Client.from_config("config/secure.yaml", client="app")``, or
+``zkv.Client(endpoint, curve=zkv.CurveKeys.load("keys/app.key_secret"))``.
 """
 
 from zkv.client import AsyncClient, Client
@@ -32,6 +36,7 @@ from zkv.errors import (
     ZkvError,
 )
 from zkv.protocol import Consistency
+from zkv.security import CurveKeys
 
 __version__ = "0.1.0"
 
@@ -41,6 +46,7 @@ __all__ = [
     "ClientClosed",
     "ConfigError",
     "Consistency",
+    "CurveKeys",
     "FolderLocked",
     "InvalidRequest",
     "KeyExists",

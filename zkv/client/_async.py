@@ -43,6 +43,7 @@ from zkv.client._sync import (
 )
 from zkv.errors import ClientClosed
 from zkv.protocol import Consistency
+from zkv.security import CurveKeys
 
 __all__ = ["AsyncClient"]
 
@@ -53,6 +54,8 @@ class AsyncClient:
     ``AsyncClient("tcp://127.0.0.1:7400")`` or ``AsyncClient.from_config(path)``; use it as
     ``async with``, or call ``await aclose()``. Operations and their arguments are those of
     ``zkv.Client``; any number may be awaited at once, from any tasks of one event loop.
+    ``curve=`` and ``from_config(path, client=NAME)`` connect to a secured cluster, as with
+    ``zkv.Client``.
     """
 
     def __init__(
@@ -66,8 +69,11 @@ class AsyncClient:
         max_reply_bytes: int | None = None,
         context: zmq.asyncio.Context | None = None,
         connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.endpoint = parse_endpoint(endpoint)
+        #: As ``Client.curve``.
+        self.curve = curve
         self.connect_timeout_s = check_connect_timeout(connect_timeout_s)
         #: As ``Client.reached``.
         self.reached = False
@@ -82,16 +88,19 @@ class AsyncClient:
         self.max_reply_bytes = max_reply_bytes
         self._context = context or zmq.asyncio.Context.instance()
         sock = self._context.socket(zmq.DEALER)
-        configure_socket(sock, self.max_reply_bytes)
+        configure_socket(sock, self.max_reply_bytes, self.curve)
         connect_socket(sock, self.endpoint)
         self._socket: zmq.asyncio.Socket | None = sock
         self._pending: dict[int, asyncio.Future[list[bytes]]] = {}
         self._receiver: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_config(cls, path: str | Path, **kwargs: Any) -> AsyncClient:
-        """A client for the cluster described by the YAML file at ``path``."""
-        return cls(config_defaults(path, kwargs), **kwargs)
+    def from_config(
+        cls, path: str | Path, *, client: str | None = None, **kwargs: Any
+    ) -> AsyncClient:
+        """A client for the cluster described by the YAML file at ``path``; as
+        ``Client.from_config``, ``client=NAME`` names its key in a secured cluster."""
+        return cls(config_defaults(path, kwargs, client, CurveKeys.for_client), **kwargs)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -21,11 +21,12 @@ from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from zkv import protocol
-from zkv.config import load_config
+from zkv.config import ClusterConfig, load_config
 from zkv.errors import (
+    ConfigError,
     InvalidRequest,
     RemoteProtocolError,
     Timeout,
@@ -35,6 +36,9 @@ from zkv.errors import (
     error_from_code,
 )
 from zkv.protocol import Consistency, Op, Request
+
+if TYPE_CHECKING:
+    from zkv.security import CurveKeys
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -168,9 +172,40 @@ def check_ttl(
     return ttl
 
 
-def config_defaults(path: str | Path, kwargs: dict[str, Any]) -> str:
-    """The broker endpoint of the cluster file at ``path``; fills client defaults from it."""
+def config_defaults(
+    path: str | Path,
+    kwargs: dict[str, Any],
+    client: str | None,
+    load_keys: Callable[[ClusterConfig, str], CurveKeys],
+) -> str:
+    """The broker endpoint of the cluster file at ``path``; fills client defaults from it.
+
+    When the file has a ``security`` section, ``kwargs["curve"]`` becomes the keys of
+    client ``client`` (``load_keys(config, client)``: ``CurveKeys.for_client``, passed in
+    by the driver so that this module stays free of ZeroMQ),
+    unless ``kwargs`` holds a ``curve`` already. ``ConfigError`` if such a file is given
+    neither (the broker would admit no connection), or if ``client`` is given for a file
+    without a ``security`` section. ``TypeError`` if both ``client`` and ``curve`` are.
+    """
     config = load_config(path)
+    curve = kwargs.get("curve")
+    if client is not None and curve is not None:
+        raise TypeError("pass client=NAME or curve=KEYS, not both")
+    security = config.security
+    if security is None:
+        if client is not None:
+            raise ConfigError(
+                f"{path}: has no security section, so client={client!r} names no key; "
+                "drop client= (this cluster's links are not encrypted)"
+            )
+    elif curve is None:
+        if client is None:
+            listed = ", ".join(security.clients)
+            raise ConfigError(
+                f"{path}: has a security section: pass client=NAME (one of security.clients: "
+                f"{listed}) to connect with that client's key, or curve=CurveKeys.load(FILE)"
+            )
+        kwargs["curve"] = load_keys(config, client)
     kwargs.setdefault("timeout_s", config.defaults.timeout_s)
     kwargs.setdefault("consistency", config.defaults.consistency)
     kwargs.setdefault("max_request_bytes", config.limits.max_request_bytes)

@@ -39,6 +39,7 @@ from zkv.client._core import (
 from zkv.client._pipeline import Pipeline
 from zkv.errors import ClientClosed, InvalidRequest, KeyNotFound, Unavailable
 from zkv.protocol import Consistency
+from zkv.security import CurveKeys
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "Client", "parse_endpoint"]
 
@@ -88,10 +89,14 @@ def check_connect_timeout(value: float | None) -> float | None:
     return value
 
 
-def configure_socket(sock: zmq.Socket[Any], max_reply_bytes: int | None = None) -> None:
-    """Options every client socket gets (sync or async): no linger, no queueing on a dead
-    connection, quick reconnection to a restarted broker, and no reply frame over
-    ``max_reply_bytes`` (None: no limit)."""
+def configure_socket(
+    sock: zmq.Socket[Any], max_reply_bytes: int | None = None, curve: CurveKeys | None = None
+) -> None:
+    """Options every client socket gets (sync or async), before it connects: no linger, no
+    queueing on a dead connection, quick reconnection to a restarted broker, no reply frame
+    over ``max_reply_bytes`` (None: no limit), and CURVE with ``curve``'s keys if given."""
+    if curve is not None:
+        curve.apply(sock)
     sock.setsockopt(zmq.LINGER, 0)
     if max_reply_bytes is not None:
         sock.setsockopt(zmq.MAXMSGSIZE, max_reply_bytes)
@@ -109,6 +114,10 @@ class Client(MutableMapping[Key, Any]):
     ``str`` (stored as UTF-8, so ``"a"`` and ``b"a"`` are one key) or ``bytes``; values are
     anything msgpack can encode and come back equal after a msgpack round trip (tuples come
     back as lists). Use it as a context manager, or call ``close()``.
+
+    For a cluster with a ``security`` section, pass the client's CURVE keys:
+    ``Client(endpoint, curve=CurveKeys.load("keys/app.key_secret"))``, or
+    ``Client.from_config(path, client="app")``.
     """
 
     def __init__(
@@ -122,8 +131,11 @@ class Client(MutableMapping[Key, Any]):
         max_reply_bytes: int | None = None,
         context: zmq.Context[Any] | None = None,
         connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.endpoint = parse_endpoint(endpoint)
+        #: The CURVE keys every connection of this client uses (None: plain text).
+        self.curve = curve
         self.connect_timeout_s = check_connect_timeout(connect_timeout_s)
         #: Whether a request ever went out on a connection (after that, a broker that goes
         #: away is waited for up to each call's timeout, not ``connect_timeout_s``).
@@ -143,13 +155,19 @@ class Client(MutableMapping[Key, Any]):
         self._socket = self._connect()
 
     @classmethod
-    def from_config(cls, path: str | Path, **kwargs: Any) -> Client:
-        """A client for the cluster described by the YAML file at ``path``."""
-        return cls(config_defaults(path, kwargs), **kwargs)
+    def from_config(cls, path: str | Path, *, client: str | None = None, **kwargs: Any) -> Client:
+        """A client for the cluster described by the YAML file at ``path``.
+
+        Its timeout, consistency and limits come from the file; ``kwargs`` are ``Client``'s
+        own and win. A file with a ``security`` section needs the name of one of its
+        ``security.clients`` (``client="app"`` reads ``<security.keys>/app.key_secret`` and
+        the broker's public key) or explicit ``curve=`` keys; else ``ConfigError``.
+        """
+        return cls(config_defaults(path, kwargs, client, CurveKeys.for_client), **kwargs)
 
     def _connect(self) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
-        configure_socket(sock, self.max_reply_bytes)
+        configure_socket(sock, self.max_reply_bytes, self.curve)
         connect_socket(sock, self.endpoint)
         return sock
 
