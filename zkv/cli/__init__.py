@@ -8,6 +8,10 @@ Data: ``put``, ``create``, ``cas``, ``mput``, ``get KEY...``, ``del KEY...``, ``
 ``ttl``, ``expire``, ``count``, ``clear``, ``keys [PREFIX]``; each takes ``--config FILE``
 or ``--connect ENDPOINT`` (``HOST:PORT`` or ``tcp://HOST:PORT``). Without either, the config
 file is ``$ZKV_CONFIG``, else ``./config/local.yaml``, else ``~/.config/zkv/config.yaml``.
+Security: ``zkv keygen --config FILE`` (or ``--out DIR NAME...``) writes CURVE key pairs;
+data and operations commands take ``--key FILE`` (else ``$ZKV_KEY``), a client's secret key,
+required for a config with a ``security`` section (the broker's public key is ``broker.key``
+beside it, or ``--server-key FILE`` / ``$ZKV_SERVER_KEY``).
 
 Exit status: 0 success, 1 the key is missing (``check``: the folder is damaged), 2 bad
 usage, a bad config file, or a data folder in use by another process, 3 the cluster is
@@ -31,6 +35,8 @@ from zkv.cli._common import (
     EXIT_MISSING,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
+    KEY_HELP,
+    SERVER_KEY_HELP,
     _fail,
     _UsageError,
     config_path,
@@ -75,7 +81,8 @@ _EXAMPLES: Final = {
     "broker": "example (a cluster across machines):\n  zkv broker --config cluster.yaml",
     "node": "example (a cluster across machines):\n  zkv node --config cluster.yaml --name s0a",
     "http": "example:\n  zkv http --config config/local.yaml",
-    "keygen": "example:\n  zkv keygen --out keys broker s0a s0b app",
+    "keygen": "examples:\n  zkv keygen --config config/secure.yaml\n"
+    "  zkv keygen --out keys broker s0a s0b app",
     "check": "examples:\n  zkv check --data data/s0a\n  zkv check --data data/s0a --repair",
     "put": 'examples:\n  zkv put user:1 Ada\n  zkv put user:1 \'{"name": "Ada"}\' --json --ttl 60'
     "\n  echo hello | zkv put greeting -",
@@ -119,9 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TransportError as exc:
         kv = args.kv
         if kv is not None and not kv.reached and not isinstance(exc, ClientClosed):
+            # with CURVE, a broker that refuses the key looks the same as no broker
+            hint = ", and does it admit this --key" if getattr(kv, "curve", None) else ""
             return _fail(
-                f"cannot reach the cluster at {kv.endpoint} (is it running? start it with "
-                "`zkv up`, or point --connect at it)",
+                f"cannot reach the cluster at {kv.endpoint} (is it running{hint}? start it "
+                "with `zkv up`, or point --connect at it)",
                 EXIT_UNAVAILABLE,
             )
         return _fail(f"cluster unavailable: {exc}", EXIT_UNAVAILABLE)
@@ -210,6 +219,11 @@ def _parser() -> argparse.ArgumentParser:
                 default=None,
                 metavar="S",
                 help="seconds to wait for the cluster",
+            )
+            # dest: KEY is the positional of the data commands
+            p.add_argument("--key", dest="key_file", metavar="FILE", help=KEY_HELP)
+            p.add_argument(
+                "--server-key", dest="server_key_file", metavar="FILE", help=SERVER_KEY_HELP
             )
         return p
 
@@ -305,13 +319,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "keygen",
         help="write CURVE key pairs (NAME.key, NAME.key_secret) with zmq.auth",
-        description="Write a CURVE key pair for each NAME into DIR (existing pairs are kept). "
-        "The links do not use them yet: that is the security work in progress.",
+        description="Write the CURVE key pairs a secured cluster needs: with --config, one "
+        "for the broker, each node and each client the file's security section names, into "
+        "security.keys; with --out, one for each NAME into DIR. Existing pairs are kept; "
+        "secret files are mode 0600.",
         epilog=_EXAMPLES["keygen"],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="the keys' folder")
-    p.add_argument("names", nargs="+", metavar="NAME", help="a process or client name")
+    p.add_argument("--config", metavar="FILE", help="cluster YAML file with a security section")
+    p.add_argument("--out", type=Path, metavar="DIR", help="the keys' folder (with NAMEs)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="a process or client name")
     p.set_defaults(run=_keygen)
     p = sub.add_parser(
         "completion",

@@ -17,7 +17,13 @@ USER_CONFIG: Final = "~/.config/zkv/config.yaml"
 CONFIG_HELP: Final = (
     f"cluster YAML file (default: $ZKV_CONFIG, else ./{DEFAULT_CONFIG}, else {USER_CONFIG})"
 )
-#: Commands whose positionals may start with "-" (a key or a value).
+KEY_HELP: Final = (
+    "a client's CURVE secret key file, for a cluster with a security section (default: "
+    "$ZKV_KEY); the broker's public key is broker.key next to it"
+)
+SERVER_KEY_HELP: Final = (
+    "the broker's public key file (default: $ZKV_SERVER_KEY, else broker.key next to --key)"
+)
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 

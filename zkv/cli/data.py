@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from zkv.cli._common import (
     EXIT_MISSING,
@@ -20,9 +22,16 @@ from zkv.errors import (
     KeyNotFound,
 )
 
+if TYPE_CHECKING:
+    from zkv.security import CurveKeys
+
 
 def _client(args: argparse.Namespace) -> Any:
+    """The client of a data or operations command, from ``--connect`` or the config file,
+    with the CURVE keys of ``--key`` / ``$ZKV_KEY`` (required when the file has a
+    ``security`` section)."""
     from zkv.client import Client
+    from zkv.config import load_config
 
     kwargs: dict[str, Any] = {}
     if args.timeout is not None:
@@ -30,10 +39,41 @@ def _client(args: argparse.Namespace) -> Any:
             raise _UsageError("--timeout must be a positive number of seconds")
         kwargs["timeout_s"] = args.timeout
     if args.connect:
-        args.kv = Client(args.connect, **kwargs)
+        args.kv = Client(args.connect, curve=_curve(args), **kwargs)
     else:
-        args.kv = Client.from_config(config_path(args.config), **kwargs)
+        path = config_path(args.config)
+        security = load_config(path).security
+        if security is None:
+            if args.key_file or args.server_key_file:  # $ZKV_KEY is for secured clusters only
+                option = "--key" if args.key_file else "--server-key"
+                raise _UsageError(
+                    f"{path} has no security section (its links are not encrypted): drop {option}"
+                )
+            curve = None
+        else:
+            curve = _curve(args)
+            if curve is None:
+                example = security.secret_file(security.clients[0])
+                raise _UsageError(
+                    f"{path} has a security section: pass --key FILE (or set ZKV_KEY) with a "
+                    f"client's secret key, e.g. {example}"
+                )
+        args.kv = Client.from_config(path, curve=curve, **kwargs)
     return args.kv
+
+
+def _curve(args: argparse.Namespace) -> CurveKeys | None:
+    """The client keys of ``--key`` (else ``$ZKV_KEY``) and ``--server-key`` (else
+    ``$ZKV_SERVER_KEY``, else ``broker.key`` beside the secret key); None without a key."""
+    from zkv.security import CurveKeys
+
+    key = args.key_file or os.environ.get("ZKV_KEY")
+    server = args.server_key_file or os.environ.get("ZKV_SERVER_KEY")
+    if not key:
+        if args.server_key_file:
+            raise _UsageError("--server-key needs --key FILE (or ZKV_KEY), the client's own key")
+        return None
+    return CurveKeys.load(Path(key), Path(server) if server else None)
 
 
 def _finite(text: str) -> float:

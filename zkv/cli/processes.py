@@ -15,6 +15,7 @@ from zkv.cli._common import (
     EXIT_OK,
     EXIT_USAGE,
     _fail,
+    _UsageError,
     config_path,
 )
 from zkv.config import ClusterConfig, load_config
@@ -89,10 +90,13 @@ def _http(args: argparse.Namespace) -> int:
 
     from zkv.http import serve
     from zkv.runtime import configure_logging, write_ready_file
+    from zkv.security import CurveKeys
 
     configure_logging("http", args.log_level)
     config = _server_config(config_path(args.config))
     host = config.http.host
+    # a secured cluster: the gateway talks to the broker as client http.client
+    curve = None if config.security is None else CurveKeys.for_client(config, config.http.client)
 
     def ready(port: int) -> None:
         if args.ready_file is not None:
@@ -109,6 +113,7 @@ def _http(args: argparse.Namespace) -> int:
                 max_request_bytes=config.limits.max_request_bytes,
                 max_keys_per_request=config.limits.max_keys_per_request,
                 max_reply_bytes=protocol.max_reply_frame_bytes(config.limits),
+                curve=curve,
                 ready=ready,
             )
         )
@@ -199,9 +204,23 @@ def _pid(pid: int | None) -> str:
 
 
 def _keygen(args: argparse.Namespace) -> int:
-    from zkv.security import generate_keys
+    from zkv.security import generate_config_keys, generate_keys
 
-    for pair in generate_keys(args.out, args.names):
+    if args.config is not None:
+        if args.out is not None or args.names:
+            raise _UsageError(
+                "keygen takes either --config FILE (every key the file's security section "
+                "names) or --out DIR NAME..., not both"
+            )
+        pairs = generate_config_keys(load_config(args.config))
+    elif args.out is None or not args.names:
+        raise _UsageError(
+            "keygen needs --config FILE (every key the file's security section names) or "
+            "--out DIR NAME..."
+        )
+    else:
+        pairs = generate_keys(args.out, args.names)
+    for pair in pairs:
         if pair.created:
             print(f"created {pair.public} and {pair.secret} (mode 0600)")
         else:

@@ -1,8 +1,10 @@
 """The zkv HTTP gateway: a JSON API, an OpenAPI document and Prometheus metrics.
 
 ``serve(endpoint, host, port)`` runs it against the cluster whose broker is ``endpoint``
-(``zkv http``); ``create_app(client)`` builds the ``aiohttp.web.Application`` around an
-``AsyncClient`` you own (for tests, or to mount it in a larger app).
+(``zkv http``; ``curve=`` the gateway's keys for a cluster with a ``security`` section,
+``zkv http`` passes those of ``http.client``); ``create_app(client)`` builds the
+``aiohttp.web.Application`` around an ``AsyncClient`` you own (for tests, or to mount it in
+a larger app).
 
 Routes (JSON in and out)
 ========================

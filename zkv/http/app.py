@@ -52,6 +52,7 @@ from zkv.http.codec import (
 from zkv.http.metrics import GatewayMetrics
 from zkv.http.openapi import openapi_document
 from zkv.protocol import MAX_KEY_FRAME_BYTES
+from zkv.security import CurveKeys
 
 __all__ = [
     "CLIENT",
@@ -584,6 +585,7 @@ async def serve(
     max_request_bytes: int = 64 * 1024 * 1024,
     max_keys_per_request: int = 10_000,
     max_reply_bytes: int | None = None,
+    curve: CurveKeys | None = None,
 ) -> None:
     """Serve the gateway on ``host``:``port`` for the cluster whose broker is ``endpoint``.
 
@@ -593,7 +595,8 @@ async def serve(
     cluster call's timeout (an expired call answers 504); ``consistency`` the default of
     requests that do not choose one, and ``max_request_bytes`` the largest request sent to
     the cluster (the config's ``defaults.consistency`` and ``limits.max_request_bytes``);
-    ``max_keys_per_request`` and ``max_reply_bytes`` as ``AsyncClient`` takes them.
+    ``max_keys_per_request``, ``max_reply_bytes`` and ``curve`` (the gateway's CURVE keys,
+    for a cluster with a ``security`` section) as ``AsyncClient`` takes them.
     """
     client = AsyncClient(
         endpoint,
@@ -602,6 +605,7 @@ async def serve(
         max_request_bytes=max_request_bytes,
         max_keys_per_request=max_keys_per_request,
         max_reply_bytes=max_reply_bytes,
+        curve=curve,
     )
     try:
         runner = web.AppRunner(create_app(client))
