@@ -18,6 +18,7 @@ from zkv.config import (
     LauncherConfig,
     LimitsConfig,
     NodeConfig,
+    SecurityConfig,
     StorageConfig,
     load_config,
     parse_config,
@@ -308,7 +309,7 @@ def test_bad_yaml_line_number() -> None:
         (
             _doc(bogus=1),
             "bogus: unknown key (known: allow_insecure_remote, broker, cluster, defaults, "
-            "heartbeat, http, launcher, limits, replication, shards, slots, storage)",
+            "heartbeat, http, launcher, limits, replication, security, shards, slots, storage)",
         ),
         (_doc(cluster=""), "cluster: must be a non-empty string"),
         (_doc(cluster=5), "cluster: must be a non-empty string"),
@@ -635,3 +636,102 @@ def test_launcher_section() -> None:
     assert type(launcher.crash_window_s) is float
     with pytest.raises(AttributeError):
         launcher.max_crashes = 1  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- security
+
+
+def _secure(**security: Any) -> dict[str, Any]:
+    section: dict[str, Any] = {"keys": "./keys", "clients": ["admin", "gateway"]}
+    section.update(security)
+    return _doc(security={k: v for k, v in section.items() if v is not None})
+
+
+def test_security_section() -> None:
+    config = parse_config(yaml.safe_dump(_secure()))
+    assert config.security == SecurityConfig(keys=Path("keys"), clients=("admin", "gateway"))
+    assert config.security.public_file("admin") == Path("keys/admin.key")
+    assert config.security.secret_file("admin") == Path("keys/admin.key_secret")
+    assert config.http.client == "gateway"
+    assert config.key_names() == ["broker", "n1", "admin", "gateway"]
+    plain = parse_config(yaml.safe_dump(_doc()))
+    assert plain.security is None
+    assert plain.key_names() == []
+
+
+def test_the_shipped_secure_config() -> None:
+    config = load_config(Path(__file__).parent.parent / "config" / "secure.yaml")
+    local = load_config(Path(__file__).parent.parent / "config" / "local.yaml")
+    assert config.security is not None
+    assert config.security.clients == ("admin", "app", "gateway")
+    assert config.http.client == "gateway"
+    assert config.storage.dir != local.storage.dir
+    assert config.shards == local.shards  # the same cluster, with keys
+    assert config.exposed_endpoints() == []
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (_secure(keys=None), "security.keys: is required"),
+        (_secure(clients=None), "security.clients: is required"),
+        (_secure(keys=""), "security.keys: must be a non-empty string"),
+        (_secure(clients=[]), "security.clients: must be a non-empty list of client names"),
+        (_secure(clients="admin"), "security.clients: must be a non-empty list of client names"),
+        (_secure(bogus=1), "security.bogus: unknown key (known: clients, keys)"),
+        (
+            _secure(clients=["gateway", "../x"]),
+            "security.clients[1]: a client name is letters, digits, '_', '-' or '.'",
+        ),
+        (
+            _secure(clients=["gateway", "n1"]),
+            "security.clients[1]: 'n1' is already the key name of node n1",
+        ),
+        (
+            _secure(clients=["broker", "gateway"]),
+            "security.clients[0]: 'broker' is already the key name of the broker",
+        ),
+        (
+            _secure(clients=["gateway", "app", "app"]),
+            "security.clients[2]: 'app' is already the key name of another client",
+        ),
+        (
+            _secure(clients=["admin"]),
+            "http.client: the gateway's client 'gateway' is not in security.clients "
+            "(the gateway talks to the broker with that key)",
+        ),
+        (_doc(security="yes"), "security: must be a mapping"),
+        (
+            _doc(http={"client": "a b"}),
+            "http.client: a client name is letters, digits, '_', '-' or '.'",
+        ),
+    ],
+)
+def test_security_errors(doc: Any, message: str) -> None:
+    assert _error(doc) == f"cluster.yaml: {message}"
+
+
+def test_http_client_names_a_listed_client() -> None:
+    doc = _secure(clients=["admin", "web"])
+    doc["http"] = {"client": "web"}
+    assert parse_config(yaml.safe_dump(doc)).http.client == "web"
+    assert parse_config(yaml.safe_dump(_doc(http={"client": "web"}))).security is None
+
+
+def test_exposed_endpoints_with_security_count_only_http_listen() -> None:
+    remote = {"clients": "tcp://0.0.0.0:7400", "nodes": "tcp://10.0.0.1:7401"}
+    shards = {"s1": [_node("n1", "tcp://0.0.0.0:7500", "tcp://*:7501")]}
+    plain = parse_config(yaml.safe_dump(_doc(broker=remote, shards=shards)))
+    assert [where for where, _ in plain.exposed_endpoints()] == [
+        "broker.clients",
+        "broker.nodes",
+        "shards.s1[0].publish",
+        "shards.s1[0].sync",
+    ]
+    doc = _secure()
+    doc.update(broker=remote, shards=shards)
+    assert parse_config(yaml.safe_dump(doc)).exposed_endpoints() == []  # all encrypted
+    doc["http"] = {"listen": "0.0.0.0:7480"}
+    assert parse_config(yaml.safe_dump(doc)).exposed_endpoints() == [
+        ("http.listen", "0.0.0.0:7480")
+    ]
