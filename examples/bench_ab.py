@@ -46,8 +46,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def cluster(tree: Path, work: Path) -> Iterator[str]:
-    """Run a broker and three single-node shards from ``tree``; yields the client endpoint."""
+def cluster(tree: Path, work: Path, **extra: Any) -> Iterator[str]:
+    """Run a broker and three single-node shards from ``tree``; yields the client endpoint.
+
+    ``extra`` adds top-level sections to the config (a ``security`` section: its keys are
+    created with ``zkv keygen --config`` first)."""
     work.mkdir(parents=True)
     clients = f"tcp://127.0.0.1:{free_port()}"
     doc: dict[str, Any] = {
@@ -65,9 +68,17 @@ def cluster(tree: Path, work: Path) -> Iterator[str]:
             for i in range(3)
         },
     }
+    doc.update(extra)
     config = work / "cluster.yaml"
     config.write_text(yaml.safe_dump(doc))
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    if "security" in doc:
+        subprocess.run(
+            [sys.executable, "-m", "zkv", "keygen", "--config", str(config)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for args in (["broker"], *(["node", "--name", f"s{i}a"] for i in range(3))):

@@ -23,7 +23,9 @@ import pytest
 import yaml
 
 import zkv
+from zkv.config import load_config
 from zkv.runtime import read_ready_file
+from zkv.security import CurveKeys, generate_config_keys
 
 START_TIMEOUT_S = 15.0
 
@@ -155,6 +157,9 @@ class Cluster:
         self.tmp = tmp
         self.shards = shards
         self.clients: list[zkv.Client] = []
+        #: With a ``security`` override: the keys of its first client, used by ``client()``
+        #: and ``status()`` (the keys are created in ``security.keys`` before the start).
+        self.curve: CurveKeys | None = None
         self.procs: dict[str, Proc] = {}
         try:
             self._start(tmp, shards, lazy, overrides)
@@ -179,6 +184,10 @@ class Cluster:
         )
         self.broker_config = tmp / "broker.yaml"
         self.broker_config.write_text(yaml.safe_dump(doc))
+        if "security" in doc:
+            config = load_config(self.broker_config)
+            generate_config_keys(config)
+            self.curve = CurveKeys.for_client(config, doc["security"]["clients"][0])
         broker = self._proc("broker", ["broker", "--config", str(self.broker_config)])
         broker.start()
         endpoints = broker.wait_ready()
@@ -235,12 +244,15 @@ class Cluster:
 
     def client(self, **kwargs: Any) -> zkv.Client:
         kwargs.setdefault("timeout_s", 5.0)
+        if self.curve is not None:
+            kwargs.setdefault("curve", self.curve)
         kv = zkv.Client(self.endpoint, **kwargs)
         self.clients.append(kv)
         return kv
 
     def status(self) -> dict[str, dict[str, Any]]:
-        with zkv.Client(self.endpoint, timeout_s=2.0) as kv:
+        curve = {} if self.curve is None else {"curve": self.curve}
+        with zkv.Client(self.endpoint, timeout_s=2.0, **curve) as kv:
             return {n["name"]: n for n in kv.cluster_status()["nodes"]}
 
     def wait_alive(self, names: list[str], alive: bool = True, timeout: float = 20.0) -> None:

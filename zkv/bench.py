@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from zkv.client import Client
+from zkv.security import CurveKeys
 
 __all__ = ["BenchConfig", "BenchResult", "run_bench"]
 
@@ -42,6 +43,8 @@ class BenchConfig:
     seconds: float = 5.0
     consistency: str | None = None
     timeout_s: float = 10.0
+    #: The CURVE keys of a secured cluster's client (every worker's client uses them).
+    curve: CurveKeys | None = None
 
 
 @dataclass
@@ -69,7 +72,7 @@ def _percentile(sorted_us: list[float], q: float) -> float:
 def load_keys(config: BenchConfig) -> None:
     """Write every key the workload reads."""
     value = "v" * config.value_size
-    with Client(config.endpoint, timeout_s=config.timeout_s) as kv:
+    with Client(config.endpoint, timeout_s=config.timeout_s, curve=config.curve) as kv:
         for first in range(0, config.keys, LOAD_BATCH):
             last = min(first + LOAD_BATCH, config.keys)
             kv.mput({f"bench:{i}": value for i in range(first, last)})
@@ -77,7 +80,7 @@ def load_keys(config: BenchConfig) -> None:
 
 def remove_bench_keys(config: BenchConfig) -> None:
     """Delete the ``bench:*`` keys the run wrote (``zkv bench`` does, unless ``--keep``)."""
-    with Client(config.endpoint, timeout_s=config.timeout_s) as kv:
+    with Client(config.endpoint, timeout_s=config.timeout_s, curve=config.curve) as kv:
         for first in range(0, config.keys, LOAD_BATCH):
             with kv.pipeline() as p:
                 for i in range(first, min(first + LOAD_BATCH, config.keys)):
@@ -99,7 +102,7 @@ def _worker(
     kw: dict[str, Any] = {"consistency": config.consistency} if config.consistency else {}
     reads = {"get": 1.0, "put": 0.0}.get(config.workload, config.read_ratio)
     keys, depth = config.keys, config.pipeline
-    with Client(config.endpoint, timeout_s=config.timeout_s) as kv:
+    with Client(config.endpoint, timeout_s=config.timeout_s, curve=config.curve) as kv:
         while time.monotonic() < deadline:
             started = time.perf_counter()
             try:

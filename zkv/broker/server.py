@@ -3,9 +3,11 @@
 Two ROUTER sockets: ``clients`` (client DEALERs) and ``nodes`` (node DEALERs, identity
 ``node:<name>``). With a ``security`` section both run CURVE (``zkv.security.Keyring``): only
 listed client keys reach ``clients``, only node keys reach ``nodes``, and a node is known by
-the name of the key it proved, not by an identity it chose. A single-key request is routed by its key frame alone
-(``slot_of(key) -> shard -> primary``) and forwarded untouched, wrapped in an envelope
-naming the client; the node's reply is unwrapped and sent back. The broker never decodes
+the name of the key it proved, not by an identity it chose.
+
+A single-key request is routed by its key frame alone (``slot_of(key) -> shard -> primary``)
+and forwarded untouched, wrapped in an envelope naming the client; the node's reply is
+unwrapped and sent back. The broker never decodes
 a single-key request's body, and never decodes a value. Multi-key and cluster-wide
 requests are decoded (values stay opaque bytes), split per shard by ``fanout``, and their
 answers gathered into one reply. A request for a shard with no live node is answered

@@ -27,11 +27,6 @@ def _bench(args: argparse.Namespace) -> int:
     if not args.seconds > 0 or not 0 <= args.read_ratio <= 1:
         raise _UsageError("--seconds must be positive and --read-ratio between 0 and 1")
     kv = _connect(args)
-    if kv.curve is not None:  # its worker clients connect by endpoint alone
-        raise _UsageError(
-            "zkv bench cannot use CURVE keys yet; run it against a cluster "
-            "without a security section"
-        )
     kv.cluster_status()  # fail fast, with exit 3, if nothing answers
     endpoint = kv.endpoint
     config = BenchConfig(
@@ -45,6 +40,7 @@ def _bench(args: argparse.Namespace) -> int:
         pipeline=args.pipeline,
         seconds=args.seconds,
         consistency=args.consistency,
+        curve=kv.curve,  # every worker's client proves the same key
     )
     try:
         result = run_bench(config, show_progress=not args.json and sys.stderr.isatty())

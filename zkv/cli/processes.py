@@ -29,19 +29,28 @@ log = logging.getLogger(__name__)
 
 
 def _server_config(path: Path) -> ClusterConfig:
-    """The config a server process runs from, refused if it binds off loopback.
+    """The config a server process runs from, refused if it is reachable without keys.
 
-    zkv's links are not encrypted or authenticated yet (CURVE is the security issue's
-    work), so an endpoint that another machine could reach is refused, unless the file
-    says ``allow_insecure_remote: true``: then each start warns, once per endpoint.
+    Without a ``security`` section zkv's links are neither encrypted nor authenticated, so
+    an endpoint another machine could reach is refused, unless the file says
+    ``allow_insecure_remote: true``: then each start warns, once per endpoint. With one,
+    every ZeroMQ link runs CURVE and only the HTTP gateway's address counts (it has no
+    authentication of its own yet).
     """
     config = load_config(path)
     exposed = config.exposed_endpoints()
     if exposed and not config.allow_insecure_remote:
         where, endpoint = exposed[0]
+        if config.security is None:
+            how = (
+                "add a security section (see config/secure.yaml) and create its keys with "
+                f"`zkv keygen --config {path}`"
+            )
+        else:
+            how = "the HTTP gateway has no authentication yet: listen on 127.0.0.1"
         raise ConfigError(
-            f"{path}: {where} is {endpoint}, not a loopback address, and zkv's links are not "
-            "encrypted or authenticated yet: bind to 127.0.0.1 (or ::1), or put "
+            f"{path}: {where} is {endpoint}, not a loopback address, and nothing on it is "
+            f"encrypted or authenticated: bind to 127.0.0.1 (or ::1), or {how}, or put "
             "`allow_insecure_remote: true` at the top of the file to run on a trusted network"
         )
     for where, endpoint in exposed:
