@@ -201,7 +201,9 @@ def run_bench(config: BenchConfig, show_progress: bool = True) -> BenchResult:
 def report(config: BenchConfig, result: BenchResult, as_json: bool) -> str:
     """The result as a table (or JSON)."""
     if as_json:
-        return json.dumps({"config": asdict(config), "result": asdict(result)}, indent=2)
+        shown = asdict(config)  # the client's public key only: never print a secret key
+        shown["curve"] = None if config.curve is None else config.curve.public.decode()
+        return json.dumps({"config": shown, "result": asdict(result)}, indent=2)
     workload = (
         f"mixed ({config.read_ratio:.0%} reads)" if config.workload == "mixed" else config.workload
     )
