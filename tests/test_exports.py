@@ -40,6 +40,7 @@ def test_error_class_names_are_what_we_expect() -> None:
         "StorageFull",
         "Timeout",
         "TooManyRequests",
+        "PermissionDenied",
         "TransportError",
         "Unavailable",
         "ValueTooLarge",

@@ -17,6 +17,7 @@ Every failure a zkv user can see is a ``ZkvError``::
     │   ├── InvalidRequest (ValueError)   a well-formed request with bad arguments
     │   ├── ServerError                   the server failed while handling the request
     │   ├── TooManyRequests               over limits.max_inflight_per_client at the broker
+    │   ├── PermissionDenied              the client's role or key prefixes do not allow it
     │   └── StorageError                  the node cannot log writes (an I/O error)
     │       └── StorageFull               ... because its disk is (nearly) full
     └── TransportError                    no answer could be had
@@ -49,6 +50,7 @@ __all__ = [
     "KeyNotFound",
     "KeyTooLarge",
     "LocalProtocolError",
+    "PermissionDenied",
     "ProtocolError",
     "RemoteProtocolError",
     "RequestError",
@@ -83,6 +85,7 @@ class ErrorCode(IntEnum):
     STORAGE_ERROR = 10
     STORAGE_FULL = 11
     TOO_MANY_REQUESTS = 12
+    PERMISSION_DENIED = 13
 
 
 class ZkvError(Exception):
@@ -216,6 +219,14 @@ class TooManyRequests(RequestError):
     code = ErrorCode.TOO_MANY_REQUESTS
 
 
+class PermissionDenied(RequestError):
+    """The client's role (``read``, ``write``, ``admin``) or its key prefixes do not allow
+    this request: it was refused whole and changed nothing (a multi-key request or a
+    pipeline with one key outside the prefixes is refused entirely)."""
+
+    code = ErrorCode.PERMISSION_DENIED
+
+
 class StorageError(RequestError):
     """The node could not log the write to its disk (an I/O error, the device's fault), so it
     did not apply it; reads go on, and the node takes writes again by itself once it can."""
@@ -252,6 +263,7 @@ class ClientClosed(TransportError):
 
 ERROR_CLASSES: dict[ErrorCode, type[ZkvError]] = {
     ErrorCode.KEY_NOT_FOUND: KeyNotFound,
+    ErrorCode.PERMISSION_DENIED: PermissionDenied,
     ErrorCode.KEY_EXISTS: KeyExists,
     ErrorCode.KEY_TOO_LARGE: KeyTooLarge,
     ErrorCode.VALUE_TOO_LARGE: ValueTooLarge,
