@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
+from zkv.access import ClientRole
 from zkv.config import (
     BrokerConfig,
+    ClientConfig,
     ClusterConfig,
     DefaultsConfig,
     HeartbeatConfig,
@@ -649,7 +651,10 @@ def _secure(**security: Any) -> dict[str, Any]:
 
 def test_security_section() -> None:
     config = parse_config(yaml.safe_dump(_secure()))
-    assert config.security == SecurityConfig(keys=Path("keys"), clients=("admin", "gateway"))
+    admin, gateway = ClientConfig("admin"), ClientConfig("gateway")  # a list: each is admin
+    assert config.security == SecurityConfig(
+        keys=Path("keys"), clients={"admin": admin, "gateway": gateway}
+    )
     assert config.security.public_file("admin") == Path("keys/admin.key")
     assert config.security.secret_file("admin") == Path("keys/admin.key_secret")
     assert config.http.client == "gateway"
@@ -659,11 +664,18 @@ def test_security_section() -> None:
     assert plain.key_names() == []
 
 
+NO_CLIENTS = "must map each client name to {role, prefixes} (or list client names)"
+
+
+NO_CLIENTS = "must map each client name to {role, prefixes} (or list client names)"
+
+
 def test_the_shipped_secure_config() -> None:
     config = load_config(Path(__file__).parent.parent / "config" / "secure.yaml")
     local = load_config(Path(__file__).parent.parent / "config" / "local.yaml")
     assert config.security is not None
-    assert config.security.clients == ("admin", "app", "gateway")
+    assert tuple(config.security.clients) == ("admin", "app", "gateway")
+    assert config.security.clients["app"] == ClientConfig("app", ClientRole.WRITE, ("app:",))
     assert config.http.client == "gateway"
     assert config.storage.dir != local.storage.dir
     assert config.shards == local.shards  # the same cluster, with keys
@@ -676,8 +688,16 @@ def test_the_shipped_secure_config() -> None:
         (_secure(keys=None), "security.keys: is required"),
         (_secure(clients=None), "security.clients: is required"),
         (_secure(keys=""), "security.keys: must be a non-empty string"),
-        (_secure(clients=[]), "security.clients: must be a non-empty list of client names"),
-        (_secure(clients="admin"), "security.clients: must be a non-empty list of client names"),
+        (_secure(clients=[]), f"security.clients: {NO_CLIENTS}"),
+        (_secure(clients="admin"), f"security.clients: {NO_CLIENTS}"),
+        (
+            _secure(clients={"admin": {"role": "root"}}),
+            "security.clients.admin.role: must be read, write or admin",
+        ),
+        (
+            _secure(clients={"admin": {"prefixes": "app:"}}),
+            "security.clients.admin.prefixes: must be a list of non-empty key prefixes",
+        ),
         (_secure(bogus=1), "security.bogus: unknown key (known: clients, keys)"),
         (
             _secure(clients=["gateway", "../x"]),

@@ -12,17 +12,19 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from zkv.access import ClientRole
 from zkv.errors import ConfigError
 from zkv.protocol import Consistency
 
 __all__ = [
     "BrokerConfig",
+    "ClientConfig",
     "ClusterConfig",
     "DefaultsConfig",
     "HeartbeatConfig",
@@ -33,6 +35,8 @@ __all__ = [
     "ReplicationConfig",
     "SecurityConfig",
     "StorageConfig",
+    "TlsConfig",
+    "TokenConfig",
     "load_config",
     "parse_config",
 ]
@@ -42,6 +46,7 @@ _ENDPOINT = re.compile(r"^tcp://(?P<host>[^:/\s]+|\[[0-9a-fA-F:.]+\]):(?P<port>\
 _TOP = "(top level)"
 _LISTEN = re.compile(r"(?P<host>[^:/\s]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5})")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 #: The name of the broker's key pair in ``security.keys``.
 BROKER_KEY = "broker"
 
@@ -119,12 +124,44 @@ class ReplicationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """What one client may do: its role (``read``, ``write``, ``admin``) and, if any, the
+    key prefixes its keys must start with (``zkv.access``)."""
+
+    name: str
+    role: ClientRole = ClientRole.ADMIN
+    prefixes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TokenConfig:
+    """One HTTP bearer token: the SHA-256 of the token (hex; the file never holds the token
+    itself, ``zkv token`` makes one), and the role and key prefixes it grants."""
+
+    name: str
+    sha256: str
+    role: ClientRole
+    prefixes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """The HTTP gateway's certificate chain and private key (PEM files)."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
-    """The HTTP gateway (``zkv http``): where it listens, ``HOST:PORT``, and, when the
-    cluster has a ``security`` section, the client key it talks to the broker with."""
+    """The HTTP gateway (``zkv http``): where it listens, ``HOST:PORT``; when the cluster
+    has a ``security`` section, the client key it talks to the broker with; TLS; and the
+    bearer tokens it accepts (none: no token asked)."""
 
     listen: str = "127.0.0.1:7480"
     client: str = "gateway"
+    tls: TlsConfig | None = None
+    tokens: dict[str, TokenConfig] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -163,7 +200,8 @@ class SecurityConfig:
     """
 
     keys: Path
-    clients: tuple[str, ...]
+    #: Each admitted client by name, with its role and key prefixes.
+    clients: dict[str, ClientConfig]
 
     def public_file(self, name: str) -> Path:
         """The public key file of ``name``."""
@@ -229,20 +267,22 @@ class ClusterConfig:
         loopback address.
 
         With a ``security`` section every ZeroMQ link is encrypted, so only the HTTP
-        gateway's ``listen`` can count. Host names other than ``localhost`` count as exposed:
-        what they resolve to is not known here.
+        gateway's ``listen`` can count, and only without both TLS and tokens. Host names
+        other than ``localhost`` count as exposed: what they resolve to is not known here.
         """
+        http_safe = is_loopback(self.http.host) or (
+            self.security is not None and bool(self.http.tokens) and self.http.tls is not None
+        )
+        http = [] if http_safe else [("http.listen", self.http.listen)]
         if self.security is not None:
-            return [] if is_loopback(self.http.host) else [("http.listen", self.http.listen)]
+            return http
         endpoints = [("broker.clients", self.broker.clients), ("broker.nodes", self.broker.nodes)]
         for shard, nodes in self.shards.items():
             for i, node in enumerate(nodes):
                 endpoints.append((f"shards.{shard}[{i}].publish", node.publish))
                 endpoints.append((f"shards.{shard}[{i}].sync", node.sync))
         exposed = [(where, e) for where, e in endpoints if not is_loopback(_tcp_host(e))]
-        if not is_loopback(self.http.host):
-            exposed.append(("http.listen", self.http.listen))
-        return exposed
+        return exposed + http
 
     def data_dir(self, name: str) -> Path:
         """The folder where process ``name`` keeps its files."""
@@ -411,7 +451,7 @@ class _Parser:
             ack_timeout_s=self._seconds(r.get("ack_timeout_s", 1.0), "replication.ack_timeout_s"),
             hwm=self._int(r.get("hwm", 100_000), "replication.hwm", 1, 2**31),
         )
-        w = self._map(top.get("http", {}), "http", allowed={"listen", "client"})
+        w = self._map(top.get("http", {}), "http", allowed={"listen", "client", "tls", "tokens"})
         listen = w.get("listen", "127.0.0.1:7480")
         if not isinstance(listen, str) or not _LISTEN.fullmatch(listen):
             raise _Invalid("http.listen", "must be HOST:PORT, e.g. 127.0.0.1:7480")
@@ -437,7 +477,9 @@ class _Parser:
             heartbeat=heartbeat,
             shards=shards,
             replication=replication,
-            http=HttpConfig(listen, gateway),
+            http=HttpConfig(
+                listen, gateway, self._tls(w.get("tls")), self._tokens(w.get("tokens"))
+            ),
             launcher=launcher,
             allow_insecure_remote=self._flag(
                 top.get("allow_insecure_remote", False), "allow_insecure_remote"
@@ -451,27 +493,90 @@ class _Parser:
     ) -> SecurityConfig:
         sec = self._map(raw, "security", required={"keys", "clients"}, allowed={"keys", "clients"})
         keys = Path(self._str(sec["keys"], "security.keys"))
-        clients = sec["clients"]
-        if not isinstance(clients, list) or not clients:
-            raise _Invalid("security.clients", "must be a non-empty list of client names")
+        raw_clients = sec["clients"]
+        if isinstance(raw_clients, list):  # names alone: each may do anything (admin)
+            entries: list[tuple[str, Any, Any]] = [
+                (f"security.clients[{i}]", name, {}) for i, name in enumerate(raw_clients)
+            ]
+        elif isinstance(raw_clients, dict):
+            entries = [(f"security.clients.{n}", n, g) for n, g in raw_clients.items()]
+        else:
+            entries = []
+        if not entries:
+            raise _Invalid(
+                "security.clients",
+                "must map each client name to {role, prefixes} (or list client names)",
+            )
         taken = {BROKER_KEY: "the broker"}
         taken.update({n.name: f"node {n.name}" for nodes in shards.values() for n in nodes})
-        names: list[str] = []
-        for i, name in enumerate(clients):
-            where = f"security.clients[{i}]"
+        clients: dict[str, ClientConfig] = {}
+        for where, name, grant in entries:
             if not isinstance(name, str) or not _NAME.fullmatch(name):
                 raise _Invalid(where, "a client name is letters, digits, '_', '-' or '.'")
-            if name in taken or name in names:
+            if name in taken or name in clients:
                 owner = taken.get(name, "another client")
                 raise _Invalid(where, f"{name!r} is already the key name of {owner}")
-            names.append(name)
-        if gateway not in names:
+            role, prefixes = self._grant(grant, where, ClientRole.ADMIN)
+            clients[name] = ClientConfig(name, role, prefixes)
+        if gateway not in clients:
             raise _Invalid(
                 "http.client",
                 f"the gateway's client {gateway!r} is not in security.clients "
                 "(the gateway talks to the broker with that key)",
             )
-        return SecurityConfig(keys=keys, clients=tuple(names))
+        return SecurityConfig(keys=keys, clients=clients)
+
+    def _grant(
+        self, raw: Any, where: str, default: ClientRole | None
+    ) -> tuple[ClientRole, tuple[str, ...]]:
+        """A ``{role, prefixes}`` mapping (``role`` required unless ``default``)."""
+        extra = {"sha256"} if default is None else set()
+        g = self._map(
+            raw,
+            where,
+            required=set() if default is not None else {"role"},
+            allowed={"role", "prefixes"} | extra,
+        )
+        role = g.get("role", default)
+        if role not in {r.value for r in ClientRole}:
+            raise _Invalid(f"{where}.role", "must be read, write or admin")
+        prefixes = g.get("prefixes", [])
+        if not isinstance(prefixes, list) or not all(isinstance(p, str) and p for p in prefixes):
+            raise _Invalid(f"{where}.prefixes", "must be a list of non-empty key prefixes")
+        return ClientRole(role), tuple(prefixes)
+
+    def _tls(self, raw: Any) -> TlsConfig | None:
+        if raw is None:
+            return None
+        t = self._map(raw, "http.tls", required={"cert", "key"}, allowed={"cert", "key"})
+        return TlsConfig(
+            cert=Path(self._str(t["cert"], "http.tls.cert")),
+            key=Path(self._str(t["key"], "http.tls.key")),
+        )
+
+    def _tokens(self, raw: Any) -> dict[str, TokenConfig]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict) or not raw:
+            raise _Invalid("http.tokens", "must map each token name to {sha256, role, prefixes}")
+        tokens: dict[str, TokenConfig] = {}
+        digests: set[str] = set()
+        for name, entry in raw.items():
+            where = f"http.tokens.{name}"
+            if not isinstance(name, str) or not _NAME.fullmatch(name):
+                raise _Invalid(where, "a token name is letters, digits, '_', '-' or '.'")
+            role, prefixes = self._grant(entry, where, None)
+            digest = entry.get("sha256")
+            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                raise _Invalid(
+                    f"{where}.sha256",
+                    "must be the token's SHA-256 as 64 hex digits (`zkv token` prints it)",
+                )
+            if digest.lower() in digests:
+                raise _Invalid(f"{where}.sha256", "another token has the same digest")
+            digests.add(digest.lower())
+            tokens[name] = TokenConfig(name, digest.lower(), role, prefixes)
+        return tokens
 
     def _launcher(self, raw: Any) -> LauncherConfig:
         u = self._map(
@@ -524,11 +629,11 @@ class _Parser:
                     publish=self._endpoint(n["publish"], f"{at}.publish"),
                     sync=self._endpoint(n["sync"], f"{at}.sync"),
                 )
-                for field in ("publish", "sync"):
-                    ep = getattr(node, field)
+                for kind in ("publish", "sync"):
+                    ep = getattr(node, kind)
                     if ep in endpoints and not ep.endswith((":0", ":*")):
-                        raise _Invalid(f"{at}.{field}", f"{ep} is also {endpoints[ep]}")
-                    endpoints[ep] = f"{at}.{field}"
+                        raise _Invalid(f"{at}.{kind}", f"{ep} is also {endpoints[ep]}")
+                    endpoints[ep] = f"{at}.{kind}"
                 parsed.append(node)
             shards[shard] = tuple(parsed)
         return shards

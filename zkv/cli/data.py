@@ -53,7 +53,7 @@ def _client(args: argparse.Namespace) -> Any:
         else:
             curve = _curve(args)
             if curve is None:
-                example = security.secret_file(security.clients[0])
+                example = security.secret_file(next(iter(security.clients)))
                 raise _UsageError(
                     f"{path} has a security section: pass --key FILE (or set ZKV_KEY) with a "
                     f"client's secret key, e.g. {example}"
