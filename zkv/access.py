@@ -38,8 +38,11 @@ class ClientRole(StrEnum):
     ADMIN = "admin"
 
 
-_READ: Final = frozenset({Op.GET, Op.EXISTS, Op.TTL, Op.MGET, Op.KEYS, Op.COUNT, Op.STATUS})
-_WRITE: Final = _READ | {Op.PUT, Op.DELETE, Op.CREATE, Op.CAS, Op.EXPIRE, Op.MPUT, Op.BATCH}
+#: A pipeline (BATCH) is open to every role: the operations inside it are checked.
+_READ: Final = frozenset(
+    {Op.GET, Op.EXISTS, Op.TTL, Op.MGET, Op.KEYS, Op.COUNT, Op.STATUS, Op.BATCH}
+)
+_WRITE: Final = _READ | {Op.PUT, Op.DELETE, Op.CREATE, Op.CAS, Op.EXPIRE, Op.MPUT}
 _ADMIN: Final = _WRITE | {Op.CLEAR, Op.FAILOVER}
 _OPS: Final = {ClientRole.READ: _READ, ClientRole.WRITE: _WRITE, ClientRole.ADMIN: _ADMIN}
 #: Operations that cover every key: a grant limited to prefixes may not use them.
@@ -59,6 +62,11 @@ class Grant:
     name: str
     role: ClientRole
     prefixes: tuple[bytes, ...] = ()
+
+    @classmethod
+    def of(cls, name: str, role: str, prefixes: Iterable[str] = ()) -> Grant:
+        """A grant from the config's words: a role name and text prefixes (UTF-8)."""
+        return cls(name, ClientRole(role), tuple(p.encode() for p in prefixes))
 
     def allows_key(self, key: bytes) -> bool:
         """Whether ``key`` lies inside the grant's prefixes."""
@@ -83,7 +91,6 @@ class Grant:
         """Refuse ``request`` whole unless every operation and key in it is allowed."""
         op = request.op
         if op is Op.BATCH:
-            self.check_op(op)
             for entry in request.args[0]:
                 inner = _OP_BY_CODE.get(entry[0]) if entry and type(entry[0]) is int else None
                 if inner is None:
