@@ -187,7 +187,7 @@ class Cluster:
         if "security" in doc:
             config = load_config(self.broker_config)
             generate_config_keys(config)
-            self.curve = CurveKeys.for_client(config, doc["security"]["clients"][0])
+            self.curve = CurveKeys.for_client(config, next(iter(doc["security"]["clients"])))
         broker = self._proc("broker", ["broker", "--config", str(self.broker_config)])
         broker.start()
         endpoints = broker.wait_ready()

@@ -27,6 +27,7 @@ __all__ = [
     "Throttle",
     "bind_endpoint",
     "configure_logging",
+    "on_reload_signal",
     "on_stop_signals",
     "read_ready_file",
     "recv_frames",
@@ -141,3 +142,15 @@ def on_stop_signals(stop: Callable[[], None]) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def on_reload_signal(reload: Callable[[], None]) -> None:
+    """Call ``reload`` on SIGHUP (only from the main thread); it should only set a flag."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        logging.getLogger(__name__).info("received SIGHUP, reloading the config file")
+        reload()
+
+    signal.signal(signal.SIGHUP, handler)

@@ -17,9 +17,9 @@ server's public key. A ``Keyring`` holds one process's keys and runs the ZAP aut
 - ``shard:NAME`` (each node of shard NAME): the public keys of that shard's nodes only.
 
 A refused key never completes its handshake, so nothing it sends reaches a handler; the
-refusal is logged, throttled. An admitted connection's messages carry the key's name as
-ZeroMQ's ``User-Id`` property, which the broker checks against the name a node registers
-under (``Keyring.user_of``).
+refusal is logged, throttled. An admitted connection's messages carry its key as ZeroMQ's
+``User-Id`` property: the broker names each message's sender from it (``Keyring.name_of``),
+a node by the key it proved rather than an identity it chose, a client for its role.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -37,7 +37,6 @@ from typing import Any, Final
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils import z85
 
 from zkv.config import BROKER_KEY, ClusterConfig, SecurityConfig
 from zkv.errors import ConfigError
@@ -225,67 +224,76 @@ def _security(config: ClusterConfig) -> SecurityConfig:
 # --------------------------------------------------------------------------- servers
 
 
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    """What a keyring is made of, read from the config and its key folder."""
+
+    pair: tuple[bytes, bytes]
+    publics: dict[str, bytes]
+    domains: dict[str, list[str]]
+
+
 class Keyring:
     """One server process's CURVE keys, its peers' public keys, and its ZAP authenticator.
 
     ``serve(sock, domain)`` makes a socket a CURVE server whose peers must hold a key on
     ``domain``'s allow-list; ``dial(sock, peer)`` makes a socket prove this process's key
     to ``peer`` (a process name) and check that peer's public key. ``start()`` runs the
-    authenticator (one thread); ``stop()`` ends it.
+    authenticator (one thread); ``stop()`` ends it; ``reload(config)`` reads the allow-lists
+    and public keys again (on SIGHUP), for new connections and for ``name_of``.
+
+    An admitted connection's messages carry its public key (z85) as ZeroMQ's ``User-Id``;
+    ``name_of`` turns it into a name with the keys as they are now, so a key removed or
+    replaced by a reload stops naming anyone, even on a connection opened before.
     """
 
     def __init__(
         self,
         context: zmq.Context[Any],
         owner: str,
-        pair: tuple[bytes, bytes],
-        publics: Mapping[str, bytes],
-        domains: Mapping[str, list[str]],
+        load: Callable[[ClusterConfig], _Keys],
+        config: ClusterConfig,
     ) -> None:
         self.owner = owner
-        self.public, self._secret = pair
+        self._load = load
+        keys = load(config)
+        self.public, self._secret = keys.pair
         #: Every peer's public key by name.
-        self.publics = dict(publics)
+        self.publics: dict[str, bytes] = {}
         self._domains: dict[str, frozenset[bytes]] = {}
-        self._names: dict[bytes, str] = {}
+        self._names: dict[str, str] = {}
         self._lock = threading.Lock()
         self._auth = _Authenticator(context, self)
-        self.set_domains(domains)
+        self._install(keys)
 
     @classmethod
     def for_broker(cls, config: ClusterConfig, context: zmq.Context[Any]) -> Keyring:
         """The broker's keyring: clients on ``clients``, nodes on ``nodes``."""
-        security = _security(config)
-        nodes = [n.name for n in config.nodes()]
-        publics = {name: read_public(security.public_file(name)) for name in nodes}
-        publics.update({c: read_public(security.public_file(c)) for c in security.clients})
-        domains = {CLIENTS_DOMAIN: list(security.clients), NODES_DOMAIN: nodes}
-        return cls(
-            context, BROKER_KEY, read_pair(security.secret_file(BROKER_KEY)), publics, domains
-        )
+        return cls(context, BROKER_KEY, _broker_keys, config)
 
     @classmethod
     def for_node(cls, config: ClusterConfig, name: str, context: zmq.Context[Any]) -> Keyring:
         """Node ``name``'s keyring: only its shard's nodes on its stream and sync sockets."""
-        security = _security(config)
-        me = config.node(name)
-        peers = [n.name for n in config.shards[me.shard]]
-        publics = {peer: read_public(security.public_file(peer)) for peer in peers}
-        publics[BROKER_KEY] = read_public(security.public_file(BROKER_KEY))
-        pair = read_pair(security.secret_file(name))
-        if pair[0] != publics[name]:
-            raise ConfigError(
-                f"{security.secret_file(name)}: its public key is not the one in "
-                f"{security.public_file(name)}; the pair was mixed up"
-            )
-        return cls(context, name, pair, publics, {shard_domain(me.shard): peers})
+        return cls(context, name, lambda c: _node_keys(c, name), config)
 
-    def set_domains(self, domains: Mapping[str, list[str]]) -> None:
-        """Replace every allow-list at once: ``domain -> names`` (keys from ``publics``)."""
-        allowed = {d: frozenset(self.publics[n] for n in names) for d, names in domains.items()}
-        names = {key: name for name, key in self.publics.items()}
+    def reload(self, config: ClusterConfig) -> None:
+        """Read the allow-lists and public keys of ``config`` again, replacing the old ones
+        at once; ``ConfigError`` (nothing changed) if a key file is missing or bad. This
+        process's own key pair is not replaced: that takes a restart."""
+        keys = self._load(config)
+        if keys.pair != (self.public, self._secret):
+            log.warning("%s: its own key pair changed; it takes effect at restart", self.owner)
+        self._install(keys)
+
+    def _install(self, keys: _Keys) -> None:
+        publics = keys.publics
+        allowed = {d: frozenset(publics[n] for n in names) for d, names in keys.domains.items()}
+        names = {key.decode("ascii"): name for name, key in publics.items()}
         with self._lock:
-            self._domains, self._names = allowed, names
+            self.publics, self._domains, self._names = dict(publics), allowed, names
+        for domain in allowed:
+            if self._auth.is_alive():
+                self._auth.configure_curve_callback(domain, self._auth)
 
     def start(self) -> None:
         """Start answering ZAP requests (before any server socket binds)."""
@@ -306,10 +314,10 @@ class Keyring:
     def dial(self, sock: zmq.Socket[Any], peer: str) -> None:
         """Make ``sock`` a CURVE client of ``peer``, proving this process's key (before
         connect); ``ConfigError`` if the peer's public key is not known."""
-        try:
-            server = self.publics[peer]
-        except KeyError:
-            raise ConfigError(f"no public key of {peer!r} in this process's keyring") from None
+        with self._lock:
+            server = self.publics.get(peer)
+        if server is None:
+            raise ConfigError(f"no public key of {peer!r} in this process's keyring")
         CurveKeys(self.public, self._secret, server).apply(sock)
 
     def admits(self, domain: str, z85_key: bytes) -> bool:
@@ -317,17 +325,42 @@ class Keyring:
         with self._lock:
             return z85_key in self._domains.get(domain, ())
 
-    def name_of(self, z85_key: bytes) -> str:
-        """The process or client name of an admitted key (its ``User-Id``)."""
-        with self._lock:
-            return self._names.get(z85_key, "")
+    def name_of(self, user_id: str) -> str | None:
+        """The name of the key a message came with (its ``User-Id``, the key in z85), as
+        the keys are now; None if no listed key is that one any more."""
+        return self._names.get(user_id)
+
+
+def _broker_keys(config: ClusterConfig) -> _Keys:
+    security = _security(config)
+    nodes = [n.name for n in config.nodes()]
+    publics = {name: read_public(security.public_file(name)) for name in nodes}
+    publics.update({c: read_public(security.public_file(c)) for c in security.clients})
+    domains = {CLIENTS_DOMAIN: list(security.clients), NODES_DOMAIN: nodes}
+    return _Keys(read_pair(security.secret_file(BROKER_KEY)), publics, domains)
+
+
+def _node_keys(config: ClusterConfig, name: str) -> _Keys:
+    security = _security(config)
+    me = config.node(name)
+    peers = [n.name for n in config.shards[me.shard]]
+    publics = {peer: read_public(security.public_file(peer)) for peer in peers}
+    publics[BROKER_KEY] = read_public(security.public_file(BROKER_KEY))
+    pair = read_pair(security.secret_file(name))
+    if pair[0] != publics[name]:
+        raise ConfigError(
+            f"{security.secret_file(name)}: its public key is not the one in "
+            f"{security.public_file(name)}; the pair was mixed up"
+        )
+    return _Keys(pair, publics, {shard_domain(me.shard): peers})
 
 
 class _Authenticator(ThreadAuthenticator):
     """pyzmq's ZAP thread, asking a ``Keyring`` whether a key may connect to a domain.
 
-    The ``User-Id`` of an admitted connection is the key's name. Refusals are logged with
-    the peer's address, throttled: anyone who can reach a port can cause them.
+    The ``User-Id`` of an admitted connection is its key in z85 (pyzmq's default). Refusals
+    are logged with the peer's address, throttled: anyone who can reach a port can cause
+    them.
     """
 
     def __init__(self, context: zmq.Context[Any], keyring: Keyring) -> None:
@@ -353,7 +386,3 @@ class _Authenticator(ThreadAuthenticator):
             z85_key.decode("ascii", "replace"),
         )
         return False
-
-    def curve_user_id(self, client_public_key: bytes) -> str:
-        """The name the admitted key belongs to."""
-        return self.keyring.name_of(z85.encode(client_public_key))

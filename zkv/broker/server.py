@@ -32,13 +32,15 @@ import zmq
 
 from zkv import protocol
 from zkv.broker import fanout
+from zkv.broker.gate import Gate
 from zkv.broker.inflight import Inflight
 from zkv.broker.membership import Member, Membership
 from zkv.broker.routing import RoutingTable
 from zkv.broker.switchover import Switchboard
-from zkv.config import ClusterConfig
+from zkv.config import ClusterConfig, load_config
 from zkv.errors import (
     ErrorCode,
+    PermissionDenied,
     RemoteProtocolError,
     ServerError,
     TooManyRequests,
@@ -54,7 +56,6 @@ from zkv.runtime import (
     recv_frames_with_user,
     write_ready_file,
 )
-from zkv.security import CLIENTS_DOMAIN, NODES_DOMAIN, Keyring
 from zkv.slots import SlotMap
 from zkv.storage.lock import lock_folder
 from zkv.storage.persistence import RESUME_HEADROOM_BYTES
@@ -97,16 +98,20 @@ class Broker:
         #: Each client's requests forwarded and not answered yet (limits.max_inflight_per_client).
         self._inflight = Inflight(config.limits.max_inflight_per_client)
         self._stopping = False
-        #: Whether the sockets run CURVE: nodes are then known by their keys' names, and
-        #: reached on the connection each last spoke on (``_named_connection``).
-        self._secure = False
-        self._connections: dict[bytes, bytes] = {}
+        #: Who each message comes from and what they may do (CURVE keys, client grants).
+        self.gate = Gate(config, self.context)
+        self._reload = False
         #: Warnings any peer can trigger at will are throttled.
         self._bad = Throttle(log)
 
     def stop(self) -> None:
         """Ask the loop to finish its turn and exit (safe from a signal handler)."""
         self._stopping = True
+
+    def request_reload(self) -> None:
+        """Ask the loop to read the config file's security section again at its next turn
+        (safe from a signal handler: SIGHUP)."""
+        self._reload = True
 
     # ------------------------------------------------------------------ loop
 
@@ -120,17 +125,13 @@ class Broker:
             self._run_locked()
 
     def _run_locked(self) -> None:
-        keyring = None
-        if self.config.security is not None:
-            keyring = Keyring.for_broker(self.config, self.context)
-            keyring.start()
+        self.gate.start()
         try:
-            self._bind_and_serve(keyring)
+            self._bind_and_serve()
         finally:
-            if keyring is not None:
-                keyring.stop()
+            self.gate.stop()
 
-    def _bind_and_serve(self, keyring: Keyring | None) -> None:
+    def _bind_and_serve(self) -> None:
         limits = self.config.limits
         self.clients = self.context.socket(zmq.ROUTER)
         self.nodes = self.context.socket(zmq.ROUTER)
@@ -141,13 +142,7 @@ class Broker:
             sock.setsockopt(zmq.SNDHWM, limits.hwm)
             sock.setsockopt(zmq.RCVHWM, limits.hwm)
         self.nodes.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        if keyring is not None:
-            keyring.serve(self.clients, CLIENTS_DOMAIN)
-            keyring.serve(self.nodes, NODES_DOMAIN)
-            self._secure = True
-        else:
-            # a restarted node takes its name back at once from a connection not closed yet
-            self.nodes.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.gate.secure_sockets(self.clients, self.nodes)
         try:
             self.clients.bind(bind_endpoint(self.config.broker.clients))
             self.nodes.bind(bind_endpoint(self.config.broker.nodes))
@@ -182,8 +177,11 @@ class Broker:
                 if exc.errno != errno.EINTR:
                     raise
                 continue
+            if self._reload:
+                self._reload = False
+                self._reload_security()
             if self.nodes in ready:
-                self._drain(self.nodes, self._on_node, node_keys=self._secure)
+                self._drain(self.nodes, self._on_node)
             if self.clients in ready:
                 self._drain(self.clients, self._on_client)
             now = time.monotonic()
@@ -191,15 +189,13 @@ class Broker:
                 self._tick(now)
                 next_tick = now + interval
 
-    def _drain(self, sock: zmq.Socket[bytes], handle: Any, *, node_keys: bool = False) -> None:
-        """Handle every message ready on ``sock`` (up to ``DRAIN_MAX``).
-
-        With ``node_keys`` a node message's identity is the name of the key it came with
-        (see ``_named_connection``), never one the sender chose.
-        """
+    def _drain(self, sock: zmq.Socket[bytes], handle: Any) -> None:
+        """Handle every message ready on ``sock`` (up to ``DRAIN_MAX``): ``handle(frames,
+        user)``, ``user`` being the key the message came with (CURVE; else empty)."""
+        secure = self.gate.secure
         for _ in range(DRAIN_MAX):
             try:
-                if node_keys:
+                if secure:
                     frames, user = recv_frames_with_user(sock)
                 else:
                     frames, user = recv_frames(sock), ""
@@ -208,30 +204,29 @@ class Broker:
             if frames is None:
                 self._bad.warning("dropped a message of more than %d frames", MAX_FRAMES)
                 continue
-            if node_keys:
-                frames[0] = self._named_connection(frames[0], user)
             try:
-                handle(frames)
+                handle(frames, user)
             except ZkvError as exc:
                 self._bad.warning("dropped a malformed message: %s", exc)
             except Exception:
                 log.exception("failed to handle a message of %d frames", len(frames))
 
-    def _named_connection(self, connection: bytes, user: str) -> bytes:
-        """The identity ``node:NAME`` of a message that came on ``connection`` with NAME's key.
-
-        With CURVE, nodes do not choose their identity on the node socket (the ROUTER gives
-        each connection its own, without handover): the ZAP authenticator names the key
-        each connection proved, and the broker sends to a node on the connection its last
-        message came from. So a node key admits its holder under its own name only: an
-        impostor with another node's key speaks as that node, and cannot take over (or
-        shut out) a name whose key it lacks.
-        """
-        identity = b"node:" + user.encode()
-        if self._connections.get(identity) != connection:
-            self._connections[identity] = connection
-            log.debug("node %s speaks on connection %s", user, connection.hex())
-        return identity
+    def _reload_security(self) -> None:
+        path = self.config.path
+        if path is None:
+            log.warning("SIGHUP: no config file to reload")
+            return
+        try:
+            self.gate.reload(load_config(path))
+        except ZkvError as exc:
+            log.error("SIGHUP: kept the previous security settings: %s", exc)
+            return
+        security = self.gate.config.security
+        log.info(
+            "reloaded %s: %d clients admitted",
+            path,
+            0 if security is None else len(security.clients),
+        )
 
     def _tick(self, now: float) -> None:
         self.membership.expire(now)
@@ -254,7 +249,7 @@ class Broker:
 
     # ------------------------------------------------------------------ clients
 
-    def _on_client(self, frames: list[bytes]) -> None:
+    def _on_client(self, frames: list[bytes], user: str = "") -> None:
         self.requests += 1
         client = frames[0]
         if len(frames) != 4:
@@ -270,19 +265,26 @@ class Broker:
         try:
             request = protocol.decode_request_header(frames[1])
             seq, op = request.seq, request.op
-            if op in protocol.SINGLE_KEY_OPS or op in fanout.FANOUT_OPS:
-                self._admit(client, request)
+            grant = self.gate.grant_of(user)
             if op in protocol.SINGLE_KEY_OPS:
+                grant.check_op(op, frames[2])
+                self._admit(client, request)
                 self._route(client, request, frames[1:])
-            elif op in fanout.FANOUT_OPS:
-                self._fan_out(client, protocol.decode_request(frames[1:]))
-            elif op is Op.STATUS:
-                protocol.decode_request(frames[1:])
-                self._reply(client, protocol.encode_reply(request.seq, self.status()))
-            elif op is Op.FAILOVER:
-                self._start_switch(client, protocol.decode_request(frames[1:]))
-            else:
+                return
+            if op not in fanout.FANOUT_OPS and op not in (Op.STATUS, Op.FAILOVER):
                 raise RemoteProtocolError(f"unknown operation {op.name}")
+            full = protocol.decode_request(frames[1:])
+            grant.check(full)  # every key and operation inside it, before any is applied
+            if op in fanout.FANOUT_OPS:
+                self._admit(client, request)
+                self._fan_out(client, full)
+            elif op is Op.STATUS:
+                self._reply(client, protocol.encode_reply(request.seq, self.status()))
+            else:
+                self._start_switch(client, full)
+        except PermissionDenied as exc:
+            self._bad.warning("refused a request: %s", exc)
+            self._fail(client, seq, exc)
         except _Refused:
             pass
         except ZkvError as exc:
@@ -580,7 +582,13 @@ class Broker:
         self._beat_shard(shard)
         return True
 
-    def _on_node(self, frames: list[bytes]) -> None:
+    def _on_node(self, frames: list[bytes], user: str = "") -> None:
+        if self.gate.secure:
+            named = self.gate.node_identity(frames[0], user)
+            if named is None:
+                self._bad.warning("dropped a message from a node key no longer listed")
+                return
+            frames[0] = named
         identity = frames[0]
         if len(frames) < 3:
             self._bad.warning("dropped a %d-frame message from %r", len(frames), identity[:32])
@@ -650,17 +658,15 @@ class Broker:
             self._reply(gather.client, protocol.encode_reply(gather.request.seq, outcome))
 
     def _to_node(self, member: Member, frames: list[bytes]) -> bool:
-        address: bytes | None = member.identity
-        if self._secure:
-            address = self._connections.get(member.identity)
-            if address is None:
-                self.membership.lost(member.name)
-                return False
+        address = self.gate.node_address(member.identity)
+        if address is None:
+            self.membership.lost(member.name)
+            return False
         try:
             self.nodes.send_multipart([address, *frames], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (full)
             if exc.errno == zmq.EHOSTUNREACH:
-                self._connections.pop(member.identity, None)
+                self.gate.forget_node(member.identity)
                 self.membership.lost(member.name)
             else:
                 log.warning("node %s is not keeping up; dropped a message", member.name)

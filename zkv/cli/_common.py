@@ -26,6 +26,8 @@ SERVER_KEY_HELP: Final = (
 )
 
 EXIT_OK, EXIT_MISSING, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+#: The client's role or key prefixes do not allow the command (``PermissionDenied``).
+EXIT_DENIED = 4
 
 
 class _UsageError(Exception):

@@ -87,10 +87,7 @@ class AsyncClient:
         #: (``protocol.max_reply_frame_bytes``; ``from_config`` sets it; None: no limit).
         self.max_reply_bytes = max_reply_bytes
         self._context = context or zmq.asyncio.Context.instance()
-        sock = self._context.socket(zmq.DEALER)
-        configure_socket(sock, self.max_reply_bytes, self.curve)
-        connect_socket(sock, self.endpoint)
-        self._socket: zmq.asyncio.Socket | None = sock
+        self._socket: zmq.asyncio.Socket | None = self._connect()
         self._pending: dict[int, asyncio.Future[list[bytes]]] = {}
         self._receiver: asyncio.Task[None] | None = None
 
@@ -101,6 +98,22 @@ class AsyncClient:
         """A client for the cluster described by the YAML file at ``path``; as
         ``Client.from_config``, ``client=NAME`` names its key in a secured cluster."""
         return cls(config_defaults(path, kwargs, client, CurveKeys.for_client), **kwargs)
+
+    def _connect(self) -> zmq.asyncio.Socket:
+        sock = self._context.socket(zmq.DEALER)
+        configure_socket(sock, self.max_reply_bytes, self.curve)
+        connect_socket(sock, self.endpoint)
+        return sock
+
+    def _renew_socket(self) -> None:
+        """A new connection: ZeroMQ never retries a CURVE handshake the server refused (a
+        key not admitted yet), so a client that never got through starts afresh."""
+        if self._receiver is not None:
+            self._receiver.cancel()
+            self._receiver = None
+        old, self._socket = self._socket, self._connect()
+        if old is not None:
+            old.close(linger=0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -160,6 +173,8 @@ class AsyncClient:
                         and self._core.clock() - started >= limit
                     ):
                         call.close()
+                        if self.curve is not None:
+                            self._renew_socket()
                         raise unreachable(self.endpoint, limit)
                     action = call.send(reply)
                 else:

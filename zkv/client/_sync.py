@@ -228,6 +228,11 @@ class Client(MutableMapping[Key, Any]):
         limit = self.connect_timeout_s
         if not self.reached and limit is not None and self._core.clock() - started >= limit:
             call.close()
+            if self.curve is not None and self._socket is not None:
+                # ZeroMQ never retries a CURVE handshake the server refused (a key not
+                # admitted yet): a client that never got through starts afresh
+                old, self._socket = self._socket, self._connect()
+                old.close(linger=0)
             raise unreachable(self.endpoint, limit)
 
     def _walk(self, walk: Walk) -> Iterator[Any]:

@@ -31,7 +31,7 @@ from typing import Any, Final
 import zmq
 
 from zkv import protocol
-from zkv.config import BROKER_KEY, ClusterConfig, NodeConfig
+from zkv.config import BROKER_KEY, ClusterConfig, NodeConfig, load_config
 from zkv.errors import (
     StorageCorrupted,
     StorageError,
@@ -101,6 +101,7 @@ class Node:
         self.publish = self.sync = ""
         self.limits = config.limits
         self._stopping = False
+        self._reload = False
         #: Warnings any peer can trigger at will are throttled.
         self._bad = Throttle(log)
         self.core = NodeCore(self.store, config.limits, config.slots, name, self.me.shard)
@@ -112,6 +113,22 @@ class Node:
     def stop(self) -> None:
         """Ask the loop to finish its turn and exit (safe from a signal handler)."""
         self._stopping = True
+
+    def request_reload(self) -> None:
+        """Ask the loop to read its shard's public keys again from the config file's key
+        folder (a replaced node key, SIGHUP; safe from a signal handler)."""
+        self._reload = True
+
+    def _reload_keys(self) -> None:
+        if self.keyring is None or self.config.path is None:
+            log.info("SIGHUP: no keys to reload")
+            return
+        try:
+            self.keyring.reload(load_config(self.config.path))
+        except ZkvError as exc:
+            log.error("SIGHUP: kept the previous keys: %s", exc)
+            return
+        log.info("reloaded the keys of shard %s from %s", self.me.shard, self.config.path)
 
     def _new_persistence(self) -> Persistence:
         storage = self.config.storage
@@ -380,6 +397,9 @@ class Node:
         self._next_heartbeat, self._next_sweep = now + interval, now + SWEEP_INTERVAL_S
         while not self._stopping:
             ready = self._wait()
+            if self._reload:
+                self._reload = False
+                self._reload_keys()
             if ready is None:
                 continue
             turn = self._receive(ready)
