@@ -111,8 +111,7 @@ class Gate:
         grant = self.grants.get(name) if name is not None else None
         if grant is None:
             raise PermissionDenied(
-                "this client's key is not in security.clients any more; no request of it "
-                "is served"
+                "this client's key is not in security.clients any more; no request of it is served"
             )
         return grant
 
