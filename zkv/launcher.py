@@ -9,7 +9,8 @@ once all have.
 Supervision: a child that dies is restarted after a back-off that doubles with each quick
 crash; a child that crashes ``launcher.max_crashes`` times within ``launcher.crash_window_s``
 (config file) is given up on, with a clear message, and the others keep running. SIGINT or
-SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period). On Linux, children
+SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period); SIGHUP is passed on to
+every running child (each reads the file's keys, clients and tokens again). On Linux, children
 also get SIGTERM if the launcher itself dies (``PR_SET_PDEATHSIG``), so nothing is left
 orphaned.
 
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from zkv.config import ClusterConfig
-from zkv.runtime import on_stop_signals, read_ready_file
+from zkv.runtime import on_reload_signal, on_stop_signals, read_ready_file
 from zkv.supervision import ProcessState, remove_launcher_state, write_launcher_state
 
 __all__ = ["Child", "ErrorLine", "Launcher", "StderrTap"]
@@ -240,6 +241,7 @@ class Launcher:
         #: Where each child's stderr goes (None: the launcher's stderr).
         self.log_dir: Path | None = None if foreground_logs else config.storage.dir / "logs"
         self._stopping = False
+        self._reload = False
         self._run_dir = Path(tempfile.mkdtemp(prefix="zkv-up-"))
         self._states: dict[str, ProcessState] = {}
         self._state_write_failed = False
@@ -265,9 +267,22 @@ class Launcher:
         """Ask ``run`` to stop every child and return (safe from a signal handler)."""
         self._stopping = True
 
+    def request_reload(self) -> None:
+        """Ask ``run`` to pass SIGHUP on to every running child (safe from a signal
+        handler): each reads the config file's keys, clients and tokens again."""
+        self._reload = True
+
+    def _forward_reload(self) -> None:
+        self._reload = False
+        for child in self.children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.send_signal(signal.SIGHUP)
+                log.info("passed SIGHUP on to %s (pid %d)", child.name, child.process.pid)
+
     def run(self) -> int:
         """Start the cluster, supervise it until asked to stop; the exit status."""
         on_stop_signals(self.stop)
+        on_reload_signal(self.request_reload)
         for path in {self.config.storage.dir / c.name for c in self.children[:-1]}:
             path.mkdir(parents=True, exist_ok=True)
         if self.log_dir is not None:
@@ -278,6 +293,8 @@ class Launcher:
                 return 1
             self._announce()
             while not self._stopping:
+                if self._reload:
+                    self._forward_reload()
                 self._supervise(time.monotonic())
                 time.sleep(0.1)
             return 0
