@@ -22,6 +22,8 @@ from zkv.config import (
     NodeConfig,
     SecurityConfig,
     StorageConfig,
+    TlsConfig,
+    TokenConfig,
     load_config,
     parse_config,
 )
@@ -755,3 +757,40 @@ def test_exposed_endpoints_with_security_count_only_http_listen() -> None:
     assert parse_config(yaml.safe_dump(doc)).exposed_endpoints() == [
         ("http.listen", "0.0.0.0:7480")
     ]
+
+
+def test_http_tls_and_tokens() -> None:
+    digest = "ab" * 32
+    doc = _secure(clients={"admin": {"role": "admin"}, "gateway": {"role": "admin"}})
+    doc["http"] = {
+        "listen": "0.0.0.0:7480",
+        "tls": {"cert": "tls/cert.pem", "key": "tls/key.pem"},
+        "tokens": {"dash": {"sha256": digest.upper(), "role": "read", "prefixes": ["app:"]}},
+    }
+    config = parse_config(yaml.safe_dump(doc))
+    assert config.http.tls == TlsConfig(Path("tls/cert.pem"), Path("tls/key.pem"))
+    assert config.http.tokens == {"dash": TokenConfig("dash", digest, ClientRole.READ, ("app:",))}
+    assert config.exposed_endpoints() == []  # TLS and tokens: the gateway may face others
+    del doc["http"]["tls"]
+    assert config.exposed_endpoints() == [] != parse_config(yaml.safe_dump(doc)).exposed_endpoints()
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        ({"dash": {"role": "read"}}, "http.tokens.dash.sha256: must be the token's SHA-256"),
+        ({"dash": {"sha256": "ab" * 32}}, "http.tokens.dash.role: is required"),
+        ({"dash": {"sha256": "xyz", "role": "read"}}, "http.tokens.dash.sha256: must be"),
+        (
+            {
+                "a": {"sha256": "ab" * 32, "role": "read"},
+                "b": {"sha256": "AB" * 32, "role": "read"},
+            },
+            "http.tokens.b.sha256: another token has the same digest",
+        ),
+        ({}, "http.tokens: must map each token name"),
+    ],
+)
+def test_token_errors(tokens: Any, message: str) -> None:
+    doc = _doc(http={"tokens": tokens})
+    assert _error(doc).startswith(f"cluster.yaml: {message}")
