@@ -9,6 +9,7 @@ Data: ``put``, ``create``, ``cas``, ``mput``, ``get KEY...``, ``del KEY...``, ``
 or ``--connect ENDPOINT`` (``HOST:PORT`` or ``tcp://HOST:PORT``). Without either, the config
 file is ``$ZKV_CONFIG``, else ``./config/local.yaml``, else ``~/.config/zkv/config.yaml``.
 Security: ``zkv keygen --config FILE`` (or ``--out DIR NAME...``) writes CURVE key pairs;
+``zkv token --name NAME --role ROLE`` makes a bearer token for the HTTP gateway;
 data and operations commands take ``--key FILE`` (else ``$ZKV_KEY``), a client's secret key,
 required for a config with a ``security`` section (the broker's public key is ``broker.key``
 beside it, or ``--server-key FILE`` / ``$ZKV_SERVER_KEY``).
@@ -62,6 +63,7 @@ from zkv.cli.data import _client as _client
 from zkv.cli.ops import _bench, _failover, _status
 from zkv.cli.processes import _broker, _check, _http, _keygen, _node, _up
 from zkv.cli.processes import _serve as _serve  # tests use it from here
+from zkv.cli.tokens import _token
 from zkv.errors import (
     ClientClosed,
     ConfigError,
@@ -83,6 +85,8 @@ _EXAMPLES: Final = {
     "http": "example:\n  zkv http --config config/local.yaml",
     "keygen": "examples:\n  zkv keygen --config config/secure.yaml\n"
     "  zkv keygen --out keys broker s0a s0b app",
+    "token": "examples:\n  zkv token --name dashboard --role read\n"
+    "  zkv token --name app-writer --role write --prefix app: --prefix jobs:",
     "check": "examples:\n  zkv check --data data/s0a\n  zkv check --data data/s0a --repair",
     "put": 'examples:\n  zkv put user:1 Ada\n  zkv put user:1 \'{"name": "Ada"}\' --json --ttl 60'
     "\n  echo hello | zkv put greeting -",
@@ -330,6 +334,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, metavar="DIR", help="the keys' folder (with NAMEs)")
     p.add_argument("names", nargs="*", metavar="NAME", help="a process or client name")
     p.set_defaults(run=_keygen)
+    p = sub.add_parser(
+        "token",
+        help="make a bearer token for the HTTP gateway (the token, and its line for http.tokens)",
+        description="Print a new random bearer token for the HTTP gateway, then the line to "
+        "put under http.tokens in the config file: the token's SHA-256, its role and its key "
+        "prefixes. The token is shown once: the file keeps only its digest. `zkv http` "
+        "reads the file again on SIGHUP.",
+        epilog=_EXAMPLES["token"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--name", required=True, help="the token's name in http.tokens")
+    p.add_argument(
+        "--role", required=True, choices=["read", "write", "admin"], help="what it may do"
+    )
+    p.add_argument(
+        "--prefix",
+        action="append",
+        default=[],
+        metavar="P",
+        help="only keys starting with P (repeat for several; none: every key)",
+    )
+    p.set_defaults(run=_token)
     p = sub.add_parser(
         "completion",
         help="print a shell completion script (bash or zsh)",

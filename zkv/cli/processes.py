@@ -34,8 +34,8 @@ def _server_config(path: Path) -> ClusterConfig:
     Without a ``security`` section zkv's links are neither encrypted nor authenticated, so
     an endpoint another machine could reach is refused, unless the file says
     ``allow_insecure_remote: true``: then each start warns, once per endpoint. With one,
-    every ZeroMQ link runs CURVE and only the HTTP gateway's address counts (it has no
-    authentication of its own yet).
+    every ZeroMQ link runs CURVE and only the HTTP gateway's address counts, unless it
+    serves HTTPS (``http.tls``) and asks for bearer tokens (``http.tokens``).
     """
     config = load_config(path)
     exposed = config.exposed_endpoints()
@@ -47,7 +47,14 @@ def _server_config(path: Path) -> ClusterConfig:
                 f"`zkv keygen --config {path}`"
             )
         else:
-            how = "the HTTP gateway has no authentication yet: listen on 127.0.0.1"
+            raise ConfigError(
+                f"{path}: {where} is {endpoint}, not a loopback address, and the gateway "
+                "would serve it without TLS or without bearer tokens: set http.tls (its "
+                "certificate and key files) and http.tokens (`zkv token --name NAME --role "
+                "read` makes one), or listen on 127.0.0.1 (or ::1), or put "
+                "`allow_insecure_remote: true` at the top of the file to run on a trusted "
+                "network"
+            )
         raise ConfigError(
             f"{path}: {where} is {endpoint}, not a loopback address, and nothing on it is "
             f"encrypted or authenticated: bind to 127.0.0.1 (or ::1), or {how}, or put "
@@ -93,23 +100,59 @@ def _node(args: argparse.Namespace) -> int:
 
 
 def _http(args: argparse.Namespace) -> int:
+    """``zkv http``: the gateway, over HTTPS with ``http.tls``, asking for ``http.tokens``.
+
+    SIGHUP reads the config file again: its tokens replace the old ones and the TLS
+    certificate chain is loaded again for new connections (open ones stay); a file that
+    cannot be used is logged and the old settings stay.
+    """
     import asyncio
     import contextlib
     import signal
 
     from zkv.http import serve
+    from zkv.http.auth import Tokens, reload_chain, server_context
     from zkv.runtime import configure_logging, write_ready_file
     from zkv.security import CurveKeys
 
     configure_logging("http", args.log_level)
-    config = _server_config(config_path(args.config))
+    path = config_path(args.config)
+    config = _server_config(path)
     host = config.http.host
     # a secured cluster: the gateway talks to the broker as client http.client
     curve = None if config.security is None else CurveKeys.for_client(config, config.http.client)
+    context = None
+    if config.http.tls is not None:
+        try:
+            context = server_context(config.http.tls)
+        except ConfigError as exc:  # one line, exit 2
+            raise ConfigError(f"{path}: {exc}") from exc
+    tokens = Tokens(config.http.tokens)
+    scheme = "http" if context is None else "https"
 
     def ready(port: int) -> None:
         if args.ready_file is not None:
-            write_ready_file(args.ready_file, {"listen": f"{host}:{port}"})
+            write_ready_file(
+                args.ready_file, {"listen": f"{host}:{port}", "url": f"{scheme}://{host}:{port}"}
+            )
+
+    def reload() -> None:
+        try:
+            new = _server_config(path)
+            if context is not None and new.http.tls is not None:
+                reload_chain(context, new.http.tls)
+        except (ConfigError, OSError) as exc:
+            log.error("reload of %s failed, the old settings stay: %s", path, exc)
+            return
+        tokens.replace(new.http.tokens)
+        log.info("reloaded %s: %d tokens", path, len(new.http.tokens))
+        if (new.http.tls is None) != (context is None) or new.http.listen != config.http.listen:
+            log.warning(
+                "http.listen and turning http.tls on or off take effect at the next start; "
+                "still serving %s at %s",
+                scheme,
+                config.http.listen,
+            )
 
     async def main() -> None:
         task = asyncio.ensure_future(
@@ -123,12 +166,15 @@ def _http(args: argparse.Namespace) -> int:
                 max_keys_per_request=config.limits.max_keys_per_request,
                 max_reply_bytes=protocol.max_reply_frame_bytes(config.limits),
                 curve=curve,
+                ssl_context=context,
+                tokens=tokens,
                 ready=ready,
             )
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(signal.SIGHUP, reload)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 

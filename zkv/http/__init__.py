@@ -6,6 +6,23 @@
 ``aiohttp.web.Application`` around an ``AsyncClient`` you own (for tests, or to mount it in
 a larger app).
 
+TLS and bearer tokens
+=====================
+With ``ssl_context=`` (``zkv http`` builds it from ``http.tls``: a PEM certificate chain and
+its key; TLS 1.2 at least) it serves HTTPS. With ``tokens=`` (``zkv.http.auth.Tokens`` of
+``http.tokens``, each token known by its SHA-256 only; ``zkv token`` makes one) every route
+but ``/``, ``/static/{name}`` and ``/openapi.json`` needs ``Authorization: Bearer TOKEN``:
+no token, another scheme or an unknown token is **401** ``Unauthorized`` with
+``WWW-Authenticate: Bearer realm="zkv"``. The token grants a role and optionally key
+prefixes (``zkv.access.Grant``), checked before the cluster is asked: a request it does not
+allow is **403** ``PermissionDenied`` and changes nothing. Each route is the operation it
+runs: a read ``GET``, ``PUT`` or ``POST /api/kv`` a ``PUT`` (and a ``CREATE``), ``DELETE`` a
+``DELETE``, a batch an ``MPUT`` of all its keys (one outside the prefixes refuses it
+whole), ``mget`` an ``MGET``, a listing ``KEYS`` of its prefix (inside the token's
+prefixes), ``/api/status`` and ``/metrics`` a ``STATUS``. Without tokens nothing is asked.
+``zkv http`` reads its config file again on SIGHUP: the new tokens replace the old ones and
+the certificate chain is loaded again for new connections, open connections staying.
+
 Routes (JSON in and out)
 ========================
 
@@ -80,6 +97,9 @@ exception's name (or the HTTP one for routing errors):
 
 =====  ==========================================================================
 400    ``InvalidRequest``: not JSON, a missing, unknown or mistyped field, a bad parameter
+401    ``Unauthorized``: the gateway has tokens and the request has none it knows
+403    ``PermissionDenied``: the token's role or key prefixes do not allow the request
+       (or the broker refused the gateway's own key); nothing changed
 404    ``KeyNotFound``; ``NotFound`` for an unknown path
 405    ``MethodNotAllowed`` (with an ``Allow`` header)
 409    ``KeyExists``

@@ -13,15 +13,17 @@ import asyncio
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
+from zkv.access import Grant
 from zkv.client import AsyncClient
-from zkv.client._core import MISSING, Key, check_ttl
+from zkv.client._core import MISSING, Key, check_ttl, key_bytes
 from zkv.errors import (
     ClientClosed,
     InvalidRequest,
@@ -29,6 +31,7 @@ from zkv.errors import (
     KeyNotFound,
     KeyTooLarge,
     LocalProtocolError,
+    PermissionDenied,
     StorageError,
     StorageFull,
     Timeout,
@@ -38,6 +41,7 @@ from zkv.errors import (
     ZkvError,
     show_key,
 )
+from zkv.http.auth import REALM, Tokens, Unauthorized
 from zkv.http.codec import (
     check_text,
     decode_cursor,
@@ -51,7 +55,7 @@ from zkv.http.codec import (
 )
 from zkv.http.metrics import GatewayMetrics
 from zkv.http.openapi import openapi_document
-from zkv.protocol import MAX_KEY_FRAME_BYTES
+from zkv.protocol import MAX_KEY_FRAME_BYTES, Op, Request
 from zkv.security import CurveKeys
 
 __all__ = [
@@ -61,8 +65,10 @@ __all__ = [
     "MAX_LIMIT",
     "MAX_LINE_BYTES",
     "METRICS",
+    "PUBLIC",
     "ROUTES",
     "STATIC_DIR",
+    "TOKENS",
     "create_app",
     "serve",
 ]
@@ -72,6 +78,10 @@ log = logging.getLogger(__name__)
 #: The app's ``AsyncClient`` and ``GatewayMetrics``.
 CLIENT: Final = web.AppKey("zkv_client", AsyncClient)
 METRICS: Final = web.AppKey("zkv_metrics", GatewayMetrics)
+#: The bearer tokens the app accepts (none: no token asked); ``replace`` them to reload.
+TOKENS: Final = web.AppKey("zkv_tokens", Tokens)
+#: The grant of the request's bearer token (absent when the app asks for no token).
+_GRANT: Final = web.RequestKey("zkv_grant", Grant)
 _OPENAPI: Final = web.AppKey("zkv_openapi", dict)
 _OPERATIONS: Final = web.AppKey("zkv_operations", dict)
 
@@ -148,6 +158,14 @@ async def _object(
         known = ", ".join(f'"{n}"' for n in (*required, *optional))
         raise InvalidRequest(f"unknown field {unknown[0]!r} in the request body (known: {known})")
     return doc
+
+
+def _allow(request: web.Request, op: Op, key: Key = b"", args: list[Any] | None = None) -> None:
+    """Refuse (``PermissionDenied``, 403) what the request's token does not allow, before
+    the cluster is asked: ``op`` on ``key``, or with the wire ``args`` of a multi-key op."""
+    grant = request.get(_GRANT)
+    if grant is not None:
+        grant.check(Request(op, key_bytes(key), args or []))
 
 
 def _query(request: web.Request, name: str) -> str | None:
@@ -253,6 +271,9 @@ async def set_key(request: web.Request) -> web.Response:
     ttl = _ttl(doc.get("ttl"), '"ttl"')
     consistency = _consistency(doc.get("consistency"), '"consistency"')
     only_create = _flag(doc.get("create"), '"create"')
+    _allow(request, Op.CREATE, key)
+    if not only_create:
+        _allow(request, Op.PUT, key)
     client = request.app[CLIENT]
     try:
         await client.create(key, value, ttl, consistency=consistency)
@@ -270,12 +291,14 @@ async def put_key(request: web.Request) -> web.Response:
     value = value_from_json(await _body(request), "the value")
     ttl = _query_ttl(request)
     consistency = _query_consistency(request)
+    _allow(request, Op.PUT, key)
     await request.app[CLIENT].put(key, value, ttl, consistency=consistency)
     return _json({"message": f"key {show_key(key)} stored"})
 
 
 async def _get(request: web.Request, key: str) -> web.Response:
     consistency = _query_consistency(request)
+    _allow(request, Op.GET, key)
     value = await request.app[CLIENT].get(key, MISSING, consistency=consistency)
     if value is MISSING:
         raise KeyNotFound(f"key {show_key(key)} not found")
@@ -284,6 +307,7 @@ async def _get(request: web.Request, key: str) -> web.Response:
 
 async def _delete(request: web.Request, key: str) -> web.Response:
     consistency = _query_consistency(request)
+    _allow(request, Op.DELETE, key)
     if not await request.app[CLIENT].delete(key, consistency=consistency):
         raise KeyNotFound(f"key {show_key(key)} not found")
     return _json({"message": f"key {show_key(key)} deleted"})
@@ -324,6 +348,7 @@ async def list_keys(request: web.Request) -> web.Response:
             )
         prefix = cursor_prefix
     prefix = prefix or ""
+    _allow(request, Op.KEYS, args=[key_bytes(prefix), None, limit])
     keys, position = await _scan(request.app[CLIENT], prefix, position, limit, consistency)
     return _json(
         {
@@ -345,6 +370,8 @@ async def batch_put(request: web.Request) -> web.Response:
     }
     ttl = _ttl(doc.get("ttl"), '"ttl"')
     consistency = _consistency(doc.get("consistency"), '"consistency"')
+    # all or nothing: one key outside the token's prefixes refuses the whole batch
+    _allow(request, Op.MPUT, args=[[(key_bytes(k), None) for k in mapping]])
     if mapping:
         await request.app[CLIENT].mput(mapping, ttl, consistency=consistency)
     return _json({"message": f"stored {len(mapping)} keys", "count": len(mapping)})
@@ -358,12 +385,14 @@ async def multi_get(request: web.Request) -> web.Response:
         raise InvalidRequest(f'"keys" must be an array of strings, not {json_type(wanted)}')
     keys = [key_from_json(k, f'"keys"[{i}]') for i, k in enumerate(wanted)]
     consistency = _consistency(doc.get("consistency"), '"consistency"')
+    _allow(request, Op.MGET, args=[[key_bytes(k) for k in keys]])
     values = await request.app[CLIENT].mget(keys, consistency=consistency) if keys else {}
     return _json({"values": {k: value_to_json(v) for k, v in values.items()}})
 
 
 async def cluster_status(request: web.Request) -> web.Response:
     """``GET /api/status``: the broker's view of the cluster, as JSON."""
+    _allow(request, Op.STATUS)
     return _json(value_to_json(await request.app[CLIENT].cluster_status()))
 
 
@@ -374,6 +403,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: the gateway's and the cluster's metrics for Prometheus."""
+    _allow(request, Op.STATUS)
     status: dict[str, Any] | None
     try:
         status = await request.app[CLIENT].cluster_status()
@@ -440,6 +470,10 @@ ROUTES: Final[tuple[tuple[str, str, Handler, str], ...]] = (
     ("GET", "/", status_page, "page"),
     ("GET", "/static/{name}", static_file, "static"),
 )
+#: The operations (of ``ROUTES``) open without a bearer token: they hold no data. Every
+#: other route needs one when the app has tokens (and a request matching no route is
+#: answered 404 or 405 without one).
+PUBLIC: Final = frozenset({"openapi", "page", "static"})
 
 
 # --------------------------------------------------------------------------- errors
@@ -454,12 +488,15 @@ ROUTES: Final[tuple[tuple[str, str, Handler, str], ...]] = (
 #: condition of the service the client may retry later, rather than 500 (kept for bugs of
 #: the gateway itself) or 502 (the cluster failing on the request, ``ServerError``).
 #: ``TooManyRequests`` (the broker holds ``limits.max_inflight_per_client`` requests of the
-#: gateway unanswered) is 429 Too Many Requests.
+#: gateway unanswered) is 429 Too Many Requests. ``PermissionDenied`` is 403 Forbidden,
+#: whether the gateway refused the request for its bearer token or the broker refused it
+#: for the gateway's own key (401 is kept for a missing or unknown token).
 _STATUS: Final[tuple[tuple[type[ZkvError], int], ...]] = (
     (KeyNotFound, 404),
     (KeyExists, 409),
     (KeyTooLarge, 413),
     (ValueTooLarge, 413),
+    (PermissionDenied, 403),
     (InvalidRequest, 400),
     (LocalProtocolError, 400),
     (TooManyRequests, 429),
@@ -473,6 +510,7 @@ _STATUS: Final[tuple[tuple[type[ZkvError], int], ...]] = (
 _UPSTREAM_FAILED: Final = 502
 _HTTP_CODES: Final = {
     400: "InvalidRequest",
+    401: "Unauthorized",
     404: "NotFound",
     405: "MethodNotAllowed",
     413: "RequestTooLarge",
@@ -521,9 +559,18 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     """Answer every failure as a JSON error, and count every request in the metrics."""
     start = time.perf_counter()
     outcome = "ok"
+    route = request.match_info.route
+    operation = request.app[_OPERATIONS].get(route, "unmatched")
     response: web.StreamResponse
     try:
+        tokens = request.app[TOKENS]
+        if tokens.required and operation not in PUBLIC and operation != "unmatched":
+            request[_GRANT] = tokens.authenticate(request.headers.get(hdrs.AUTHORIZATION))
         response = await handler(request)
+    except Unauthorized as exc:
+        response = _error(401, _HTTP_CODES[401], str(exc))
+        response.headers[hdrs.WWW_AUTHENTICATE] = REALM
+        outcome = _HTTP_CODES[401]
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -536,10 +583,9 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
         log.exception("unexpected error answering %s %s", request.method, request.path)
         response = _error(500, "InternalError", "the gateway failed on this request; see its log")
         outcome = "InternalError"
-    route = request.match_info.route
     resource = route.resource
     request.app[METRICS].observe(
-        operation=request.app[_OPERATIONS].get(route, "unmatched"),
+        operation=operation,
         outcome=outcome,
         route="unmatched" if resource is None else resource.canonical,
         method=request.method,
@@ -552,12 +598,17 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
 # --------------------------------------------------------------------------- the app
 
 
-def create_app(client: AsyncClient, *, max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
+def create_app(
+    client: AsyncClient, *, max_body_bytes: int = MAX_BODY_BYTES, tokens: Tokens | None = None
+) -> web.Application:
     """The gateway's application, serving the cluster that ``client`` is connected to.
 
     The caller keeps ownership of ``client`` (the app never closes it). Each app has its own
     metrics registry, so several apps can live in one process. Request bodies over
-    ``max_body_bytes`` are refused with 413.
+    ``max_body_bytes`` are refused with 413. With ``tokens`` (non-empty), every route but
+    ``PUBLIC`` ones needs a bearer token among them (401 otherwise) and is refused with
+    403 ``PermissionDenied`` where the token's grant does not allow it, before the cluster
+    is asked; ``tokens.replace`` changes them while the app serves.
     """
     app = web.Application(
         client_max_size=max_body_bytes,
@@ -565,6 +616,7 @@ def create_app(client: AsyncClient, *, max_body_bytes: int = MAX_BODY_BYTES) -> 
         handler_args={"max_line_size": MAX_LINE_BYTES},
     )
     app[CLIENT] = client
+    app[TOKENS] = Tokens() if tokens is None else tokens
     app[METRICS] = GatewayMetrics()
     app[_OPENAPI] = openapi_document()
     operations: dict[web.AbstractRoute, str] = {}
@@ -586,6 +638,8 @@ async def serve(
     max_keys_per_request: int = 10_000,
     max_reply_bytes: int | None = None,
     curve: CurveKeys | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    tokens: Tokens | None = None,
 ) -> None:
     """Serve the gateway on ``host``:``port`` for the cluster whose broker is ``endpoint``.
 
@@ -597,6 +651,10 @@ async def serve(
     the cluster (the config's ``defaults.consistency`` and ``limits.max_request_bytes``);
     ``max_keys_per_request``, ``max_reply_bytes`` and ``curve`` (the gateway's CURVE keys,
     for a cluster with a ``security`` section) as ``AsyncClient`` takes them.
+
+    With ``ssl_context`` (``zkv.http.auth.server_context``) it serves HTTPS; with ``tokens``
+    it asks for bearer tokens (see ``create_app``). The caller may reload both while it
+    serves (``zkv.http.auth.reload_chain``, ``Tokens.replace``): open connections stay.
     """
     client = AsyncClient(
         endpoint,
@@ -608,13 +666,22 @@ async def serve(
         curve=curve,
     )
     try:
-        runner = web.AppRunner(create_app(client))
+        tokens = Tokens() if tokens is None else tokens
+        runner = web.AppRunner(create_app(client, tokens=tokens))
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port)
+            site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
             await site.start()
             bound = int(runner.addresses[0][1])
-            log.info("zkv HTTP gateway on http://%s:%d for %s", host, bound, endpoint)
+            scheme = "http" if ssl_context is None else "https"
+            log.info(
+                "zkv HTTP gateway on %s://%s:%d for %s (%s)",
+                scheme,
+                host,
+                bound,
+                endpoint,
+                f"{len(tokens)} bearer tokens" if tokens.required else "no token asked",
+            )
             if ready is not None:
                 ready(bound)
             await asyncio.get_running_loop().create_future()  # until cancelled

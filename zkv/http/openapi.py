@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document of the HTTP gateway, served at ``/openapi.json``.
 
 It describes exactly the routes ``zkv.http.app.create_app`` registers (a test walks the
-app's router and this document's paths both ways).
+app's router and this document's paths both ways). Every operation but the page, its files
+and this document carries the bearer-token requirement and its 401 and 403 answers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import zkv
 __all__ = ["openapi_document"]
 
 _REF: Final = "$ref"
+#: Operations open without a token (they hold no data): ``zkv.http.app.PUBLIC``'s routes.
+_PUBLIC_OPERATIONS: Final = frozenset({"openapi", "statusPage", "staticFile"})
 
 
 def _schema(name: str) -> dict[str, Any]:
@@ -149,7 +152,8 @@ _SCHEMAS: Final[dict[str, Any]] = {
                         "description": (
                             "`KeyNotFound`, `KeyExists`, `KeyTooLarge`, `ValueTooLarge`, "
                             "`InvalidRequest`, `Unavailable`, `Timeout`, `StorageFull`, "
-                            "`StorageError`, `NotFound`, `MethodNotAllowed`, "
+                            "`StorageError`, `Unauthorized`, `PermissionDenied`, "
+                            "`NotFound`, `MethodNotAllowed`, "
                             "`RequestTooLarge`, `InternalError`, or another zkv error class "
                             "name."
                         ),
@@ -344,7 +348,51 @@ _RESPONSES: Final[dict[str, Any]] = {
     "Timeout": _error_response(
         "No answer from the cluster in time (`Timeout`); a write may or may not have been applied."
     ),
+    "Unauthorized": {
+        **_error_response(
+            "The gateway asks for bearer tokens (its config has `http.tokens`) and the request "
+            "carries none, or one it does not know (`Unauthorized`)."
+        ),
+        "headers": {
+            "WWW-Authenticate": {
+                "description": '`Bearer realm="zkv"`',
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    "Forbidden": _error_response(
+        "The token's role or key prefixes do not allow this request (`PermissionDenied`); it "
+        "was refused whole before the cluster was asked (a batch or mget with one key "
+        "outside the prefixes changes nothing). Also the broker refusing the gateway's own key."
+    ),
 }
+
+_SECURITY_SCHEMES: Final[dict[str, Any]] = {
+    "bearerToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": (
+            "A token of the gateway's `http.tokens` (made by `zkv token`), sent as "
+            "`Authorization: Bearer TOKEN`; it grants a role (`read`, `write`, `admin`) and "
+            "optionally key prefixes. Asked for only when the config has `http.tokens`."
+        ),
+    }
+}
+
+
+def _guarded(paths: dict[str, Any]) -> dict[str, Any]:
+    """``paths`` with each operation's security requirement, and 401 and 403 on those that
+    need a token."""
+    for item in paths.values():
+        for operation in item.values():
+            if operation["operationId"] in _PUBLIC_OPERATIONS:
+                operation["security"] = []
+                continue
+            operation["security"] = [{"bearerToken": []}]
+            operation["responses"]["401"] = _response("Unauthorized")
+            operation["responses"]["403"] = _response("Forbidden")
+    return paths
+
 
 _PATHS: Final[dict[str, Any]] = {
     "/api/kv": {
@@ -523,7 +571,10 @@ def openapi_document() -> dict[str, Any]:
                 "version": zkv.__version__,
                 "description": (
                     "A JSON API over a zkv cluster. Errors are "
-                    '`{"error": {"code": "KeyNotFound", "message": "..."}}`.'
+                    '`{"error": {"code": "KeyNotFound", "message": "..."}}`. When the '
+                    "gateway's config has `http.tokens`, every route but `/`, `/static/*` "
+                    "and this document needs `Authorization: Bearer TOKEN`: 401 without one "
+                    "it knows, 403 where its role or key prefixes refuse the request."
                 ),
             },
             "tags": [
@@ -532,11 +583,12 @@ def openapi_document() -> dict[str, Any]:
                 {"name": "meta", "description": "This document and the metrics."},
                 {"name": "page", "description": "The status page and its files."},
             ],
-            "paths": _PATHS,
+            "paths": _guarded(copy.deepcopy(_PATHS)),
             "components": {
                 "schemas": _SCHEMAS,
                 "parameters": _PARAMETERS,
                 "responses": _RESPONSES,
+                "securitySchemes": _SECURITY_SCHEMES,
             },
         }
     )

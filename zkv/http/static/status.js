@@ -6,6 +6,11 @@
  * the error's text), the cluster's operations per second (from the nodes' request counters
  * between polls), and a form that gets, puts and deletes a key through the gateway's REST
  * routes. Plain JavaScript, no library.
+ *
+ * A gateway with bearer tokens (http.tokens) answers 401 without one: the page then asks
+ * for a token, keeps it in sessionStorage only (this tab, until it is closed or "Forget
+ * token" is pressed; never localStorage, never the URL) and sends it as the Authorization
+ * header of every request. 401 and 403 answers are shown as such.
  */
 "use strict";
 
@@ -13,6 +18,7 @@
   const POLL_MS = 1000;          // time between two polls (after the previous one ended)
   const FETCH_TIMEOUT_MS = 4000; // a poll or form request is abandoned after this long
   const RATE_WINDOW_MS = 5000;   // operations per second are averaged over this window
+  const TOKEN_KEY = "zkv.token"; // the bearer token's name in sessionStorage
 
   const $ = (id) => document.getElementById(id);
   const nodeRows = new Map();    // node name -> <tr>
@@ -20,6 +26,43 @@
   const lastRequests = new Map(); // node name -> its last `requests` counter
   let totalOps = 0;              // operations counted since the page loaded
   const samples = [];            // [time ms, totalOps], oldest first
+  let token = loadToken();       // the bearer token ("" for none)
+  let waitingForToken = false;   // polling paused until a token is entered
+
+  // ------------------------------------------------------------------------ the token
+
+  /** The token of this tab's session, if one was entered (sessionStorage may be off). */
+  function loadToken() {
+    try { return sessionStorage.getItem(TOKEN_KEY) || ""; } catch (e) { return ""; }
+  }
+
+  /** Use `value` as the token from now on ("" forgets it); kept for this tab's session only. */
+  function setToken(value) {
+    token = value;
+    try {
+      if (value) sessionStorage.setItem(TOKEN_KEY, value);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (e) { /* kept in memory only */ }
+    $("token-forget").hidden = !value;
+  }
+
+  /** Show the token prompt with `message`; the field gets the focus when it appears. */
+  function askForToken(message) {
+    $("auth-message").textContent = message;
+    const box = $("auth");
+    if (box.hidden) {
+      box.hidden = false;
+      $("token").focus();
+    }
+  }
+
+  /** The prompt's message for a 401 answer, given whether a token was sent. */
+  function unauthorizedText(reply) {
+    const why = reply.body && reply.body.error ? reply.body.error.message : "HTTP 401";
+    return token
+      ? "The gateway refused the token (401): " + why + " Enter another one."
+      : "This gateway asks for a bearer token (401): enter yours to see the cluster.";
+  }
 
   /** Text for a value the broker may not know yet (null). */
   function show(value) {
@@ -52,6 +95,7 @@
     const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
     try {
       const init = { method, signal: controller.signal, cache: "no-store", headers: {} };
+      if (token) init.headers["Authorization"] = "Bearer " + token;
       if (body !== undefined) {
         init.body = JSON.stringify(body);
         init.headers["Content-Type"] = "application/json";
@@ -279,14 +323,33 @@
   async function poll() {
     try {
       const reply = await request("GET", "/api/status");
+      if (reply.status === 401) {
+        askForToken(unauthorizedText(reply));
+        setConnection("error", "token needed");
+        waitingForToken = true; // polled again once a token is entered
+        return;
+      }
+      if (reply.status === 403) {
+        throw new Error("this token may not read the status (403): " + errorText(reply));
+      }
       if (reply.status !== 200) throw new Error(errorText(reply));
       render(reply.body, performance.now());
       setConnection("ok", "live");
+      $("auth").hidden = true;
       $("updated").textContent = "updated " + new Date().toLocaleTimeString();
     } catch (err) {
       setConnection("error", "status unavailable: " + err.message);
     } finally {
-      setTimeout(poll, POLL_MS);
+      if (!waitingForToken) setTimeout(poll, POLL_MS);
+    }
+  }
+
+  function useToken(value) {
+    setToken(value);
+    $("auth-message").textContent = "checking the token\u2026";
+    if (waitingForToken) {
+      waitingForToken = false;
+      poll();
     }
   }
 
@@ -332,14 +395,35 @@
       } else {
         reply = await request("DELETE", "/delete" + query);
       }
-      if (reply.status < 300) showResult(true, reply.body.message || "done");
-      else showResult(false, errorText(reply));
+      if (reply.status < 300) {
+        showResult(true, reply.body.message || "done");
+      } else if (reply.status === 401) {
+        askForToken(unauthorizedText(reply));
+        showResult(false, "Unauthorized (401): enter a bearer token above. " + errorText(reply));
+      } else if (reply.status === 403) {
+        showResult(false, "Not allowed for this token (403): " + errorText(reply));
+      } else {
+        showResult(false, errorText(reply));
+      }
     } catch (err) {
       showResult(false, err.message);
     }
   }
 
   function start() {
+    $("token-forget").hidden = !token;
+    $("token-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const value = $("token").value.trim();
+      $("token").value = "";
+      if (!value) { $("auth-message").textContent = "Enter a token."; $("token").focus(); return; }
+      useToken(value);
+    });
+    $("token-forget").addEventListener("click", () => {
+      setToken("");
+      $("kv-result").replaceChildren();
+      // the next poll answers 401 and shows the prompt
+    });
     const form = $("kv-form");
     form.addEventListener("submit", (event) => {
       event.preventDefault();
