@@ -489,7 +489,7 @@ async def unit() -> AsyncIterator[Any]:
             for name, token in tokens.items()
         }
     )
-    async with zkv.AsyncClient("tcp://127.0.0.1:9", timeout_s=0.2) as client:
+    async with zkv.AsyncClient("tcp://127.0.0.1:9", timeout_s=0.05) as client:
         server = TestServer(create_app(client, tokens=table), host="127.0.0.1", port=0)
         await server.start_server()
         async with aiohttp.ClientSession(f"http://127.0.0.1:{server.port}") as session:
@@ -539,3 +539,57 @@ async def test_each_route_is_checked_as_its_operation(unit: Any) -> None:
                 assert status in (503, 504), (name, method, path, status)
     assert await unit("GET", "/openapi.json", None) == 200
     assert await unit("GET", "/no/such/route", None) == 404
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def test_the_status_page_asks_for_a_token(gw: Gateway, tmp_path: Path) -> None:
+    """Over HTTPS with tokens: the page asks, the token entered shows the nodes, the form
+    says 403 for a read token's put, and "Forget token" asks again."""
+    from test_status_page import CHROMEDRIVER, CHROMIUM, _missing_browser, node_rows, wait_until
+
+    reason = _missing_browser()
+    if reason is not None:
+        pytest.skip(reason)
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    options.set_capability("acceptInsecureCerts", True)  # the test CA is not the system's
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
+    service = Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=options)
+    try:
+        driver.set_page_load_timeout(10)
+        driver.get(gw.url + "/")
+        wait_until("the token prompt", lambda: driver.find_element(By.ID, "token").is_displayed())
+        assert "token" in driver.find_element(By.ID, "auth-message").text
+        field = driver.find_element(By.ID, "token")
+        field.send_keys(gw.tokens["reader"])
+        driver.find_element(By.ID, "token-use").click()
+        wait_until("the node listed", lambda: "s0a" in node_rows(driver))
+        assert not driver.find_element(By.ID, "auth").is_displayed()
+        stored = driver.execute_script(
+            "return [sessionStorage.getItem('zkv.token'), localStorage.length, location.href]"
+        )
+        assert stored[0] == gw.tokens["reader"] and stored[1] == 0
+        assert gw.tokens["reader"] not in stored[2]
+        # a read token's put is refused, and the page says so
+        driver.find_element(By.ID, "kv-key").send_keys("page:k")
+        driver.find_element(By.ID, "kv-value").send_keys("1")
+        driver.find_element(By.ID, "kv-put").click()
+        text = wait_until(
+            "the 403 shown", lambda: driver.find_element(By.ID, "kv-result").text or None
+        )
+        assert "403" in text and "PermissionDenied" in text, text
+        # forgetting the token asks for one again
+        driver.find_element(By.ID, "token-forget").click()
+        wait_until("the prompt again", lambda: driver.find_element(By.ID, "token").is_displayed())
+        assert driver.execute_script("return sessionStorage.getItem('zkv.token')") is None
+    finally:
+        driver.quit()
