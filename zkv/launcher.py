@@ -389,7 +389,7 @@ class Launcher:
             lines.append(f"  logs: {self.log_dir}/<name>.log")
         lines.append(
             f"zkv up: ready. Clients connect to {config.broker.clients}; HTTP at {http_url}. "
-            "Ctrl-C stops it."
+            f"Ctrl-C stops it; kill -HUP {os.getpid()} reloads keys, clients and tokens."
         )
         print("\n".join(lines), flush=True)
 

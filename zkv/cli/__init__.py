@@ -16,8 +16,9 @@ beside it, or ``--server-key FILE`` / ``$ZKV_SERVER_KEY``).
 
 Exit status: 0 success, 1 the key is missing (``check``: the folder is damaged), 2 bad
 usage, a bad config file, or a data folder in use by another process, 3 the cluster is
-unavailable or timed out; every failure prints one line on stderr. A closed stdout (``zkv
-keys | head``) ends the command quietly.
+unavailable or timed out, 4 permission denied (the client's role or key prefixes); every
+failure prints one line on stderr. A closed stdout (``zkv keys | head``) ends the command
+quietly.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Final
 from zkv import __version__
 from zkv.cli._common import (
     CONFIG_HELP,
+    EXIT_DENIED,
     EXIT_MISSING,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -68,6 +70,7 @@ from zkv.errors import (
     ClientClosed,
     ConfigError,
     KeyNotFound,
+    PermissionDenied,
     RequestError,
     TransportError,
     ZkvError,
@@ -138,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 EXIT_UNAVAILABLE,
             )
         return _fail(f"cluster unavailable: {exc}", EXIT_UNAVAILABLE)
+    except PermissionDenied as exc:
+        return _fail(str(exc), EXIT_DENIED)
     except RequestError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except ZkvError as exc:

@@ -81,21 +81,23 @@ def _up(args: argparse.Namespace) -> int:
 
 def _broker(args: argparse.Namespace) -> int:
     from zkv.broker.server import Broker
-    from zkv.runtime import configure_logging, on_stop_signals
+    from zkv.runtime import configure_logging, on_reload_signal, on_stop_signals
 
     configure_logging("broker", args.log_level)
     broker = Broker(_server_config(config_path(args.config)), ready_file=args.ready_file)
     on_stop_signals(broker.stop)
+    on_reload_signal(broker.request_reload)
     return _serve(broker.run, "broker")
 
 
 def _node(args: argparse.Namespace) -> int:
     from zkv.node.server import Node
-    from zkv.runtime import configure_logging, on_stop_signals
+    from zkv.runtime import configure_logging, on_reload_signal, on_stop_signals
 
     configure_logging(args.name, args.log_level)
     node = Node(_server_config(config_path(args.config)), args.name, ready_file=args.ready_file)
     on_stop_signals(node.stop)
+    on_reload_signal(node.request_reload)
     return _serve(node.run, f"node {args.name}")
 
 
