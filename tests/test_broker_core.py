@@ -88,8 +88,8 @@ def test_gather_merges_parts_answered_in_any_order() -> None:
     keys = [f"k{i}".encode() for i in range(20)]
     parts = plan(mget(keys), slot_map)
     assert len(parts) == 3
-    table = Gathers(slot_map)
-    gid = table.start(b"client", mget(keys), parts, deadline=5.0)
+    table = Gathers()
+    gid = table.start(b"client", mget(keys), parts, 5.0, slot_map)
     answers = [[k.decode() for k in part.request.args[0]] for part in parts]
     assert table.answer(gid, 2, answers[2]) is None
     assert table.answer(gid, 0, answers[0]) is None
@@ -103,8 +103,8 @@ def test_gather_merges_parts_answered_in_any_order() -> None:
 def test_gather_fails_on_the_first_failed_part_and_drops_the_rest() -> None:
     slot_map = SlotMap.even(["s0", "s1"], 16384)
     keys = [f"k{i}".encode() for i in range(10)]
-    table = Gathers(slot_map)
-    gid = table.start(b"c", mget(keys), plan(mget(keys), slot_map), deadline=5.0)
+    table = Gathers()
+    gid = table.start(b"c", mget(keys), plan(mget(keys), slot_map), 5.0, slot_map)
     failure = Unavailable("shard s1 has no live node")
     gather, outcome = table.answer(gid, 1, failure) or (None, None)
     assert gather is not None and outcome is failure
@@ -114,18 +114,19 @@ def test_gather_fails_on_the_first_failed_part_and_drops_the_rest() -> None:
 
 def test_gather_of_malformed_answers_is_a_server_error() -> None:
     slot_map = SlotMap.even(["s0"], 16384)
-    table = Gathers(slot_map)
-    gid = table.start(b"c", mget([b"a", b"b"]), plan(mget([b"a", b"b"]), slot_map), 5.0)
+    table = Gathers()
+    parts = plan(mget([b"a", b"b"]), slot_map)
+    gid = table.start(b"c", mget([b"a", b"b"]), parts, 5.0, slot_map)
     _, outcome = table.answer(gid, 0, ["only one"]) or (None, None)
     assert isinstance(outcome, ServerError)
 
 
 def test_gathers_past_their_deadline_time_out() -> None:
     slot_map = SlotMap.even(["s0", "s1"], 16384)
-    table = Gathers(slot_map)
+    table = Gathers()
     count = Request(Op.COUNT, seq=3)
-    early = table.start(b"c1", count, plan(count, slot_map), deadline=1.0)
-    late = table.start(b"c2", count, plan(count, slot_map), deadline=2.0)
+    early = table.start(b"c1", count, plan(count, slot_map), 1.0, slot_map)
+    late = table.start(b"c2", count, plan(count, slot_map), 2.0, slot_map)
     assert table.expire(now=1.0) == []
     [(gather, error)] = table.expire(now=1.5)
     assert gather.client == b"c1" and isinstance(error, Timeout)

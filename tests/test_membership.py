@@ -14,6 +14,7 @@ import yaml
 from zkv.broker.membership import Membership
 from zkv.broker.routing import RoutingTable
 from zkv.config import ClusterConfig, parse_config
+from zkv.errors import ConfigError
 from zkv.node.replication import ReplicaSet
 from zkv.protocol import NodeInfo, NodeState
 
@@ -148,8 +149,41 @@ def test_routing_table_round_trip_and_only_forward_epochs(tmp_path: Path) -> Non
     again = RoutingTable(cfg, path)
     again.load()
     assert (again.primaries["s0"], again.epochs["s0"]) == ("c", 6)
-    assert json.loads(path.read_text()) == {"shards": {"s0": {"primary": "c", "epoch": 6}}}
+    assert json.loads(path.read_text()) == {
+        "shards": {"s0": {"primary": "c", "epoch": 6}},
+        "version": 0,
+        "slots": {"s0": [[0, 16383]]},
+    }
     assert not list(path.parent.glob("*.tmp"))
+
+
+def test_the_slot_map_is_runtime_state_saved_with_a_version(tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"s0": ["a"], "s1": ["b"]})
+    path = tmp_path / "broker" / "routing.json"
+    table = RoutingTable(cfg, path)
+    assert table.version == 0 and table.slot_map.count_of("s0") == 8192
+    assert table.reassign([0, 1, 2, 100], "s1") == 1
+    again = RoutingTable(cfg, path)
+    again.load()
+    assert again.version == 1
+    assert again.slot_map.ranges_of("s1") == [(0, 2), (100, 100), (8192, 16383)]
+    assert again.slot_map.count_of("s0") == 8192 - 4
+    # a shard added to the file owns nothing until slots move to it
+    grown = RoutingTable(config(tmp_path, {"s0": ["a"], "s1": ["b"], "s2": ["c"]}), path)
+    grown.load()
+    assert grown.slot_map.count_of("s2") == 0 and grown.version == 1
+    # a shard removed from the file while it owns slots: its data would be unreachable
+    shrunk = RoutingTable(config(tmp_path, {"s0": ["a"]}), path)
+    with pytest.raises(ConfigError, match="shard s1 owns slots but is not in the config file"):
+        shrunk.load()
+
+
+def test_a_slot_map_with_holes_is_not_taken(tmp_path: Path) -> None:
+    path = tmp_path / "routing.json"
+    path.write_text(json.dumps({"version": 4, "slots": {"s0": [[0, 100]]}}))
+    table = RoutingTable(config(tmp_path, THREE), path)
+    table.load()
+    assert table.version == 0 and table.slot_map.count_of("s0") == 16384
 
 
 def test_unreadable_routing_table_means_an_election(tmp_path: Path) -> None:

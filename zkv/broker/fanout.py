@@ -109,6 +109,7 @@ class Gather:
     request: Request
     parts: list[Part]
     deadline: float
+    slot_map: SlotMap
     results: list[Any] = field(default_factory=list)
     pending: int = 0
 
@@ -121,20 +122,33 @@ class Gathers:
     fails the whole request (what the other shards did stands, as the README says of mput).
     """
 
-    def __init__(self, slot_map: SlotMap) -> None:
-        self.slot_map = slot_map
+    def __init__(self) -> None:
         self._table: dict[int, Gather] = {}
         self._next = 0
 
     def __len__(self) -> int:
         return len(self._table)
 
-    def start(self, client: bytes, request: Request, parts: list[Part], deadline: float) -> int:
-        """Wait for ``parts``' answers until ``deadline``; the gather's id."""
+    def start(
+        self,
+        client: bytes,
+        request: Request,
+        parts: list[Part],
+        deadline: float,
+        slot_map: SlotMap,
+    ) -> int:
+        """Wait for ``parts``' answers until ``deadline``; the gather's id. ``slot_map`` is
+        the map the parts were planned with (the answers are merged with it)."""
         gid = self._next
         self._next += 1
         self._table[gid] = Gather(
-            client, request, parts, deadline, results=[None] * len(parts), pending=len(parts)
+            client,
+            request,
+            parts,
+            deadline,
+            slot_map,
+            results=[None] * len(parts),
+            pending=len(parts),
         )
         return gid
 
@@ -163,7 +177,7 @@ class Gathers:
             return None
         del self._table[gid]
         try:
-            return gather, merge(gather.request, gather.parts, gather.results, self.slot_map)
+            return gather, merge(gather.request, gather.parts, gather.results, gather.slot_map)
         except ZkvError as exc:
             log.error("could not merge %s: %s", gather.request.op.name, exc)
             return gather, ServerError(str(exc))

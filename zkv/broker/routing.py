@@ -1,4 +1,11 @@
-"""RoutingTable: each shard's primary and epoch, kept on disk so a broker restart keeps them.
+"""RoutingTable: the slot map and each shard's primary and epoch, kept on disk so a broker
+restart keeps them.
+
+The slot map (which shard owns each slot) is runtime state, like the primaries: it starts as
+the even split of the config file's shards and changes only by the broker's own decisions
+(moving slots between shards), each under a new map ``version``. A shard added to the file
+owns no slots until slots are moved to it; a shard removed from the file while it still owns
+slots is refused (``ConfigError``): move its slots away first.
 
 Only the broker decides routing: a shard's primary and epoch change only by its own
 decisions (``elect`` when it has no table, ``promote`` on a failover or switch-over), never
@@ -22,6 +29,8 @@ import os
 from pathlib import Path
 
 from zkv.config import ClusterConfig
+from zkv.errors import ConfigError
+from zkv.slots import SlotMap
 from zkv.storage.log import fsync_dir
 
 __all__ = ["RoutingTable"]
@@ -30,13 +39,17 @@ log = logging.getLogger(__name__)
 
 
 class RoutingTable:
-    """Primary name (None until elected) and epoch per shard."""
+    """The slot map and its version; primary name (None until elected) and epoch per shard."""
 
     def __init__(self, config: ClusterConfig, path: Path | None = None) -> None:
         self.path = path
         self._nodes = {shard: [n.name for n in nodes] for shard, nodes in config.shards.items()}
         self.primaries: dict[str, str | None] = dict.fromkeys(self._nodes)
         self.epochs: dict[str, int] = dict.fromkeys(self._nodes, 0)
+        #: Which shard owns each slot; replaced whole (a ``SlotMap`` never changes).
+        self.slot_map = SlotMap.even(list(config.shards), config.slots)
+        #: Grows by one with every change of the slot map (0: the config's even split).
+        self.version = 0
 
     def load(self) -> None:
         """Read the table from ``path`` (the caller holds the folder's lock)."""
@@ -53,6 +66,8 @@ class RoutingTable:
                 "unreadable routing table %s (%s): each shard's primary will be elected", path, exc
             )
             return
+        if isinstance(saved, dict) and "slots" in saved:
+            self._load_slots(saved, path)
         for shard, entry in saved.get("shards", {}).items() if isinstance(saved, dict) else []:
             names = self._nodes.get(shard)
             if (
@@ -66,6 +81,59 @@ class RoutingTable:
                 self.epochs[shard] = entry["epoch"]
         log.info("routing table loaded from %s: %s", path, self.describe())
 
+    def _load_slots(self, saved: dict[str, object], path: Path) -> None:
+        """Take the saved slot map, if it is whole; ``ConfigError`` if it gives slots to a
+        shard the config file no longer has (its data would be unreachable)."""
+        ranges, version = saved.get("slots"), saved.get("version")
+        slots = self.slot_map.slots
+        owners: list[str | None] = [None] * slots
+        if not isinstance(ranges, dict) or type(version) is not int or version < 0:
+            log.warning("routing table %s: no usable slot map; using the even split", path)
+            return
+        for shard, runs in ranges.items():
+            if not isinstance(runs, list):
+                continue
+            for run in runs:
+                if not (
+                    isinstance(run, list)
+                    and len(run) == 2
+                    and all(type(x) is int for x in run)
+                    and 0 <= run[0] <= run[1] < slots
+                ):
+                    log.warning(
+                        "routing table %s: bad slot run %r; using the even split", path, run
+                    )
+                    return
+                owners[run[0] : run[1] + 1] = [shard] * (run[1] - run[0] + 1)
+        if None in owners:
+            log.warning("routing table %s: the slot map leaves slots unowned; even split", path)
+            return
+        gone = sorted({o for o in owners if o not in self._nodes and o is not None})
+        if gone:
+            raise ConfigError(
+                f"{path}: shard {gone[0]} owns slots but is not in the config file; put it "
+                "back and move its slots to other shards first (zkv rebalance)"
+            )
+        self.slot_map = SlotMap([o for o in owners if o is not None])
+        self.version = version
+
+    def reassign(self, slots: list[int], shard: str) -> int:
+        """Give ``slots`` to ``shard`` under a new map version, saved before it counts; the
+        version. Raises ``OSError`` (and changes nothing) if the table cannot be saved."""
+        if shard not in self._nodes:
+            raise ValueError(f"no shard {shard!r}")
+        owners = [self.slot_map.owner(s) for s in range(self.slot_map.slots)]
+        for slot in slots:
+            owners[slot] = shard
+        previous = self.slot_map, self.version
+        self.slot_map, self.version = SlotMap(owners), self.version + 1
+        try:
+            self.save()
+        except OSError:  # a decision that is not on disk is not taken
+            self.slot_map, self.version = previous
+            raise
+        return self.version
+
     def save(self) -> None:
         """Write the table to disk atomically and durably (a no-op without a path)."""
         if self.path is None:
@@ -76,7 +144,12 @@ class RoutingTable:
                 s: {"primary": self.primaries[s], "epoch": self.epochs[s]}
                 for s in self._nodes
                 if self.primaries[s] is not None
-            }
+            },
+            "version": self.version,
+            "slots": {
+                shard: [list(run) for run in self.slot_map.ranges_of(shard)]
+                for shard in self.slot_map.shards()
+            },
         }
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:

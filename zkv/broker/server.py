@@ -87,14 +87,13 @@ class Broker:
         self.config = config
         self.ready_file = ready_file
         self.context = context or zmq.Context.instance()
-        self.slot_map = SlotMap.even(list(config.shards), config.slots)
         self.routing = RoutingTable(config, config.data_dir("broker") / "routing.json")
         self.membership = Membership(config, self.routing, time.monotonic())
         self.requests = 0
         self.errors = 0
         self.failovers = 0
         self.switchboard = Switchboard(self.membership, config.heartbeat.interval_s)
-        self._gathers = fanout.Gathers(self.slot_map)
+        self._gathers = fanout.Gathers()
         #: Each client's requests forwarded and not answered yet (limits.max_inflight_per_client).
         self._inflight = Inflight(config.limits.max_inflight_per_client)
         self._stopping = False
@@ -107,6 +106,11 @@ class Broker:
     def stop(self) -> None:
         """Ask the loop to finish its turn and exit (safe from a signal handler)."""
         self._stopping = True
+
+    @property
+    def slot_map(self) -> SlotMap:
+        """Which shard owns each slot, now (the routing table's, replaced as slots move)."""
+        return self.routing.slot_map
 
     def request_reload(self) -> None:
         """Ask the loop to read the config file's security section again at its next turn
@@ -343,7 +347,8 @@ class Broker:
             )
         if request.op is Op.MPUT:  # refuse the whole batch before any shard stores a part
             protocol.check_items(request.args[0], limits.max_key_bytes, limits.max_value_bytes)
-        parts = fanout.plan(request, self.slot_map)
+        slot_map = self.slot_map
+        parts = fanout.plan(request, slot_map)
         members = []
         for part in parts:
             member = self._target(part.shard, request)
@@ -353,11 +358,13 @@ class Broker:
         if not parts:
             self._reply(
                 client,
-                protocol.encode_reply(request.seq, fanout.merge(request, [], [], self.slot_map)),
+                protocol.encode_reply(request.seq, fanout.merge(request, [], [], slot_map)),
             )
             return
         timeout_s = min(request.timeout_ms / 1000 or MAX_GATHER_S, MAX_GATHER_S)
-        gid = self._gathers.start(client, request, parts, time.monotonic() + timeout_s + 1.0)
+        gid = self._gathers.start(
+            client, request, parts, time.monotonic() + timeout_s + 1.0, slot_map
+        )
         for index, (part, member) in enumerate(zip(parts, members, strict=True)):
             envelope = _GATHER_ENVELOPE.pack(_GATHER, gid, index)
             frames = [
@@ -428,6 +435,7 @@ class Broker:
         return {
             "cluster": self.config.cluster,
             "slots": self.config.slots,
+            "slot_map_version": self.routing.version,
             "shards": {
                 s: {
                     "primary": self.routing.primaries[s],
