@@ -36,6 +36,7 @@ from zkv.protocol import (
     MAX_PAGE,
     MAX_SEQ,
     MAX_TIMEOUT_MS,
+    MOVE_OPS,
     REPLY_HEADER,
     REQUEST_HEADER,
     VERSION,
@@ -71,6 +72,11 @@ VALID_ARGS: dict[Op, list[list[Any]]] = {
     Op.STATUS: [[]],
     Op.BATCH: [[[[1, b"k", []]]], [[[2, b"a", [b"v", None]], [3, b"b", []]]]],
     Op.FAILOVER: [["s0", None], ["s1", "s1b"]],
+    Op.RESHARD: [[None, None, None], ["s0", "s3", 100]],
+    Op.EXPORT: [[[0, 1, 2], None, 1000], [[5], 3, 10]],
+    Op.CHANGES: [[[0], 1000, False], [[7, 8], 10, True]],
+    Op.IMPORT: [[[0], [], []], [[0], [[b"k", b"v", None], [b"d", None, 12.5]], [[b"r", b"o"]]]],
+    Op.SETTLE: [[[0], "own", 1], [[1, 2], "drop", 1000], [[3], "abort", 5]],
 }
 
 
@@ -226,7 +232,7 @@ def test_decode_request_wrong_version(version: int) -> None:
     assert info.value.seq == 31337
 
 
-@pytest.mark.parametrize("op", [0, 9, 19, 26, 31, 42, 255])
+@pytest.mark.parametrize("op", [0, 9, 19, 26, 31, 43, 54, 255])
 def test_decode_request_unknown_op_code(op: int) -> None:
     frames = [_header(op=op, seq=5), b"", msgpack.packb([])]
     with pytest.raises(RemoteProtocolError, match=f"unknown op {op}") as info:
@@ -440,8 +446,8 @@ def test_decode_request_allowed_restricts() -> None:
 
 
 def test_op_sets() -> None:
-    assert frozenset(Op) - CLIENT_OPS == {Op.SCAN}
-    assert protocol.WRITE_OPS <= CLIENT_OPS
+    assert frozenset(Op) - CLIENT_OPS == {Op.SCAN} | MOVE_OPS
+    assert protocol.WRITE_OPS - MOVE_OPS <= CLIENT_OPS
     assert Op.GET not in protocol.WRITE_OPS
     assert {Op.KEYS, Op.STATUS}.isdisjoint(protocol.NODE_OPS)
 
@@ -545,7 +551,7 @@ def test_error_subclasses_map_to_their_wire_class(exc: ZkvError, expected: type)
     assert info.value.message == "bad"
 
 
-@pytest.mark.parametrize("code", [13, 99, 255])
+@pytest.mark.parametrize("code", [15, 99, 255])
 def test_unknown_error_code_is_plain_request_error(code: int) -> None:
     frames = [REPLY_HEADER.pack(VERSION, code, 5), msgpack.packb(["weird", b"k"])]
     with pytest.raises(RequestError) as info:

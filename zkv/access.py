@@ -4,7 +4,7 @@ A ``Grant`` is what one client (a CURVE key of ``security.clients``, or an HTTP 
 token of ``http.tokens``) may do:
 
 - a role: ``read`` (get, exists, ttl, mget, keys, count, status), ``write`` (read plus put,
-  delete, create, cas, expire, mput), ``admin`` (write plus clear and failover);
+  delete, create, cas, expire, mput), ``admin`` (write plus clear, failover and reshard);
 - optionally key prefixes: then every key it reads or writes must start with one of them.
 
 ``Grant.check(request)`` raises ``PermissionDenied`` naming what is refused. A pipeline is
@@ -43,7 +43,7 @@ _READ: Final = frozenset(
     {Op.GET, Op.EXISTS, Op.TTL, Op.MGET, Op.KEYS, Op.COUNT, Op.STATUS, Op.BATCH}
 )
 _WRITE: Final = _READ | {Op.PUT, Op.DELETE, Op.CREATE, Op.CAS, Op.EXPIRE, Op.MPUT}
-_ADMIN: Final = _WRITE | {Op.CLEAR, Op.FAILOVER}
+_ADMIN: Final = _WRITE | {Op.CLEAR, Op.FAILOVER, Op.RESHARD}
 _OPS: Final = {ClientRole.READ: _READ, ClientRole.WRITE: _WRITE, ClientRole.ADMIN: _ADMIN}
 #: Operations that cover every key: a grant limited to prefixes may not use them.
 _WHOLE_STORE: Final = frozenset({Op.COUNT, Op.CLEAR})

@@ -106,6 +106,12 @@ class Op(IntEnum):
     SCAN = 30  # broker -> node page of KEYS; clients send KEYS
     STATUS = 40
     FAILOVER = 41  # move a shard's primary role on purpose (broker only)
+    RESHARD = 42  # move slots between shards while serving (broker only)
+    # Moving slots, broker -> node only (never accepted from a client):
+    EXPORT = 50  # source primary: a chunk of the moving slots' keys; starts tracking changes
+    CHANGES = 51  # source primary: the keys changed since; ``final`` stops serving the slots
+    IMPORT = 52  # target primary: store copied keys (and write outcomes) of the moving slots
+    SETTLE = 53  # either: end a move ("own", "drop" a chunk of keys, or "abort")
 
 
 class Consistency(StrEnum):
@@ -126,13 +132,16 @@ SINGLE_KEY_OPS: Final = frozenset(
 #: Ops that change data (retries, consistency and logging treat them apart).
 WRITE_OPS: Final = frozenset(
     {Op.PUT, Op.DELETE, Op.CREATE, Op.CAS, Op.EXPIRE, Op.MPUT, Op.CLEAR, Op.BATCH}
+    | {Op.IMPORT, Op.SETTLE}
 )
 #: The most operations one BATCH may carry.
 MAX_BATCH: Final = 100_000
 #: Ops the client may send (SCAN is broker -> node only).
-CLIENT_OPS: Final = frozenset(Op) - {Op.SCAN}
+#: The ops of a slot move, between the broker and nodes only.
+MOVE_OPS: Final = frozenset({Op.EXPORT, Op.CHANGES, Op.IMPORT, Op.SETTLE})
+CLIENT_OPS: Final = frozenset(Op) - {Op.SCAN} - MOVE_OPS
 #: Ops a node serves.
-NODE_OPS: Final = frozenset(Op) - {Op.KEYS, Op.STATUS, Op.FAILOVER}
+NODE_OPS: Final = frozenset(Op) - {Op.KEYS, Op.STATUS, Op.FAILOVER, Op.RESHARD}
 
 
 # --------------------------------------------------------------------------- arguments
@@ -206,6 +215,40 @@ def _is_slot(v: object) -> bool:
     return type(v) is int and v >= 0
 
 
+def _is_slot_list(v: object) -> bool:
+    return type(v) is list and 0 < len(v) <= 65536 and all(type(s) is int and s >= 0 for s in v)
+
+
+def _is_opt_count(v: object) -> bool:
+    return v is None or (type(v) is int and v >= 0)
+
+
+def _is_bool(v: object) -> bool:
+    return type(v) is bool
+
+
+def _is_copies(v: object) -> bool:
+    """``[[key, value or None (deleted), expires_at or None], ...]`` of a slot move."""
+    return type(v) is list and all(
+        type(i) is list
+        and len(i) == 3
+        and type(i[0]) is bytes
+        and (i[1] is None or type(i[1]) is bytes)
+        and (i[2] is None or _is_number(i[2]))
+        for i in v
+    )
+
+
+def _is_outcomes(v: object) -> bool:
+    return type(v) is list and all(
+        type(i) is list and len(i) == 2 and type(i[0]) is bytes and type(i[1]) is bytes for i in v
+    )
+
+
+def _is_settle(v: object) -> bool:
+    return v in ("own", "drop", "abort")
+
+
 _Check = Callable[[object], bool]
 
 #: Per op: (argument name, check) for each positional argument of the body.
@@ -232,6 +275,11 @@ ARG_SPECS: Final[dict[Op, tuple[tuple[str, _Check], ...]]] = {
     ),
     Op.STATUS: (),
     Op.FAILOVER: (("shard", _is_str), ("target", _is_opt_str)),
+    Op.RESHARD: (("from_shard", _is_opt_str), ("to_shard", _is_opt_str), ("count", _is_opt_count)),
+    Op.EXPORT: (("slots", _is_slot_list), ("pos", _is_opt_count), ("max_keys", _is_limit)),
+    Op.CHANGES: (("slots", _is_slot_list), ("max_keys", _is_limit), ("final", _is_bool)),
+    Op.IMPORT: (("slots", _is_slot_list), ("copies", _is_copies), ("outcomes", _is_outcomes)),
+    Op.SETTLE: (("slots", _is_slot_list), ("how", _is_settle), ("max_keys", _is_limit)),
 }
 
 _ARG_HINTS: Final = {
@@ -250,6 +298,16 @@ _ARG_HINTS: Final = {
     "ops": f"an array of 1..{MAX_BATCH} [op, key, args]",
     "target": "nil or a node name",
     "after": "nil or bytes",
+    "from_shard": "nil or a shard name",
+    "to_shard": "nil or a shard name",
+    "count": "nil or a non-negative int",
+    "slots": "an array of 1..65536 slot numbers",
+    "pos": "nil or a non-negative int",
+    "max_keys": f"an int in 1..{MAX_PAGE}",
+    "final": "a boolean",
+    "copies": "an array of [bin, bin or nil, nil or a number]",
+    "outcomes": "an array of [bin, bin]",
+    "how": "own, drop or abort",
 }
 
 
@@ -276,7 +334,7 @@ def new_client_id() -> bytes:
 
 def encode_request(request: Request) -> list[bytes]:
     """Frames for ``request``; ``LocalProtocolError`` if it could not be decoded by a peer."""
-    if request.op not in CLIENT_OPS and request.op is not Op.SCAN:
+    if request.op not in CLIENT_OPS and request.op not in NODE_OPS:
         raise LocalProtocolError(f"unknown op {request.op!r}")
     if len(request.client_id) != CLIENT_ID_BYTES:
         raise LocalProtocolError(f"client_id must be {CLIENT_ID_BYTES} bytes")
@@ -535,6 +593,13 @@ class NodeInfo:
     storage_error: str = ""
     #: Free bytes on its data folder's volume (-1: unknown).
     free_bytes: int = -1
+    #: Bytes its data takes by the store's accounting (``zkv.storage.eviction``), its
+    #: ``memory.max_bytes`` (0: no limit), keys evicted since it started (a replica counts
+    #: its primary's evictions it applied) and its ``memory.policy``.
+    used_bytes: int = 0
+    max_bytes: int = 0
+    evictions: int = 0
+    policy: str = "noeviction"
 
 
 _NODE_INFO_TYPES: Final = {
@@ -560,6 +625,10 @@ _NODE_INFO_TYPES: Final = {
     "storage": str,
     "storage_error": str,
     "free_bytes": int,
+    "used_bytes": int,
+    "max_bytes": int,
+    "evictions": int,
+    "policy": str,
 }
 
 
