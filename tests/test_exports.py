@@ -31,6 +31,7 @@ def test_error_class_names_are_what_we_expect() -> None:
         "KeyNotFound",
         "KeyTooLarge",
         "LocalProtocolError",
+        "OutOfMemory",
         "PermissionDenied",
         "ProtocolError",
         "RemoteProtocolError",

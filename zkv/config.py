@@ -21,6 +21,7 @@ import yaml
 from zkv.access import ClientRole
 from zkv.errors import ConfigError
 from zkv.protocol import Consistency
+from zkv.storage.eviction import Policy
 
 __all__ = [
     "BrokerConfig",
@@ -31,6 +32,8 @@ __all__ = [
     "HttpConfig",
     "LauncherConfig",
     "LimitsConfig",
+    "MemoryConfig",
+    "MemoryLimit",
     "NodeConfig",
     "ReplicationConfig",
     "SecurityConfig",
@@ -89,6 +92,36 @@ class LimitsConfig:
     max_inflight_per_client: int = 1000
     #: Messages each broker socket queues per peer, each way (ZeroMQ's SNDHWM/RCVHWM).
     hwm: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryLimit:
+    """How many bytes of data a node may hold (``max_bytes``, 0: no limit) and what its
+    primary does when a write would pass that (``policy``, Redis's eight names)."""
+
+    max_bytes: int = 0
+    policy: Policy = Policy.NOEVICTION
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryConfig:
+    """The ``memory`` section: the limit of every node, and per-shard overrides.
+
+    ```yaml
+    memory:
+      max_bytes: 1000000000     # every node of every shard (0: no limit)
+      policy: allkeys-lru
+      shards:
+        s1: {max_bytes: 200000000, policy: volatile-ttl}   # a key left out is the default's
+    ```
+    """
+
+    default: MemoryLimit = MemoryLimit()
+    shards: dict[str, MemoryLimit] = field(default_factory=dict)
+
+    def of(self, shard: str) -> MemoryLimit:
+        """The limit of the nodes of ``shard``."""
+        return self.shards.get(shard, self.default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +270,7 @@ class ClusterConfig:
     replication: ReplicationConfig = ReplicationConfig()
     http: HttpConfig = HttpConfig()
     launcher: LauncherConfig = LauncherConfig()
+    memory: MemoryConfig = MemoryConfig()
     #: Accept endpoints off loopback although the links are not encrypted (a warning at
     #: every start); without it such a config is refused (see ``exposed_endpoints``).
     allow_insecure_remote: bool = False
@@ -364,6 +398,7 @@ class _Parser:
                 "launcher",
                 "allow_insecure_remote",
                 "security",
+                "memory",
             },
         )
         cluster = self._str(top.get("cluster", "zkv"), "cluster")
@@ -465,6 +500,7 @@ class _Parser:
         security = None
         if "security" in top:
             security = self._security(top["security"], shards, gateway)
+        memory = self._memory(top.get("memory", {}), shards)
         if slots < len(shards):
             raise _Invalid("slots", f"must be at least the number of shards ({len(shards)})")
         return ClusterConfig(
@@ -481,6 +517,7 @@ class _Parser:
                 listen, gateway, self._tls(w.get("tls")), self._tokens(w.get("tokens"))
             ),
             launcher=launcher,
+            memory=memory,
             allow_insecure_remote=self._flag(
                 top.get("allow_insecure_remote", False), "allow_insecure_remote"
             ),
@@ -577,6 +614,30 @@ class _Parser:
             digests.add(digest.lower())
             tokens[name] = TokenConfig(name, digest.lower(), role, prefixes)
         return tokens
+
+    def _memory(self, raw: Any, shards: dict[str, tuple[NodeConfig, ...]]) -> MemoryConfig:
+        m = self._map(raw, "memory", allowed={"max_bytes", "policy", "shards"})
+        default = self._memory_limit(m, "memory", MemoryLimit())
+        overrides = m.get("shards", {})
+        if not isinstance(overrides, dict):
+            raise _Invalid("memory.shards", "must map shard names to {max_bytes, policy}")
+        per_shard: dict[str, MemoryLimit] = {}
+        for shard, entry in overrides.items():
+            where = f"memory.shards.{shard}"
+            if shard not in shards:
+                known = ", ".join(shards)
+                raise _Invalid(where, f"no shard named {shard!r} (shards: {known})")
+            limit = self._map(entry, where, allowed={"max_bytes", "policy"})
+            per_shard[shard] = self._memory_limit(limit, where, default)
+        return MemoryConfig(default, per_shard)
+
+    def _memory_limit(self, m: dict[str, Any], where: str, base: MemoryLimit) -> MemoryLimit:
+        max_bytes = self._int(m.get("max_bytes", base.max_bytes), f"{where}.max_bytes", 0, 2**62)
+        policy = m.get("policy", base.policy)
+        if policy not in {p.value for p in Policy}:
+            names = ", ".join(p.value for p in Policy)
+            raise _Invalid(f"{where}.policy", f"must be one of {names}")
+        return MemoryLimit(max_bytes, Policy(policy))
 
     def _launcher(self, raw: Any) -> LauncherConfig:
         u = self._map(

@@ -18,6 +18,7 @@ Every failure a zkv user can see is a ``ZkvError``::
     │   ├── ServerError                   the server failed while handling the request
     │   ├── TooManyRequests               over limits.max_inflight_per_client at the broker
     │   ├── PermissionDenied              the client's role or key prefixes do not allow it
+    │   ├── OutOfMemory                   the write would pass the node's memory.max_bytes
     │   └── StorageError                  the node cannot log writes (an I/O error)
     │       └── StorageFull               ... because its disk is (nearly) full
     └── TransportError                    no answer could be had
@@ -50,6 +51,7 @@ __all__ = [
     "KeyNotFound",
     "KeyTooLarge",
     "LocalProtocolError",
+    "OutOfMemory",
     "PermissionDenied",
     "ProtocolError",
     "RemoteProtocolError",
@@ -86,6 +88,7 @@ class ErrorCode(IntEnum):
     STORAGE_FULL = 11
     TOO_MANY_REQUESTS = 12
     PERMISSION_DENIED = 13
+    OUT_OF_MEMORY = 14
 
 
 class ZkvError(Exception):
@@ -227,6 +230,15 @@ class PermissionDenied(RequestError):
     code = ErrorCode.PERMISSION_DENIED
 
 
+class OutOfMemory(RequestError):
+    """The write would take the node past its ``memory.max_bytes`` and its ``memory.policy``
+    could not make room (``noeviction``, or a ``volatile-*`` policy with no key that has a
+    TTL): nothing was changed. Reads and deletes still work; delete keys, raise the limit or
+    choose an evicting policy."""
+
+    code = ErrorCode.OUT_OF_MEMORY
+
+
 class StorageError(RequestError):
     """The node could not log the write to its disk (an I/O error, the device's fault), so it
     did not apply it; reads go on, and the node takes writes again by itself once it can."""
@@ -275,6 +287,7 @@ ERROR_CLASSES: dict[ErrorCode, type[ZkvError]] = {
     ErrorCode.STORAGE_ERROR: StorageError,
     ErrorCode.STORAGE_FULL: StorageFull,
     ErrorCode.TOO_MANY_REQUESTS: TooManyRequests,
+    ErrorCode.OUT_OF_MEMORY: OutOfMemory,
 }
 
 

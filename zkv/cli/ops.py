@@ -94,11 +94,10 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
         "errors",
         "storage",
         "free",
+        "memory",
+        "evictions",
     ]
-    rows = [
-        [_bytes(node.get("free_bytes")) if c == "free" else _cell(node.get(c)) for c in columns]
-        for node in status["nodes"]
-    ]
+    rows = [[_column(node, c) for c in columns] for node in status["nodes"]]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
     lines.append(
         f"cluster {status['cluster']}: {status['slots']} slots, broker pid "
@@ -146,6 +145,18 @@ def _watch(args: argparse.Namespace) -> int:
             _watch_sleep(args.interval)
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _column(node: dict[str, Any], column: str) -> str:
+    """One cell of the status table."""
+    if column == "free":
+        return _bytes(node.get("free_bytes"))
+    if column == "memory":  # used of the limit (``memory.max_bytes``; none: no limit)
+        used, limit = node.get("used_bytes"), node.get("max_bytes")
+        if used is None:
+            return "-"
+        return f"{_bytes(used)}/{_bytes(limit) if limit else 'none'}"
+    return _cell(node.get(column))
 
 
 def _cell(value: Any) -> str:

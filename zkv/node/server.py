@@ -87,7 +87,7 @@ class Node:
         self.me: NodeConfig = config.node(name)
         self.ready_file = ready_file
         self.context = context or zmq.Context.instance()
-        self.store = Store(config.slots)
+        self.store = self._new_store()
         # every node starts as a replica at epoch 0 and waits for the broker to name its role
         self.role = Role.REPLICA
         self.epoch = 0
@@ -130,6 +130,10 @@ class Node:
             return
         log.info("reloaded the keys of shard %s from %s", self.me.shard, self.config.path)
 
+    def _new_store(self) -> Store:
+        memory = self.config.memory.of(self.me.shard)
+        return Store(self.config.slots, max_bytes=memory.max_bytes, policy=memory.policy)
+
     def _new_persistence(self) -> Persistence:
         storage = self.config.storage
         return Persistence(
@@ -166,6 +170,7 @@ class Node:
             self.persistence.close()
             self._discard_damaged(exc)
             report = self.persistence.recover(self.store)
+        self.store.evictions = 0  # those of this run: replayed ones happened before it
         self.persistence.check(self.store.seq + 1)  # says so at once if the disk is short
         log.info(
             "node %s recovered %d keys at seq %d in %.3f s (snapshot %s, %d log records)",
@@ -279,7 +284,7 @@ class Node:
             primary,
         )
         self.discarded_seq = damage.last_seq
-        self.store = Store(self.config.slots)
+        self.store = self._new_store()
         self.store.primary = False
         self.core.store = self.store
         self.persistence = self._new_persistence()
@@ -372,6 +377,10 @@ class Node:
             storage=self.persistence.state,
             storage_error=self.persistence.state_error,
             free_bytes=self.persistence.free_bytes,
+            used_bytes=self.store.used_bytes,
+            max_bytes=self.store.max_bytes,
+            evictions=self.store.evictions,
+            policy=str(self.store.policy),
         )
 
     # ------------------------------------------------------------------ loop

@@ -14,19 +14,35 @@ the next sequence number; listeners (the log, the replication stream) see each o
 
 Only a store in the primary role deletes expired keys (emitting ``DEL``); any store hides a
 key past its expiry on every read path.
+
+With ``max_bytes`` set, a primary makes room before a write that would pass it
+(``make_room``): it refuses the write with ``OutOfMemory`` under ``noeviction``, or evicts
+keys chosen by its policy (``eviction.py``), each one an ``EVICT`` record, so the log, the
+replicas and a restart all see the same evictions. A replica never evicts by itself.
 """
 
 from __future__ import annotations
 
 import heapq
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from enum import IntEnum
 from typing import Any, Final
 
-from zkv.errors import KeyNotFound, show_key
+from zkv.errors import KeyNotFound, OutOfMemory, show_key
 from zkv.slots import slot_of
+from zkv.storage.eviction import (
+    KEY_OVERHEAD_BYTES,
+    ORDER_OVERHEAD_BYTES,
+    SAMPLES,
+    TTL_OVERHEAD_BYTES,
+    Order,
+    Policy,
+    sample_heap,
+    sample_slots,
+)
 
 __all__ = ["Record", "RecordOp", "Store"]
 
@@ -48,6 +64,7 @@ class RecordOp(IntEnum):
     MSET = 4  # [[key, value], ...], expires_at | None
     CLEAR = 5  # (no arguments)
     RESULT = 6  # request id, reply body: a write's outcome, for exactly-once retries
+    EVICT = 7  # key: removed to keep the node under memory.max_bytes
 
 
 Record = tuple[Any, ...]
@@ -57,12 +74,31 @@ Record = tuple[Any, ...]
 class Store:
     """The key space of one node.
 
-    ``clock`` returns wall-clock seconds (``time.time``); tests pass their own.
+    ``clock`` returns wall-clock seconds (``time.time``); tests pass their own. ``max_bytes``
+    (0: no limit) bounds ``used_bytes`` under ``policy``; ``rng`` draws eviction samples.
     """
 
-    def __init__(self, slots: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        slots: int,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_bytes: int = 0,
+        policy: Policy | str = Policy.NOEVICTION,
+        rng: random.Random | None = None,
+    ) -> None:
         self.slots = slots
         self.clock = clock
+        #: The memory limit (0: none) and what a primary does to stay under it.
+        self.max_bytes = max_bytes
+        self.policy = Policy(policy)
+        self._rng = rng or random.Random()
+        kind = self.policy.ordered
+        #: Access marks for an LRU or LFU policy (None for the others).
+        self.order: Order | None = None if kind is None else Order(kind, self._rng)
+        #: Keys removed by EVICT records this store applied (a replica counts its primary's).
+        self.evictions = 0
+        self._slot_list: list[int] | None = None
         #: Sequence number of the last record applied.
         self.seq = 0
         #: Only a primary deletes expired keys; a replica hides them until told.
@@ -127,6 +163,11 @@ class Store:
                 self._heap = [(t, k) for k, t in expires.items()]
                 heapq.heapify(self._heap)
                 self._count, self.data_bytes = count, data_bytes
+                self._slot_list = None
+                if self.order is not None:  # the marks start again from the keys' order
+                    for table in by_slot.values():
+                        for key in table:
+                            self.order.touch(key)
         self.seq = self._journal_seq
 
     def _remember(self, record: Record) -> None:
@@ -134,7 +175,7 @@ class Store:
         journal = self._journal
         assert journal is not None
         op = record[0]
-        if op in (RecordOp.SET, RecordOp.DEL, RecordOp.EXPIRE_AT):
+        if op in (RecordOp.SET, RecordOp.DEL, RecordOp.EXPIRE_AT, RecordOp.EVICT):
             journal.append(self._before(record[1]))
         elif op == RecordOp.MSET:
             journal.extend(self._before(key) for key, _ in record[1])
@@ -180,6 +221,9 @@ class Store:
             self._set(record[1], record[2], record[3])
         elif op == RecordOp.DEL:
             self._del(record[1])
+        elif op == RecordOp.EVICT:
+            if self._del(record[1]):
+                self.evictions += 1
         elif op == RecordOp.EXPIRE_AT:
             key = record[1]
             table = self._by_slot.get(slot_of(key, self.slots))
@@ -198,6 +242,9 @@ class Store:
             self._heap.clear()
             self._count = 0
             self.data_bytes = 0
+            self._slot_list = None
+            if self.order is not None:
+                self.order.clear()
         else:
             raise ValueError(f"unknown record op {op!r}")
 
@@ -205,6 +252,7 @@ class Store:
         table = self._by_slot.get(slot := slot_of(key, self.slots))
         if table is None:
             table = self._by_slot[slot] = {}
+            self._slot_list = None
         old = table.get(key)
         if old is None:
             self._count += 1
@@ -213,6 +261,8 @@ class Store:
             self.data_bytes += len(value) - len(old)
         table[key] = value
         self._set_expiry(key, expires_at)
+        if self.order is not None:
+            self.order.touch(key)
 
     def _set_expiry(self, key: bytes, expires_at: float | None) -> None:
         if expires_at is None:
@@ -234,8 +284,11 @@ class Store:
         self.data_bytes -= len(key) + len(value)
         if not table:
             del self._by_slot[slot]
+            self._slot_list = None
         self._expires.pop(key, None)
         self._count -= 1
+        if self.order is not None:
+            self.order.forget(key)
         return True
 
     def load(self, flat: list[Any]) -> None:
@@ -305,13 +358,16 @@ class Store:
         if table is None:
             return None
         value = table.get(key)
-        if value is None or not self._expires:
-            return value
-        expires_at = self._expires.get(key)
-        if expires_at is not None and expires_at <= self.clock():
-            if self.primary:
-                self.emit((RecordOp.DEL, key))
+        if value is None:
             return None
+        if self._expires:
+            expires_at = self._expires.get(key)
+            if expires_at is not None and expires_at <= self.clock():
+                if self.primary:
+                    self.emit((RecordOp.DEL, key))
+                return None
+        if self.order is not None:
+            self.order.touch(key)
         return value
 
     def get(self, key: bytes) -> bytes | None:
@@ -384,13 +440,17 @@ class Store:
 
     def put(self, key: bytes, value: bytes, ttl: float | None = None) -> None:
         """Set ``key``; a put without ``ttl`` removes any TTL the key had."""
-        self.emit((RecordOp.SET, key, value, self._deadline(ttl)))
+        expires_at = self._deadline(ttl)
+        self.make_room(self._growth(key, value, expires_at), (key,))
+        self.emit((RecordOp.SET, key, value, expires_at))
 
     def create(self, key: bytes, value: bytes, ttl: float | None = None) -> bool:
         """Set ``key`` only if it is absent; False (nothing changed) if it is present."""
         if self._lookup(key) is not None:
             return False
-        self.emit((RecordOp.SET, key, value, self._deadline(ttl)))
+        expires_at = self._deadline(ttl)
+        self.make_room(self._growth(key, value, expires_at), (key,))
+        self.emit((RecordOp.SET, key, value, expires_at))
         return True
 
     def delete(self, key: bytes) -> bool:
@@ -404,7 +464,9 @@ class Store:
         """Set ``key`` to ``new`` only if its value is ``expected``; the TTL is kept."""
         if self._lookup(key) != expected:
             return False
-        self.emit((RecordOp.SET, key, new, self._expires.get(key)))
+        expires_at = self._expires.get(key)
+        self.make_room(self._growth(key, new, expires_at), (key,))
+        self.emit((RecordOp.SET, key, new, expires_at))
         return True
 
     def expire(self, key: bytes, seconds: float) -> bool:
@@ -420,7 +482,10 @@ class Store:
     def mput(self, items: list[list[bytes]], ttl: float | None = None) -> None:
         """Set every ``[key, value]`` pair (one record, so it is applied as one)."""
         if items:
-            self.emit((RecordOp.MSET, items, self._deadline(ttl)))
+            expires_at = self._deadline(ttl)
+            growth = sum(self._growth(key, value, expires_at) for key, value in items)
+            self.make_room(growth, [key for key, _ in items])
+            self.emit((RecordOp.MSET, items, expires_at))
 
     def clear(self) -> None:
         """Remove every key."""
@@ -451,3 +516,103 @@ class Store:
     def next_expiry(self) -> float | None:
         """The earliest expiry time pending in the heap, if any."""
         return self._heap[0][0] if self._heap else None
+
+    # ------------------------------------------------------------------ memory
+
+    @property
+    def used_bytes(self) -> int:
+        """The bytes the data takes by the accounting formula (``eviction.py``)."""
+        per_key = KEY_OVERHEAD_BYTES + (ORDER_OVERHEAD_BYTES if self.order is not None else 0)
+        return self.data_bytes + self._count * per_key + len(self._expires) * TTL_OVERHEAD_BYTES
+
+    def _growth(self, key: bytes, value: bytes, expires_at: float | None) -> int:
+        """How much ``used_bytes`` would grow if ``key`` were set to ``value``."""
+        table = self._by_slot.get(slot_of(key, self.slots))
+        old = None if table is None else table.get(key)
+        ttl = TTL_OVERHEAD_BYTES if expires_at is not None else 0
+        if old is None:
+            per_key = KEY_OVERHEAD_BYTES + (ORDER_OVERHEAD_BYTES if self.order is not None else 0)
+            return len(key) + len(value) + per_key + ttl
+        had = TTL_OVERHEAD_BYTES if key in self._expires else 0
+        return len(value) - len(old) + ttl - had
+
+    def _size_of(self, key: bytes) -> int:
+        """What removing ``key`` frees, by the accounting formula."""
+        table = self._by_slot.get(slot_of(key, self.slots))
+        value = b"" if table is None else table.get(key, b"")
+        per_key = KEY_OVERHEAD_BYTES + (ORDER_OVERHEAD_BYTES if self.order is not None else 0)
+        ttl = TTL_OVERHEAD_BYTES if key in self._expires else 0
+        return len(key) + len(value) + per_key + ttl
+
+    def make_room(self, growth: int, keep: Iterable[bytes] = ()) -> None:
+        """Before a write that grows the data by ``growth`` bytes: keep under ``max_bytes``.
+
+        Nothing to do without a limit, on a replica (it applies its primary's evictions), or
+        while the write fits. Otherwise keys past their expiry go first; then ``noeviction``
+        refuses a write that grows the data (``OutOfMemory``, nothing changed), and the other
+        policies evict keys other than ``keep`` (the write's own keys), one ``EVICT`` record
+        each, until it fits. ``OutOfMemory`` when the write is larger than the whole limit or
+        the policy finds nothing more to evict (a ``volatile-*`` policy and no key with a TTL).
+        """
+        limit = self.max_bytes
+        if not limit or not self.primary or self.used_bytes + growth <= limit:
+            return
+        if self._expires:
+            self.sweep()
+        used = self.used_bytes
+        if used + growth <= limit or (growth <= 0 and self.policy is Policy.NOEVICTION):
+            return
+        if self.policy is Policy.NOEVICTION or growth > limit:
+            raise OutOfMemory(self._oom_message(growth, used, ""))
+        protect = frozenset(keep)
+        while self.used_bytes + growth > limit:
+            victim = self._victim(protect)
+            if victim is None:
+                raise OutOfMemory(
+                    self._oom_message(growth, self.used_bytes, "; no key left to evict")
+                )
+            self.emit((RecordOp.EVICT, victim))
+
+    def _oom_message(self, growth: int, used: int, why: str) -> str:
+        return (
+            f"out of memory: this write needs {growth:,} more bytes; {used:,} of "
+            f"{self.max_bytes:,} bytes are used (memory.max_bytes, policy {self.policy}){why}; "
+            "delete keys, raise memory.max_bytes or choose an evicting memory.policy"
+        )
+
+    def _victim(self, protect: frozenset[bytes]) -> bytes | None:
+        """The next key the policy evicts (never one in ``protect``), or None."""
+        policy, rng = self.policy, self._rng
+        if policy is Policy.VOLATILE_TTL:
+            return self._soonest(protect)
+        count = 1 if self.order is None else SAMPLES
+        if policy.volatile:
+            sample = sample_heap(self._heap, self._expires, rng, count, protect)
+        else:
+            sample = sample_slots(self._by_slot, self._slots_held, rng, count, protect)
+        victim = self.order.coldest(sample) if self.order is not None else next(sample, None)
+        if victim is None:  # sampling found nothing: take any candidate there is
+            pool = self._expires if policy.volatile else self._held_keys()
+            victim = next((k for k in pool if k not in protect), None)
+        return victim
+
+    def _soonest(self, protect: frozenset[bytes]) -> bytes | None:
+        """The key with a TTL that expires first (not in ``protect``)."""
+        heap, expires = self._heap, self._expires
+        while heap and expires.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # a stale entry: the key's TTL changed or it is gone
+        if heap and heap[0][1] not in protect:
+            return heap[0][1]
+        for expires_at, key in sorted(heap):
+            if expires.get(key) == expires_at and key not in protect:
+                return key
+        return None
+
+    def _slots_held(self) -> list[int]:
+        if self._slot_list is None:
+            self._slot_list = list(self._by_slot)
+        return self._slot_list
+
+    def _held_keys(self) -> Iterable[bytes]:
+        for table in self._by_slot.values():
+            yield from table

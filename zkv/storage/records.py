@@ -74,4 +74,5 @@ _CHECKS: Final[dict[int, Callable[[list[Any]], bool]]] = {
     RecordOp.MSET: lambda a: len(a) == 2 and _is_items(a[0]) and is_expiry(a[1]),
     RecordOp.CLEAR: lambda a: not a,
     RecordOp.RESULT: lambda a: len(a) == 2 and type(a[0]) is bytes and type(a[1]) is bytes,
+    RecordOp.EVICT: lambda a: len(a) == 1 and type(a[0]) is bytes,
 }
