@@ -22,8 +22,9 @@ oldest access tick (LRU), the lowest access counter (LFU), or the soonest expiry
 (``volatile-ttl``, exact: the expiry heap's top) goes. Each key's tick or counter is one
 entry in ``Order.marks``:
 
-- LRU: a logical clock that ticks every ``TICK_ACCESSES`` accesses (one int object per tick,
-  shared by the keys touched in it).
+- LRU: a logical clock that ticks every ``keys / 16384`` accesses, at least 1 and at most
+  ``TICK_ACCESSES`` (one int object per tick, shared by the keys touched in it: a large
+  store pays no int per key, and the order's grain stays a 16384th of the keys).
 - LFU: Redis's logarithmic 8-bit counter (new keys start at ``LFU_INIT``; each access raises
   it with probability ``1 / ((counter - LFU_INIT) * LFU_LOG_FACTOR + 1)``, so 255 stands
   for about a million accesses), without Redis's time decay.
@@ -57,8 +58,10 @@ TTL_OVERHEAD_BYTES: Final = 130
 ORDER_OVERHEAD_BYTES: Final = 42
 #: Candidates examined per key evicted.
 SAMPLES: Final = 16
-#: The LRU clock ticks once per this many accesses.
+#: The LRU clock ticks at least once per this many accesses.
 TICK_ACCESSES: Final = 64
+#: ...and once per ``keys >> TICK_SHIFT`` accesses below that.
+TICK_SHIFT: Final = 14
 #: A new key's LFU counter, and the factor that slows its growth (Redis's defaults).
 LFU_INIT: Final = 5
 LFU_LOG_FACTOR: Final = 10
@@ -107,7 +110,7 @@ class Order:
         """Record an access to (or a write of) ``key``."""
         if self.kind == "lru":
             self._accesses += 1
-            if self._accesses >= TICK_ACCESSES:
+            if self._accesses >= min(TICK_ACCESSES, max(1, len(self.marks) >> TICK_SHIFT)):
                 self._accesses = 0
                 self._tick += 1
             self.marks[key] = self._tick
