@@ -35,6 +35,8 @@ from zkv.broker import fanout
 from zkv.broker.gate import Gate
 from zkv.broker.inflight import Inflight
 from zkv.broker.membership import Member, Membership
+from zkv.broker.moving import SlotMoves, is_move_envelope
+from zkv.broker.reshard import Reshard, plan
 from zkv.broker.routing import RoutingTable
 from zkv.broker.switchover import Switchboard
 from zkv.config import ClusterConfig, load_config
@@ -100,6 +102,8 @@ class Broker:
         #: Who each message comes from and what they may do (CURVE keys, client grants).
         self.gate = Gate(config, self.context)
         self._reload = False
+        #: A running reshard, and the requests held while slots switch shards.
+        self.moves = SlotMoves(config.slots, self._send_move, self._reassign, self._on_client)
         #: Warnings any peer can trigger at will are throttled.
         self._bad = Throttle(log)
 
@@ -250,6 +254,38 @@ class Broker:
         forgotten = self._inflight.expire(now)
         if forgotten:
             log.debug("forgot %d requests never answered", forgotten)
+        self.moves.drive(now)
+
+    # ------------------------------------------------------------------ moving slots
+
+    def _start_reshard(self, client: bytes, request: Request) -> None:
+        """Plan the moves of a reshard and start them; the reply says what was planned
+        (progress: ``status()["reshard"]``)."""
+        source, target, count = request.args
+        moves = plan(self.slot_map, list(self.config.shards), source, target, count)
+        slots = sum(len(m.slots) for m in moves)
+        if moves:
+            self.moves.start(Reshard(moves), time.monotonic())
+            log.info("reshard: %d slots to move in %d moves", slots, len(moves))
+        self._reply(
+            client, protocol.encode_reply(request.seq, {"moves": len(moves), "slots": slots})
+        )
+
+    def _send_move(self, shard: str, frames: list[bytes]) -> bool:
+        member = self.membership.primary(shard)
+        if member is None:
+            return False
+        header = protocol.node_header(protocol.NODE_REQUEST, self.routing.epochs[shard])
+        return self._to_node(member, [header, *frames])
+
+    def _reassign(self, slots: tuple[int, ...], target: str) -> bool:
+        try:
+            version = self.routing.reassign(list(slots), target)
+        except OSError as exc:
+            log.error("could not save the slot map (%s); the move is rolled back", exc)
+            return False
+        log.info("slot map version %d: %d slots to %s", version, len(slots), target)
+        return True
 
     # ------------------------------------------------------------------ clients
 
@@ -272,18 +308,26 @@ class Broker:
             grant = self.gate.grant_of(user)
             if op in protocol.SINGLE_KEY_OPS:
                 grant.check_op(op, frames[2])
+                if self.moves.holding and self.moves.holds(request, frames[2]):
+                    self.moves.hold(frames, user)  # its slot is switching shards
+                    return
                 self._admit(client, request)
                 self._route(client, request, frames[1:])
                 return
-            if op not in fanout.FANOUT_OPS and op not in (Op.STATUS, Op.FAILOVER):
+            if op not in fanout.FANOUT_OPS and op not in (Op.STATUS, Op.FAILOVER, Op.RESHARD):
                 raise RemoteProtocolError(f"unknown operation {op.name}")
             full = protocol.decode_request(frames[1:])
             grant.check(full)  # every key and operation inside it, before any is applied
             if op in fanout.FANOUT_OPS:
+                if self.moves.holding and self.moves.holds(full, b""):
+                    self.moves.hold(frames, user)
+                    return
                 self._admit(client, request)
                 self._fan_out(client, full)
             elif op is Op.STATUS:
                 self._reply(client, protocol.encode_reply(request.seq, self.status()))
+            elif op is Op.RESHARD:
+                self._start_reshard(client, full)
             else:
                 self._start_switch(client, full)
         except PermissionDenied as exc:
@@ -440,6 +484,7 @@ class Broker:
             "cluster": self.config.cluster,
             "slots": self.config.slots,
             "slot_map_version": self.routing.version,
+            "reshard": self.moves.describe(),
             "shards": {
                 s: {
                     "primary": self.routing.primaries[s],
@@ -616,6 +661,8 @@ class Broker:
             envelope = frames[2]
             if envelope[:1] == _DIRECT:
                 self._reply(envelope[1:], frames[3:])
+            elif is_move_envelope(envelope):
+                self.moves.answered(envelope, frames[3:], time.monotonic())
             elif envelope[:1] == _GATHER and len(envelope) == _GATHER_ENVELOPE.size:
                 _, gid, index = _GATHER_ENVELOPE.unpack(envelope)
                 self._gathered(gid, index, frames[3:])

@@ -405,6 +405,20 @@ class AsyncClient:
         result: int = await self._run(self._core.count(timeout=timeout, consistency=consistency))
         return result
 
+    async def reshard(
+        self,
+        from_shard: str | None = None,
+        to_shard: str | None = None,
+        count: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """As ``Client.reshard``."""
+        result: dict[str, Any] = await self._run(
+            self._core.reshard(from_shard, to_shard, count, timeout=timeout)
+        )
+        return result
+
     async def failover(
         self, shard: str, to: str | None = None, *, timeout: float | None = None
     ) -> dict[str, Any]:

@@ -544,6 +544,21 @@ class ClientCore:
         )
         return result
 
+    def reshard(
+        self,
+        from_shard: str | None,
+        to_shard: str | None,
+        count: int | None,
+        **kw: Any,
+    ) -> Call:
+        """Start moving slots: ``count`` of them from ``from_shard`` to ``to_shard``, or
+        with none of the three a rebalance over the config's shards. The broker answers at
+        once with ``{"moves", "slots"}``; the moves run in the background."""
+        result: dict[str, Any] = yield from self.call(
+            Op.RESHARD, args=[from_shard, to_shard, count], **kw
+        )
+        return result
+
     def status(self, **kw: Any) -> Call:
         """The broker's view of the cluster."""
         result: dict[str, Any] = yield from self.call(Op.STATUS, **kw)

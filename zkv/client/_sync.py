@@ -465,6 +465,27 @@ class Client(MutableMapping[Key, Any]):
         result: dict[str, Any] = self._run(self._core.failover(shard, to, timeout=timeout))
         return result
 
+    def reshard(
+        self,
+        from_shard: str | None = None,
+        to_shard: str | None = None,
+        count: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Move slots between shards while they serve (an admin operation).
+
+        With no arguments, rebalance: every shard of the config file (a new one owns no
+        slots yet) ends with an even share. Or move ``count`` slots from ``from_shard`` to
+        ``to_shard``. Returns ``{"moves", "slots"}`` at once; the moves run in the
+        background, one at a time: ``cluster_status()["reshard"]`` shows their progress.
+        Requests for a moving slot wait only during its final switch; no write is lost.
+        """
+        result: dict[str, Any] = self._run(
+            self._core.reshard(from_shard, to_shard, count, timeout=timeout)
+        )
+        return result
+
     def pipeline(self) -> Pipeline:
         """Queue operations and send them as one request per shard::
 
