@@ -152,6 +152,7 @@ def test_routing_table_round_trip_and_only_forward_epochs(tmp_path: Path) -> Non
     assert json.loads(path.read_text()) == {
         "shards": {"s0": {"primary": "c", "epoch": 6}},
         "version": 0,
+        "move": None,
         "slots": {"s0": [[0, 16383]]},
     }
     assert not list(path.parent.glob("*.tmp"))

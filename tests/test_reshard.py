@@ -11,7 +11,9 @@ from zkv.broker.reshard import (
     CHUNK_KEYS,
     MAX_HOLD_S,
     SLOTS_PER_MOVE,
+    Begin,
     Commit,
+    End,
     Hold,
     Release,
     Reshard,
@@ -156,7 +158,7 @@ def test_a_move_copies_catches_up_holds_switches_and_drops() -> None:
                 shards.write(b"k%04d" % ((n * 7) % 2500), None)  # deleted
 
     events = drive(reshard, shards, during=during)
-    assert [type(e) for e in events] == [Hold, Commit, Release]
+    assert [type(e) for e in events] == [Begin, Hold, Commit, Release, End]
     assert shards.leaving and shards.owned
     assert shards.source == {}  # dropped in chunks once the target owned the slots
     assert reshard.slots_done == 1 and reshard.failed is None
@@ -236,3 +238,16 @@ def test_a_reshard_gives_up_after_repeated_failures() -> None:
         reshard.answered(reshard.step_id, answer, now)
     assert reshard.done and reshard.failed is not None and "failed 3 times" in reshard.failed
     assert reshard.slots_done == 0
+
+
+def test_after_a_broker_restart_a_saved_move_is_finished_or_rolled_back() -> None:
+    shards = Shards({b"a": b"1"})
+    shards.target = {b"a": b"1"}
+    events = drive(Reshard.resume([7], "s0", "s1", committed=True), shards)
+    assert shards.owned and shards.source == {} and events == [End()]
+    shards = Shards({b"a": b"1"})
+    shards.target, shards.leaving = {b"partial": b"x"}, True
+    reshard = Reshard.resume([7], "s0", "s1", committed=False)
+    events = drive(reshard, shards)
+    assert shards.target == {} and not shards.leaving and shards.source == {b"a": b"1"}
+    assert events == [End()] and reshard.done and reshard.slots_done == 0

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from zkv import protocol
-from zkv.broker.reshard import Commit, Event, Hold, Release, Reshard, Step
+from zkv.broker.reshard import Begin, Commit, End, Event, Hold, Release, Reshard, Step
 from zkv.errors import InvalidRequest, Timeout, Unavailable, ZkvError
 from zkv.protocol import Consistency, Op, Request
 from zkv.slots import slot_of
@@ -48,10 +48,12 @@ class SlotMoves:
         send: Send,
         reassign: Callable[[tuple[int, ...], str], bool],
         redispatch: Callable[[list[bytes], str], None],
+        record: Callable[[dict[str, Any] | None], None],
     ) -> None:
         self.slots = slots
         self._send = send
         self._reassign = reassign
+        self._record = record
         self._redispatch = redispatch
         self.reshard: Reshard | None = None
         #: Slots whose requests wait for a final switch to end.
@@ -156,6 +158,10 @@ class SlotMoves:
                 self.holding.update(event.slots)
             elif isinstance(event, Release):
                 self._release(event.slots)
+            elif isinstance(event, Begin):
+                self._record({"slots": list(event.slots), "from": event.source, "to": event.target})
+            elif isinstance(event, End):
+                self._record(None)
             elif isinstance(event, Commit):
                 assert self.reshard is not None
                 ok = self._reassign(event.slots, event.target)

@@ -44,7 +44,9 @@ from zkv.slots import SlotMap
 __all__ = [
     "CHUNK_KEYS",
     "MAX_HOLD_S",
+    "Begin",
     "Commit",
+    "End",
     "Hold",
     "Move",
     "Release",
@@ -96,6 +98,20 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
+class Begin:
+    """A move starts: save it, so a restarted broker can finish or roll it back."""
+
+    slots: tuple[int, ...]
+    source: str
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """The move in progress ended (done, rolled back for good, or given up)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
     """Give ``slots`` to ``target`` in the slot map; answer with ``Reshard.committed``."""
 
@@ -103,7 +119,7 @@ class Commit:
     target: str
 
 
-Event = Hold | Release | Commit
+Event = Hold | Release | Commit | Begin | End
 
 
 @dataclass(slots=True)
@@ -127,6 +143,8 @@ class Move:
     keys: int = 0
     attempts: int = 0
     hold_since: float | None = None
+    #: Rolled back after a broker restart: ends after its roll back, never starts again.
+    rollback_only: bool = False
 
     def describe(self) -> dict[str, Any]:
         """For status: which slots, where from and to, how far."""
@@ -217,6 +235,16 @@ class Reshard:
         #: ignored.
         self.step_id = 0
 
+    @classmethod
+    def resume(cls, slots: list[int], source: str, target: str, committed: bool) -> Reshard:
+        """After a broker restart, the move it had in progress: finished (``own``, ``drop``)
+        if the saved map gives its slots to the target already, else rolled back."""
+        move = Move(tuple(slots), source, target, rollback_only=not committed)
+        move.phase = "own" if committed else "abort-target"
+        reshard = cls([])
+        reshard.current, reshard.slots_total = move, len(slots)
+        return reshard
+
     @property
     def done(self) -> bool:
         """Whether every move ended (or the reshard was given up)."""
@@ -246,6 +274,7 @@ class Reshard:
                 return None, events
             move = self.current = self.queue.popleft()
             log.info("moving slots %s from %s to %s", _runs(move.slots), move.source, move.target)
+            events.append(Begin(move.slots, move.source, move.target))
         slots = list(move.slots)
         if move.phase in ("copy", "catchup", "final") and (move.pending or move.outcomes):
             copies, outcomes = move.pending, move.outcomes
@@ -322,11 +351,16 @@ class Reshard:
         elif move.phase == "drop":
             if result == 0:
                 self._finish(move)
+                return [End()]
         elif move.phase == "abort-target":
             if result == 0:
                 move.phase = "abort-source"
         elif move.phase == "abort-source":
-            self._restart(move)
+            if move.rollback_only:
+                log.info("rolled back the move of slots %s", _runs(move.slots))
+                self.current = None
+                return [End()]
+            return self._restart(move)
         return []
 
     def committed(self, ok: bool, now: float) -> list[Event]:
@@ -375,7 +409,7 @@ class Reshard:
             log.warning("slot move step failed in phase %s (%s); retrying", move.phase, why)
         return events
 
-    def _restart(self, move: Move) -> None:
+    def _restart(self, move: Move) -> list[Event]:
         move.attempts += 1
         if move.attempts >= MAX_ATTEMPTS:
             self.failed = (
@@ -385,9 +419,10 @@ class Reshard:
             log.error("%s", self.failed)
             self.current = None
             self.queue.clear()
-            return
+            return [End()]
         attempts = move.attempts
         self.current = Move(move.slots, move.source, move.target, attempts=attempts)
+        return []
 
     def _finish(self, move: Move) -> None:
         self.slots_done += len(move.slots)

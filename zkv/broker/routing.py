@@ -27,6 +27,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from zkv.config import ClusterConfig
 from zkv.errors import ConfigError
@@ -50,6 +51,9 @@ class RoutingTable:
         self.slot_map = SlotMap.even(list(config.shards), config.slots)
         #: Grows by one with every change of the slot map (0: the config's even split).
         self.version = 0
+        #: The slot move in progress (``{"slots", "from", "to"}``), saved before its slots
+        #: are touched, so that a restarted broker can finish or roll it back; None if none.
+        self.move: dict[str, Any] | None = None
 
     def load(self) -> None:
         """Read the table from ``path`` (the caller holds the folder's lock)."""
@@ -68,6 +72,8 @@ class RoutingTable:
             return
         if isinstance(saved, dict) and "slots" in saved:
             self._load_slots(saved, path)
+        if isinstance(saved, dict) and _is_move(saved.get("move")):
+            self.move = saved["move"]
         for shard, entry in saved.get("shards", {}).items() if isinstance(saved, dict) else []:
             names = self._nodes.get(shard)
             if (
@@ -117,6 +123,15 @@ class RoutingTable:
         self.slot_map = SlotMap([o for o in owners if o is not None])
         self.version = version
 
+    def record_move(self, move: dict[str, Any] | None) -> None:
+        """Save the move in progress (None: no move); ``OSError`` if it cannot be saved."""
+        previous, self.move = self.move, move
+        try:
+            self.save()
+        except OSError:
+            self.move = previous
+            raise
+
     def reassign(self, slots: list[int], shard: str) -> int:
         """Give ``slots`` to ``shard`` under a new map version, saved before it counts; the
         version. Raises ``OSError`` (and changes nothing) if the table cannot be saved."""
@@ -146,6 +161,7 @@ class RoutingTable:
                 if self.primaries[s] is not None
             },
             "version": self.version,
+            "move": self.move,
             "slots": {
                 shard: [list(run) for run in self.slot_map.ranges_of(shard)]
                 for shard in self.slot_map.shards()
@@ -189,3 +205,13 @@ class RoutingTable:
         return ", ".join(
             f"{s}: {self.primaries[s] or 'undecided'} (epoch {self.epochs[s]})" for s in self._nodes
         )
+
+
+def _is_move(move: object) -> bool:
+    return (
+        isinstance(move, dict)
+        and isinstance(move.get("slots"), list)
+        and all(type(s) is int for s in move["slots"])
+        and isinstance(move.get("from"), str)
+        and isinstance(move.get("to"), str)
+    )

@@ -103,7 +103,9 @@ class Broker:
         self.gate = Gate(config, self.context)
         self._reload = False
         #: A running reshard, and the requests held while slots switch shards.
-        self.moves = SlotMoves(config.slots, self._send_move, self._reassign, self._on_client)
+        self.moves = SlotMoves(
+            config.slots, self._send_move, self._reassign, self._on_client, self._record_move
+        )
         #: Warnings any peer can trigger at will are throttled.
         self._bad = Throttle(log)
 
@@ -130,6 +132,7 @@ class Broker:
         """
         with lock_folder(self.config.data_dir("broker")):
             self.routing.load()
+            self._resume_move()
             self._run_locked()
 
     def _run_locked(self) -> None:
@@ -270,6 +273,29 @@ class Broker:
         self._reply(
             client, protocol.encode_reply(request.seq, {"moves": len(moves), "slots": slots})
         )
+
+    def _resume_move(self) -> None:
+        """A move the previous broker left in progress: finished if the saved map gives its
+        slots to the target already, else rolled back (the rest of its reshard is not
+        resumed: run it again)."""
+        move = self.routing.move
+        if move is None:
+            return
+        committed = all(self.slot_map.owner(s) == move["to"] for s in move["slots"])
+        log.warning(
+            "a slot move from %s to %s was in progress; %s it",
+            move["from"],
+            move["to"],
+            "finishing" if committed else "rolling back",
+        )
+        reshard = Reshard.resume(move["slots"], move["from"], move["to"], committed)
+        self.moves.start(reshard, time.monotonic())
+
+    def _record_move(self, move: dict[str, Any] | None) -> None:
+        try:
+            self.routing.record_move(move)
+        except OSError as exc:  # a broker crash now would leave the move to an operator
+            log.error("could not save the slot move in progress: %s", exc)
 
     def _send_move(self, shard: str, frames: list[bytes]) -> bool:
         member = self.membership.primary(shard)
