@@ -31,7 +31,9 @@ from zkv.errors import (
     code_of,
     show_key,
 )
+from zkv.node.migration import SlotMover
 from zkv.protocol import Consistency, NodeState, Op, Request
+from zkv.slots import slot_of
 from zkv.storage.engine import RecordOp, Store
 
 __all__ = ["REQUEST_ID_SEQ", "NodeCore"]
@@ -58,6 +60,8 @@ class NodeCore:
         self.refusal: StorageError | None = None
         self.requests = 0
         self.errors = 0
+        #: This node's share of slot moves (marks, tracking; ``zkv.node.migration``).
+        self.mover = SlotMover(store)
         self._handlers: dict[Op, Callable[[Request], Any]] = {
             Op.GET: lambda r: self.store.get(r.key),
             Op.PUT: lambda r: self.store.put(r.key, self._value(r, r.args[0]), r.args[1]),
@@ -71,7 +75,7 @@ class NodeCore:
             Op.MPUT: self._mput,
             Op.SCAN: self._scan,
             Op.CLEAR: lambda r: self.store.clear(),
-            Op.COUNT: lambda r: len(self.store),
+            Op.COUNT: self._count,
             Op.BATCH: self._batch,
         }
 
@@ -93,6 +97,10 @@ class NodeCore:
             protocol.check_key(request.key, self.limits.max_key_bytes)
             write = request.op in protocol.WRITE_OPS
             self._check_may_serve(write)
+            if request.op in protocol.MOVE_OPS:
+                return self._move(request, epoch)
+            if self.mover.refused():
+                self._check_slots_served(request)
             if not write:
                 result = self._handlers[request.op](request)
                 return protocol.encode_reply(request.seq, result), False
@@ -117,6 +125,58 @@ class NodeCore:
             log.exception("failed to handle %s", request.op.name if request else "a request")
             seq = request.seq if request is not None else 0
             return protocol.encode_error(seq, ServerError(f"{type(exc).__name__}: {exc}")), False
+
+    def use_store(self, store: Store) -> None:
+        """Serve from ``store`` from now on (a node that set damaged data aside)."""
+        self.store = store
+        self.mover = SlotMover(store)
+
+    def _move(self, request: Request, epoch: int | None) -> tuple[list[bytes], bool]:
+        """A step of a slot move (from the broker only): the primary answers it; IMPORT and
+        SETTLE change data, so they carry the shard's epoch and their reply waits for the
+        in-sync replicas (no outcome is remembered: the broker numbers its steps anew)."""
+        if self.replica_state is not None:
+            raise Unavailable(f"node {self.name} is a replica; slot moves go to its primary")
+        write = request.op in protocol.WRITE_OPS
+        if write and epoch is not None and epoch != self.epoch:
+            raise Unavailable(f"request for epoch {epoch}; {self.name} is at {self.epoch}")
+        result = self.mover.handle(request.op, request.args)
+        return protocol.encode_reply(request.seq, result), write
+
+    def _check_slots_served(self, request: Request) -> None:
+        """Refuse (retryably) a request on a slot this node is giving away or gave away: the
+        client's retry goes through the broker again, which routes it by the map as it is."""
+        op = request.op
+        if op in protocol.SINGLE_KEY_OPS:
+            keys: list[bytes] = [request.key]
+        elif op is Op.MGET:
+            keys = request.args[0]
+        elif op is Op.MPUT:
+            keys = [item[0] for item in request.args[0]]
+        elif op is Op.BATCH:
+            keys = [entry[1] for entry in request.args[0]]
+        else:
+            return
+        for key in keys:
+            if self.mover.refuses(slot_of(key, self.slots)):
+                raise Unavailable(
+                    f"{op.name} {show_key(key)}: its slot is moving to another shard; try again",
+                    key=key,
+                )
+
+    def _count(self, _request: Request) -> int:
+        """Live keys, less those of slots this node is importing or gave away."""
+        total = len(self.store)
+        hidden = self.mover.hidden()
+        if not hidden:
+            return total
+        now = self.store.clock()
+        for slot in hidden:
+            flat = self.store.slot_items(slot)
+            total -= sum(
+                1 for i in range(0, len(flat), 3) if flat[i + 2] is None or flat[i + 2] > now
+            )
+        return total
 
     def _check_may_serve(self, write: bool) -> None:
         state = self.replica_state
@@ -174,4 +234,7 @@ class NodeCore:
         if slot >= self.slots:
             raise InvalidRequest(f"slot {slot} is out of range")
         keys, cursor = self.store.scan(prefix, slot, after, limit)
+        hidden = self.mover.hidden()
+        if hidden:  # importing or given away: another shard lists them
+            keys = [k for k in keys if slot_of(k, self.slots) not in hidden]
         return [keys, list(cursor) if cursor is not None else None]

@@ -113,6 +113,10 @@ class SlotMover:
         """
         return slot in self._refused
 
+    def refused(self) -> frozenset[int]:
+        """Every slot ``refuses`` is true for (empty: the usual case, checked first)."""
+        return self._refused
+
     def hidden(self) -> frozenset[int]:
         """Slots whose keys COUNT and SCAN must not count or list here (importing, disowned)."""
         return self._hidden

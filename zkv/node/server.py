@@ -286,7 +286,7 @@ class Node:
         self.discarded_seq = damage.last_seq
         self.store = self._new_store()
         self.store.primary = False
-        self.core.store = self.store
+        self.core.use_store(self.store)
         self.persistence = self._new_persistence()
 
     def _serving_primary(self, last_seq: int, wait_s: float) -> str | None:

@@ -1,0 +1,143 @@
+"""Moving slots between shards while they serve, through real processes, under load.
+
+Writers keep putting increasing values (some with TTLs) and a reader keeps reading while
+slots move from one shard to another and back: every acknowledged write reads back with
+its latest value afterwards, no read ever goes back in time, the TTLs survive the move, and
+each key lives on exactly one shard at the end.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import Cluster
+
+import zkv
+from zkv.slots import SlotMap
+
+pytestmark = pytest.mark.timeout(180)
+
+SHARDS = {"s0": ["s0a", "s0b"], "s1": ["s1a"]}
+KEYS = 20_000
+
+
+def wait_reshard(kv: zkv.Client, c: Cluster, timeout: float = 90.0) -> dict[str, Any]:
+    start = time.monotonic()
+    while True:
+        status = kv.cluster_status()
+        reshard = status["reshard"]
+        if reshard is not None and reshard["moves_left"] == 0:
+            print(f"reshard ended after {time.monotonic() - start:.2f} s: {reshard}")
+            assert reshard["failed"] is None, reshard
+            return status
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"reshard not done after {timeout} s: {reshard}\n{c.logs()}")
+        time.sleep(0.1)
+
+
+class Load:
+    """Writers and a reader on their own clients, recording what was acknowledged."""
+
+    def __init__(self, c: Cluster, writers: int = 2) -> None:
+        self.acked: dict[str, int] = {}
+        self.errors: list[BaseException] = []
+        self.backwards: list[str] = []
+        self.stop = threading.Event()
+        self.ops = 0
+        self.threads = [
+            threading.Thread(target=self._write, args=(c.client(), w, writers))
+            for w in range(writers)
+        ]
+        self.threads.append(threading.Thread(target=self._read, args=(c.client(),)))
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def _write(self, kv: zkv.Client, me: int, writers: int) -> None:
+        n = 0
+        try:
+            while not self.stop.is_set():
+                n += 1
+                key = f"k{(n * writers + me) % KEYS}"
+                ttl = 600 if n % 5 == 0 else None
+                kv.put(key, n, ttl=ttl)
+                with self._lock:  # each writer has its own keys (KEYS is even)
+                    self.acked[key] = n
+                    self.ops += 1
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def _read(self, kv: zkv.Client) -> None:
+        seen: dict[str, int] = {}
+        i = 0
+        try:
+            while not self.stop.is_set():
+                i += 1
+                key = f"k{(i * 7) % KEYS}"
+                value = kv.get(key)
+                if value is not None:
+                    if value < seen.get(key, 0):
+                        self.backwards.append(f"{key}: {value} after {seen[key]}")
+                    seen[key] = value
+        except BaseException as exc:
+            self.errors.append(exc)
+
+
+def test_slots_move_both_ways_under_load_and_nothing_is_lost(cluster_factory: Any) -> None:
+    c: Cluster = cluster_factory(SHARDS)
+    admin = c.client(timeout_s=10.0)
+    for first in range(0, KEYS, 5000):
+        admin.mput({f"k{i}": 0 for i in range(first, first + 5000)})
+    admin.mput({f"ttl{i}": i for i in range(200)}, ttl=900)
+    with Load(c) as load:
+        time.sleep(0.2)  # let the load start before the move (not a race: any order works)
+        planned = admin.reshard("s0", "s1", 2000)
+        assert planned == {"moves": -(-2000 // 32), "slots": 2000}
+        with pytest.raises(zkv.InvalidRequest, match="already running"):
+            admin.reshard("s0", "s1", 1)
+        status = wait_reshard(admin, c)
+        assert status["slot_map_version"] == planned["moves"]
+        admin.reshard()  # and back: rebalance to an even split
+        status = wait_reshard(admin, c)
+    assert not load.errors, load.errors[:3]
+    assert not load.backwards, load.backwards[:3]
+    print(f"{load.ops} writes acknowledged during the moves")
+    assert load.ops > 0
+    shards = status["shards"]
+    slots = {n["shard"]: n["slots"] for n in status["nodes"] if n["role"] == "primary"}
+    assert slots == {"s0": 8192, "s1": 8192}, shards
+    final: dict[str, Any] = {}
+    names = list(load.acked)
+    for first in range(0, len(names), 5000):
+        final.update(admin.mget(names[first : first + 5000]))
+    lost = {k: (v, final.get(k)) for k, v in load.acked.items() if final.get(k) != v}
+    assert not lost, list(lost.items())[:5]
+    ttls = [admin.ttl(f"ttl{i}") for i in range(200)]
+    assert all(t is not None and 0 < t <= 900 for t in ttls)
+    assert admin.count() == KEYS + 200
+    # every key on exactly one shard: the sources dropped what they gave away
+    nodes = {n["name"]: n for n in admin.cluster_status()["nodes"]}
+    assert nodes["s0a"]["keys"] + nodes["s1a"]["keys"] == KEYS + 200
+    moved = SlotMap.even(["s0", "s1"], 16384)
+    assert moved.count_of("s0") == 8192
+
+
+def test_a_reshard_needs_the_admin_role_and_sane_arguments(cluster_factory: Any) -> None:
+    c: Cluster = cluster_factory({"s0": ["s0a"], "s1": ["s1a"]})
+    kv = c.client()
+    with pytest.raises(zkv.InvalidRequest, match="owns 8192 slots"):
+        kv.reshard("s0", "s1", 9000)
+    with pytest.raises(zkv.InvalidRequest, match="no shard 's9'"):
+        kv.reshard("s0", "s9", 1)
+    assert kv.reshard() == {"moves": 0, "slots": 0}  # already even
