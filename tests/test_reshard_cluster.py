@@ -8,6 +8,8 @@ each key lives on exactly one shard at the end.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -141,3 +143,24 @@ def test_a_reshard_needs_the_admin_role_and_sane_arguments(cluster_factory: Any)
     with pytest.raises(zkv.InvalidRequest, match="no shard 's9'"):
         kv.reshard("s0", "s9", 1)
     assert kv.reshard() == {"moves": 0, "slots": 0}  # already even
+
+
+def test_the_cli_follows_a_reshard_to_its_end(cluster_factory: Any) -> None:
+    c: Cluster = cluster_factory({"s0": ["s0a"], "s1": ["s1a"]})
+    c.client().mput({f"cli{i}": i for i in range(500)})
+    run = [sys.executable, "-m", "zkv"]
+    where = ["--connect", c.endpoint]
+    done = subprocess.run(
+        [*run, "reshard", "--from", "s0", "--to", "s1", "--count", "100", *where],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "moving 100 slots in 4 moves" in done.stdout
+    assert "100/100 slots" in done.stdout and "done in" in done.stdout
+    done = subprocess.run([*run, "rebalance", *where], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "done in" in done.stdout, done
+    done = subprocess.run([*run, "rebalance", *where], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "nothing to move" in done.stdout, done
+    assert c.client().mget([f"cli{i}" for i in range(500)]) == {f"cli{i}": i for i in range(500)}

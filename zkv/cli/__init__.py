@@ -62,7 +62,7 @@ from zkv.cli.data import (
 
 # the seam every data command connects through (tests replace it)
 from zkv.cli.data import _client as _client
-from zkv.cli.ops import _bench, _failover, _status
+from zkv.cli.ops import _bench, _failover, _rebalance, _reshard, _status
 from zkv.cli.processes import _broker, _check, _http, _keygen, _node, _up
 from zkv.cli.processes import _serve as _serve  # tests use it from here
 from zkv.cli.tokens import _token
@@ -109,6 +109,8 @@ _EXAMPLES: Final = {
     "  source <(zkv completion zsh)      # in ~/.zshrc",
     "bench": "example:\n  zkv bench --workload mixed --threads 4 --seconds 10",
     "failover": "example:\n  zkv failover s0 --to s0b",
+    "rebalance": "example (after adding shard s3 to the config file):\n  zkv rebalance",
+    "reshard": "example:\n  zkv reshard --from s0 --to s1 --count 100",
 }
 
 
@@ -325,6 +327,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NODE",
         help="the replica to promote (default: the most advanced in-sync one)",
     )
+    p = command(
+        "rebalance",
+        _rebalance,
+        "move slots while serving until every shard of the config owns an even share",
+    )
+    p.add_argument("--no-wait", action="store_true", help="start it and return at once")
+    p = command("reshard", _reshard, "move COUNT slots from one shard to another while serving")
+    p.add_argument("--from", dest="source", required=True, metavar="SHARD")
+    p.add_argument("--to", dest="target", required=True, metavar="SHARD")
+    p.add_argument("--count", required=True, type=int, metavar="N", help="how many slots")
+    p.add_argument("--no-wait", action="store_true", help="start it and return at once")
     p = sub.add_parser(
         "keygen",
         help="write CURVE key pairs (NAME.key, NAME.key_secret) with zmq.auth",

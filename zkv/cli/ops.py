@@ -10,6 +10,7 @@ from typing import Any
 
 from zkv.cli._common import (
     EXIT_OK,
+    EXIT_UNAVAILABLE,
     _connect,
     _UsageError,
 )
@@ -57,6 +58,69 @@ def _failover(args: argparse.Namespace) -> int:
         f"shard {result['shard']}: {result['primary']} is the primary now (epoch {result['epoch']})"
     )
     return EXIT_OK
+
+
+def _rebalance(args: argparse.Namespace) -> int:
+    return _run_reshard(args, None, None, None)
+
+
+def _reshard(args: argparse.Namespace) -> int:
+    return _run_reshard(args, args.source, args.target, args.count)
+
+
+def _run_reshard(
+    args: argparse.Namespace, source: str | None, target: str | None, count: int | None
+) -> int:
+    """Start a reshard and, unless ``--no-wait``, follow it to its end: a progress bar on a
+    terminal (slots moved of total, keys copied, keys/s, time left), plain lines otherwise.
+    Exit 0 once done, 3 if it stopped on a failure."""
+    kv = _connect(args)
+    planned = kv.reshard(source, target, count)
+    if not planned["moves"]:
+        print("nothing to move: the slots are spread as asked already")
+        return EXIT_OK
+    print(f"moving {planned['slots']} slots in {planned['moves']} moves")
+    if args.no_wait:
+        return EXIT_OK
+    tty = sys.stdout.isatty()
+    start = time.monotonic()
+    last_line = 0.0
+    while True:
+        reshard = kv.cluster_status()["reshard"] or {}
+        elapsed = time.monotonic() - start
+        line = _progress(reshard, elapsed)
+        if tty:
+            print(f"\r{line}\x1b[K", end="", flush=True)
+        elif elapsed - last_line >= 5.0 or reshard.get("moves_left") == 0:
+            print(line, flush=True)
+            last_line = elapsed
+        if reshard.get("moves_left") == 0:
+            if tty:
+                print()
+            if reshard.get("failed"):
+                print(f"zkv: {reshard['failed']}", file=sys.stderr)
+                return EXIT_UNAVAILABLE
+            print(f"done in {elapsed:.1f} s")
+            return EXIT_OK
+        time.sleep(0.2)
+
+
+def _progress(reshard: dict[str, Any], elapsed: float) -> str:
+    """``[#####.....] 120/300 slots, 2,450 keys copied, 900 keys/s, 3 s left``."""
+    total = max(1, int(reshard.get("slots_total", 0)))
+    done = int(reshard.get("slots_done", 0))
+    keys = int(reshard.get("keys_copied", 0))
+    width = 30
+    filled = width * done // total
+    rate = keys / elapsed if elapsed > 0 else 0.0
+    left = elapsed * (total - done) / done if done else None
+    eta = "" if left is None else f", {left:.0f} s left"
+    held = reshard.get("held", 0)
+    waiting = f", {held} requests held" if held else ""
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} slots, {keys:,} keys "
+        f"copied, {rate:,.0f} keys/s{eta}{waiting}"
+    )
 
 
 def _status(args: argparse.Namespace) -> int:
