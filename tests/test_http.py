@@ -30,6 +30,7 @@ from zkv.http import create_app, openapi_document, serve
 from zkv.http.app import ROUTES, status_of
 from zkv.http.codec import decode_cursor, encode_cursor
 from zkv.http.metrics import GatewayMetrics
+from zkv.storage.eviction import KEY_OVERHEAD_BYTES
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
@@ -717,6 +718,9 @@ async def test_metrics(
             assert samples[(f"zkv_node_{gauge}", labels)] >= 0
         for counter in ["requests", "errors", "fsyncs"]:
             assert samples[(f"zkv_node_{counter}_total", labels)] >= 0
+        assert samples[("zkv_node_used_bytes", labels)] >= 0
+        assert samples[("zkv_node_max_bytes", labels)] == 0  # no memory limit
+        assert samples[("zkv_node_evictions_total", labels)] == 0
         assert samples[("zkv_shard_epoch", (("shard", node["shard"]),))] >= 0
     assert sum(v for (name, _), v in samples.items() if name == "zkv_node_requests_total") > 0
 
@@ -741,6 +745,7 @@ def test_storage_errors_map_to_507_and_503() -> None:
     assert isinstance(full, zkv.StorageError)  # the subclass must be matched first
     assert status_of(full) == 507
     assert status_of(zkv.StorageError("node s0a: [Errno 5] Input/output error")) == 503
+    assert status_of(zkv.OutOfMemory("node s0a: past memory.max_bytes")) == 507
     assert status_of(zkv.ServerError("boom")) == 502  # unchanged
     assert status_of(zkv.Unavailable("no node")) == 503
 
@@ -789,6 +794,8 @@ async def test_a_full_disk_is_a_json_507_and_a_failing_one_503(
     ]:
         responses = doc["paths"][path][method]["responses"]
         assert responses["507"] == {"$ref": "#/components/responses/InsufficientStorage"}, path
+        for code in ("StorageFull", "OutOfMemory"):
+            assert code in resolve(doc, responses["507"]["$ref"])["description"], path
         assert "StorageError" in resolve(doc, responses["503"]["$ref"])["description"], path
     for path, method in [("/api/kv/{key}", "get"), ("/api/kv/mget", "post"), ("/api/kv", "get")]:
         assert "507" not in doc["paths"][path][method]["responses"], path
@@ -885,18 +892,119 @@ def test_zkv_status_shows_each_disk_and_the_error_of_one_not_ok(
     assert zkv_main(["status", "--connect", "tcp://127.0.0.1:1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = lines[1].split()
-    assert header[-2:] == ["STORAGE", "FREE"]
-    rows = {line.split()[0]: line.split() for line in lines[2:8]}
-    assert rows["s0a"][-3:] == ["ok", "12.3", "MB"]
-    assert rows["s0b"][-3:] == ["low", "50.0", "MB"]
-    assert rows["s1a"][-3:] == ["full", "0", "B"]
-    assert rows["s2a"][-2:] == ["error", "-"]
-    assert rows["s3a"][-2:] == rows["s4a"][-2:] == ["-", "-"]
+    assert header[header.index("STORAGE") + 1] == "FREE"
+    # the STORAGE and FREE columns, cut where they start and end (more columns follow them)
+    after = header[header.index("FREE") + 1 :]
+    start, end = lines[1].index("STORAGE"), lines[1].index(after[0]) if after else None
+    rows = {line.split()[0]: line[start:end].split() for line in lines[2:8]}
+    assert rows["s0a"] == ["ok", "12.3", "MB"]
+    assert rows["s0b"] == ["low", "50.0", "MB"]
+    assert rows["s1a"] == ["full", "0", "B"]
+    assert rows["s2a"] == ["error", "-"]
+    assert rows["s3a"] == rows["s4a"] == ["-", "-"]
     assert lines[8:] == [
         "s0b: storage low: 50.0 MB free",
         "s1a: storage full: [Errno 28] No space left on device: 'data/s1a/00000001.log'",
         "s2a: storage error: [Errno 5] Input/output error",
     ]
+
+
+# --------------------------------------------------------------------------- a node's memory limit
+
+VALUE = "x" * 100  # 102 bytes of msgpack
+PER_KEY = 16 + 102 + KEY_OVERHEAD_BYTES  # by the node's accounting (zkv.storage.eviction)
+
+
+def mkey(i: int) -> str:
+    return f"key:{i:012d}"  # 16 bytes
+
+
+async def test_out_of_memory_is_a_json_507_and_reads_and_deletes_go_on(
+    cluster_factory: Any, start_gateway: Callable[..., Any]
+) -> None:
+    """A node at its ``memory.max_bytes`` under ``noeviction``: writes that would grow its
+    data are 507 ``OutOfMemory`` and change nothing; reads and deletes work; the metrics show
+    the figures the node reports."""
+    limit = 20 * PER_KEY
+    c = cluster_factory({"s0": ["s0a"]}, memory={"max_bytes": limit, "policy": "noeviction"})
+    async with zkv.AsyncClient(c.endpoint, timeout_s=5.0) as client:
+        gw = await start_gateway(client)
+        items = {mkey(i): VALUE for i in range(20)}
+        reply = await gw.call("POST", "/api/kv/batch", {"items": items})
+        assert reply.status == 200, reply.body  # exactly at the limit
+
+        message = assert_error(
+            await gw.call("POST", "/api/kv", {"key": mkey(20), "value": VALUE}),
+            507,
+            "OutOfMemory",
+        )
+        assert "memory.max_bytes" in message and "noeviction" in message, message
+        assert_error(await gw.call("PUT", "/api/kv/" + quote(mkey(20)), VALUE), 507, "OutOfMemory")
+        assert_error(
+            await gw.call("POST", "/api/kv/batch", {"items": {mkey(21): VALUE}}), 507, "OutOfMemory"
+        )
+        assert_error(await gw.call("GET", "/api/kv/" + quote(mkey(20))), 404, "KeyNotFound")
+        assert (await gw.call("GET", "/api/kv/" + quote(mkey(3)))).body["value"] == VALUE
+        assert (await gw.call("DELETE", "/api/kv/" + quote(mkey(3)))).status == 200
+        reply = await gw.call("POST", "/api/kv", {"key": mkey(20), "value": VALUE})
+        assert reply.status == 201, reply.body  # the delete made room
+
+        deadline = time.monotonic() + 10.0
+        while (node := (await client.cluster_status())["nodes"][0])["keys"] != 20:
+            assert time.monotonic() < deadline, node  # the next heartbeat
+            await asyncio.sleep(0.05)
+        samples = metric_samples((await gw.call("GET", "/metrics")).body)
+        labels = (("node", "s0a"), ("shard", "s0"))
+        assert samples[("zkv_node_max_bytes", labels)] == limit == node["max_bytes"]
+        assert samples[("zkv_node_used_bytes", labels)] == node["used_bytes"]
+        assert 0 < node["used_bytes"] <= limit
+        assert samples[("zkv_node_evictions_total", labels)] == 0 == node["evictions"]
+        outcomes = {
+            dict(labels)["operation"]: value
+            for (name, labels), value in samples.items()
+            if name == "zkv_http_requests_total" and dict(labels)["outcome"] == "OutOfMemory"
+        }
+        assert outcomes == {"set": 1, "put": 1, "batch": 1}
+
+
+def test_metrics_show_memory_use_and_evictions() -> None:
+    node = {"shard": "s0", "role": "primary", "alive": True, "state": "serving"}
+    nodes = [
+        {**node, "name": "s0a", "used_bytes": 2_700_000, "max_bytes": 3_000_000, "evictions": 42},
+        # a replica counts the evictions of its primary it applied
+        {
+            **node,
+            "name": "s0b",
+            "role": "replica",
+            "used_bytes": 2_650_000,
+            "max_bytes": 3_000_000,
+            "evictions": 41,
+        },
+        {**node, "name": "s1a", "shard": "s1", "used_bytes": 123, "max_bytes": 0, "evictions": 0},
+        # never reported, and an older broker without the fields: left out, no crash
+        {
+            **node,
+            "name": "s2a",
+            "shard": "s2",
+            "used_bytes": None,
+            "max_bytes": None,
+            "evictions": None,
+        },
+        {**node, "name": "s3a", "shard": "s3"},
+    ]
+    body, _ = GatewayMetrics().render({"nodes": nodes, "shards": {}, "broker": {}})
+    samples = metric_samples(body.decode())
+
+    def values(metric: str) -> dict[str, float]:
+        return {dict(labels)["node"]: v for (name, labels), v in samples.items() if name == metric}
+
+    assert values("zkv_node_used_bytes") == {"s0a": 2_700_000, "s0b": 2_650_000, "s1a": 123}
+    assert values("zkv_node_max_bytes") == {"s0a": 3_000_000, "s0b": 3_000_000, "s1a": 0}
+    assert values("zkv_node_evictions_total") == {"s0a": 42, "s0b": 41, "s1a": 0}
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    assert families["zkv_node_used_bytes"].type == families["zkv_node_max_bytes"].type == "gauge"
+    assert families["zkv_node_evictions"].type == "counter"
+    assert ("zkv_node_used_bytes", (("node", "s0a"), ("shard", "s0"))) in samples  # the labels
 
 
 # --------------------------------------------------------------------------- serve, concurrency

@@ -273,6 +273,9 @@ def test_status_page_in_a_browser(browser: Any, cluster_factory: Any, tmp_path: 
                 assert not rows[name]["down"] and not is_red(rows[name]["background"])
         assert rows["s0a"]["cells"]["Role"] == "primary"
         assert rows["s0b"]["cells"]["Role"] == "replica"
+        # no memory.max_bytes: used bytes "of no limit", the default policy, no evictions
+        memory = rows["s0a"]["cells"]["Memory"]
+        assert re.fullmatch(r"\d+(\.\d)? k?B / no limitnoeviction \u00b7 0 evicted", memory), memory
         assert int(rows["s1a"]["cells"]["Slots"].split()[0].replace(",", "")) > 0
         shards = browser.execute_script(
             "return Array.from(document.querySelectorAll('#shards tbody tr'), r=>r.dataset.shard)"
@@ -550,5 +553,126 @@ def test_status_page_shows_each_disk_low_in_amber_full_in_red(browser: Any, tmp_
         assert disks["s1a"]["text"] == "full0 B free" + error
         assert is_red(disks["s1a"]["background"])
         save_screenshot(browser, tmp_path, "status-page-disk-phone.png")
+    finally:
+        gateway.stop()
+
+
+def test_status_page_shows_memory_used_of_the_limit_amber_at_90_red_at_100(
+    browser: Any, tmp_path: Path
+) -> None:
+    """Each node's memory: used of ``memory.max_bytes`` ("no limit" for 0), its policy and
+    evictions beneath and in the tooltip; amber from 90% of the limit, red at 100%. A
+    made-up status, as in the tests above (no cluster)."""
+    node = {
+        "shard": "s0",
+        "role": "primary",
+        "alive": True,
+        "state": "serving",
+        "keys": 3,
+        "storage": "ok",
+        "free_bytes": 12_345_678,
+    }
+    status = {
+        "cluster": "fake",
+        "slots": 16384,
+        "shards": {"s0": {"primary": "s0a", "epoch": 1, "serving": True}},
+        "broker": {"failovers": 0},
+        "nodes": [
+            {
+                **node,
+                "name": "s0a",
+                "used_bytes": 1_200_000,
+                "max_bytes": 3_000_000,
+                "evictions": 0,
+                "policy": "allkeys-lru",
+            },
+            {
+                **node,
+                "name": "s0b",
+                "role": "replica",
+                "used_bytes": 2_700_000,  # exactly 90%
+                "max_bytes": 3_000_000,
+                "evictions": 1234,
+                "policy": "allkeys-lru",
+            },
+            {
+                **node,
+                "name": "s1a",
+                "used_bytes": 3_000_000,
+                "max_bytes": 3_000_000,
+                "evictions": 0,
+                "policy": "noeviction",
+            },
+            {
+                **node,
+                "name": "s2a",
+                "used_bytes": 1_200_000,
+                "max_bytes": 0,
+                "evictions": 0,
+                "policy": "noeviction",
+            },
+            {**node, "name": "s3a", "used_bytes": None, "max_bytes": None, "evictions": None},
+        ],
+    }
+    fake_fetch = f"const status = {json.dumps(status)};" + (
+        """
+        const realFetch = window.fetch.bind(window);
+        window.fetch = (url, init) => String(url).startsWith("/api/status")
+          ? Promise.resolve(new Response(JSON.stringify(status),
+              {status: 200, headers: {"Content-Type": "application/json"}}))
+          : realFetch(url, init);
+        """
+    )
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": fake_fetch})
+    gateway = GatewayThread("tcp://127.0.0.1:9")  # never asked: the status is the fake one
+    memory_js = """
+        return Object.fromEntries(Array.from(document.querySelectorAll('#nodes tbody tr'),
+          (tr) => {
+            const cell = tr.querySelector('td[data-label="Memory"]');
+            const used = cell.querySelector('.memory-used');
+            const policy = cell.querySelector('.memory-policy');
+            return [tr.dataset.node, {
+              used: used && used.textContent,
+              policy: policy && policy.textContent,
+              text: cell.textContent,
+              cls: cell.className,
+              color: getComputedStyle(cell).color,
+              background: getComputedStyle(cell).backgroundColor,
+              title: cell.title,
+            }];
+          }));
+    """
+
+    def is_amber(css_color: str) -> bool:
+        r, g, b = (int(x) for x in re.findall(r"\d+", css_color)[:3])
+        return r > b + 20 and g > b + 20
+
+    try:
+        browser.get(gateway.start())
+        wait_until("the nodes listed", lambda: len(node_rows(browser)) == 5)
+        memory = browser.execute_script(memory_js)
+        ok = memory["s0a"]
+        assert ok["used"] == "1.2 MB / 3.0 MB" and ok["cls"] == "memory-ok", ok
+        assert ok["policy"] == "allkeys-lru \u00b7 0 evicted", ok
+        assert not is_red(ok["background"]) and not is_amber(ok["background"]), ok
+        assert "allkeys-lru" in ok["title"] and "40% of the limit" in ok["title"], ok
+        high = memory["s0b"]
+        assert high["used"] == "2.7 MB / 3.0 MB" and high["cls"] == "memory-high", high
+        assert high["policy"] == "allkeys-lru \u00b7 1,234 evicted", high
+        assert not is_red(high["background"]), high
+        assert is_amber(high["background"]) and is_amber(high["color"]), high
+        assert "applied" in high["title"], high  # a replica's evictions are its primary's
+        full = memory["s1a"]
+        assert full["used"] == "3.0 MB / 3.0 MB" and full["cls"] == "memory-full", full
+        assert is_red(full["background"]) and is_red(full["color"]), full
+        assert full["policy"] == "noeviction \u00b7 0 evicted", full
+        unlimited = memory["s2a"]
+        assert unlimited["used"] == "1.2 MB / no limit" and unlimited["cls"] == "", unlimited
+        assert "no limit" in unlimited["title"], unlimited
+        assert memory["s3a"]["text"] == "\u2013" and memory["s3a"]["cls"] == "", memory["s3a"]
+        # only the memory cell is coloured: the node itself is up and not red
+        rows = node_rows(browser)
+        assert not rows["s1a"]["down"] and not is_red(rows["s1a"]["background"])
+        save_screenshot(browser, tmp_path, "status-page-memory.png")
     finally:
         gateway.stop()

@@ -111,7 +111,9 @@ exception's name (or the HTTP one for routing errors):
 503    ``Unavailable``: the key's shard has no live node, or no broker can be reached;
        ``StorageError``: the node could not log a write to its disk (an I/O error)
 504    ``Timeout``: no answer in time (a write may or may not have been applied)
-507    ``StorageFull``: the node's disk is full, or under ``storage.min_free_bytes`` free
+507    ``StorageFull``: the node's disk is full, or under ``storage.min_free_bytes`` free;
+       ``OutOfMemory``: the write would take the node past its ``memory.max_bytes``
+       and its ``memory.policy`` could not make room; nothing changed
 500    ``InternalError``: a bug in the gateway (logged with its traceback; never sent)
 =====  ==========================================================================
 
@@ -120,7 +122,9 @@ batch: not on that shard), so it may be retried as is; the node keeps serving re
 takes writes again by itself once its disk can take them. 507 Insufficient Storage says
 exactly that the server cannot store what the request needs (RFC 4918); an I/O error is
 503, a temporary condition of the service worth retrying later, not 500 (kept for the
-gateway's own bugs) nor 502 (the cluster failing on the request).
+gateway's own bugs) nor 502 (the cluster failing on the request). A write refused with
+``OutOfMemory`` (507, the same "cannot store it") changed nothing either; it succeeds once
+keys are deleted, the limit raised or an evicting policy chosen.
 """
 
 from zkv.http.app import create_app, serve

@@ -31,6 +31,7 @@ from zkv.errors import (
     KeyNotFound,
     KeyTooLarge,
     LocalProtocolError,
+    OutOfMemory,
     PermissionDenied,
     StorageError,
     StorageFull,
@@ -487,6 +488,9 @@ PUBLIC: Final = frozenset({"openapi", "page", "static"})
 #: ``StorageError`` (an I/O error of the device) is 503 Service Unavailable, a temporary
 #: condition of the service the client may retry later, rather than 500 (kept for bugs of
 #: the gateway itself) or 502 (the cluster failing on the request, ``ServerError``).
+#: ``OutOfMemory`` (the write would take the node past its ``memory.max_bytes`` and its
+#: ``memory.policy`` could not make room) is 507 too: the server cannot store what the
+#: request needs, and nothing was changed; reads and deletes go on.
 #: ``TooManyRequests`` (the broker holds ``limits.max_inflight_per_client`` requests of the
 #: gateway unanswered) is 429 Too Many Requests. ``PermissionDenied`` is 403 Forbidden,
 #: whether the gateway refused the request for its bearer token or the broker refused it
@@ -500,6 +504,7 @@ _STATUS: Final[tuple[tuple[type[ZkvError], int], ...]] = (
     (InvalidRequest, 400),
     (LocalProtocolError, 400),
     (TooManyRequests, 429),
+    (OutOfMemory, 507),
     (StorageFull, 507),
     (StorageError, 503),
     (Timeout, 504),
@@ -518,8 +523,8 @@ _HTTP_CODES: Final = {
 
 
 def status_of(exc: ZkvError) -> int:
-    """The HTTP status answering ``exc`` (507 for ``StorageFull``, 503 for another
-    ``StorageError``: see ``_STATUS``)."""
+    """The HTTP status answering ``exc`` (507 for ``StorageFull`` and ``OutOfMemory``, 503
+    for another ``StorageError``: see ``_STATUS``)."""
     for cls, status in _STATUS:
         if isinstance(exc, cls):
             return status

@@ -23,12 +23,16 @@ The cluster (read with ``cluster_status()`` at each scrape)
     restarting: its state is ``failed``), ``zkv_node_free_bytes`` (free bytes on the
     volume of the node's data folder), ``zkv_node_storage_state{node, shard, state}`` (a
     state set: one sample per state ``ok``, ``low``, ``full``, ``error``, 1 for the node's
-    storage state and 0 for the others, so an alert can watch ``state="ok"`` being 0);
-    counters ``zkv_node_requests_total``,
-    ``zkv_node_errors_total``, ``zkv_node_fsyncs_total``, ``zkv_node_compactions_total``
-    (cumulative counts kept by the node, so they restart from 0 when the node does, which
-    ``rate()`` allows for). A value the broker does not know yet (a node that never
-    reported, free bytes it could not read) is left out rather than exported as 0.
+    storage state and 0 for the others, so an alert can watch ``state="ok"`` being 0),
+    ``zkv_node_used_bytes`` (bytes the node's data takes by its accounting: keys, values
+    and per-key overhead) and ``zkv_node_max_bytes`` (its ``memory.max_bytes``, 0 for no
+    limit); counters ``zkv_node_requests_total``,
+    ``zkv_node_errors_total``, ``zkv_node_fsyncs_total``, ``zkv_node_compactions_total``,
+    ``zkv_node_evictions_total`` (keys its ``memory.policy`` evicted; on a replica, its
+    primary's evictions it applied): cumulative counts kept by the node, so they restart
+    from 0 when the node does, which ``rate()`` allows for. A value the broker does not
+    know yet (a node that never reported, free bytes it could not read) is left out rather
+    than exported as 0.
 
     Per shard: ``zkv_shard_epoch{shard}``, ``zkv_shard_serving{shard}``.
     The broker: counters ``zkv_broker_failovers_total``, ``zkv_broker_requests_total``,
@@ -80,12 +84,24 @@ _NODE_GAUGES: Final[tuple[tuple[str, str, str, float], ...]] = (
         "Longest stall of the node's loop (compaction steps), in seconds.",
         0.001,
     ),
+    (
+        "zkv_node_used_bytes",
+        "used_bytes",
+        "Bytes the node's data takes by its accounting (keys, values, per-key overhead).",
+        1.0,
+    ),
+    ("zkv_node_max_bytes", "max_bytes", "The node's memory.max_bytes (0: no limit).", 1.0),
 )
 _NODE_COUNTERS: Final[tuple[tuple[str, str, str], ...]] = (
     ("zkv_node_requests", "requests", "Requests the node has handled since it started."),
     ("zkv_node_errors", "errors", "Requests the node answered with an error since it started."),
     ("zkv_node_fsyncs", "fsyncs", "fsync calls the node has made since it started."),
     ("zkv_node_compactions", "compactions", "Compactions the node has run since it started."),
+    (
+        "zkv_node_evictions",
+        "evictions",
+        "Keys evicted since the node started (a replica: its primary's evictions it applied).",
+    ),
 )
 #: The storage states a node reports (``NodeInfo.storage``), each a sample of
 #: ``zkv_node_storage_state``; a state not listed here is exported too, as it comes.

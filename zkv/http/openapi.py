@@ -52,8 +52,9 @@ def _errors(*statuses: str) -> dict[str, Any]:
 
 
 def _write_errors(*statuses: str) -> dict[str, Any]:
-    """The error responses of a write: ``_errors(statuses)``, and the node's disk refusing
-    it (507 ``StorageFull``; 503 covers ``StorageError`` too)."""
+    """The error responses of a write: ``_errors(statuses)``, and the node refusing it for
+    its disk or its memory limit (507 ``StorageFull``, ``OutOfMemory``; 503 covers
+    ``StorageError`` too)."""
     return {**_errors(*statuses, "507"), "503": _response("WriteUnavailable")}
 
 
@@ -152,7 +153,7 @@ _SCHEMAS: Final[dict[str, Any]] = {
                         "description": (
                             "`KeyNotFound`, `KeyExists`, `KeyTooLarge`, `ValueTooLarge`, "
                             "`InvalidRequest`, `Unavailable`, `Timeout`, `StorageFull`, "
-                            "`StorageError`, `Unauthorized`, `PermissionDenied`, "
+                            "`StorageError`, `OutOfMemory`, `Unauthorized`, `PermissionDenied`, "
                             "`NotFound`, `MethodNotAllowed`, "
                             "`RequestTooLarge`, `InternalError`, or another zkv error class "
                             "name."
@@ -339,7 +340,10 @@ _RESPONSES: Final[dict[str, Any]] = {
     "InsufficientStorage": _error_response(
         "The node's disk is full, or under its `storage.min_free_bytes` free (`StorageFull`): "
         "the write was not applied. Reads go on; the node takes writes again by itself once "
-        "space is freed."
+        "space is freed. Or the write would take the node's data past its `memory.max_bytes` "
+        "and its `memory.policy` could not make room (`OutOfMemory`: `noeviction`, or a "
+        "`volatile-*` policy with no key that has a TTL): nothing was changed; reads and "
+        "deletes go on. Delete keys, raise the limit or choose an evicting policy."
     ),
     "TooManyRequests": _error_response(
         "The broker already holds `limits.max_inflight_per_client` of the gateway's requests "

@@ -3,8 +3,9 @@
  * nodes (a node that is not alive is marked DOWN in red; one that `zkv up` gave up
  * restarting, state "failed", is marked FAILED in red with its last error line; each node's
  * disk, its free bytes and storage state, amber when "low", red when "full" or "error" with
- * the error's text), the cluster's operations per second (from the nodes' request counters
- * between polls), and a form that gets, puts and deletes a key through the gateway's REST
+ * the error's text; each node's memory, its used bytes of its memory.max_bytes, its
+ * memory.policy and its evictions, amber at 90% of the limit, red at 100%), the cluster's
+ * operations per second (from the nodes' request counters between polls), and a form that gets, puts and deletes a key through the gateway's REST
  * routes. Plain JavaScript, no library.
  *
  * A gateway with bearer tokens (http.tokens) answers 401 without one: the page then asks
@@ -226,6 +227,58 @@
     cell.replaceChildren(box);
   }
 
+  /** Memory use at or above this share of memory.max_bytes is shown in amber (100%: red). */
+  const MEMORY_HIGH = 0.9;
+
+  /** The CSS class of a node's memory use: "" with no limit (or unknown), else its level. */
+  function memoryLevel(used, max) {
+    if (typeof used !== "number" || typeof max !== "number" || !(max > 0)) return "";
+    if (used >= max) return "memory-full";
+    if (used >= MEMORY_HIGH * max) return "memory-high";
+    return "memory-ok";
+  }
+
+  /**
+   * The Memory cell: used bytes of memory.max_bytes ("1.2 MB / 3.0 MB", or "/ no limit"
+   * for 0), and beneath in small text the policy and the keys evicted; amber at 90% of the
+   * limit, red at 100%. The tooltip says it in full. Text only (textContent), never markup.
+   */
+  function renderMemory(cell, node) {
+    const used = bytes(node.used_bytes);
+    const max = typeof node.max_bytes === "number" && node.max_bytes > 0 ? bytes(node.max_bytes) : null;
+    const limit = typeof node.max_bytes === "number" ? (max || "no limit") : null;
+    const policy = typeof node.policy === "string" && node.policy ? node.policy : null;
+    const evictions = typeof node.evictions === "number" ? node.evictions : null;
+    const key = [node.used_bytes, node.max_bytes, policy, evictions, node.role].join("\n");
+    if (cell.dataset.shown === key) return;
+    cell.dataset.shown = key;
+    const level = memoryLevel(node.used_bytes, node.max_bytes);
+    cell.className = level;
+    if (!used && !limit) { cell.textContent = show(null); cell.title = ""; return; }
+    const box = document.createElement("span");
+    box.className = "memory";
+    const figures = document.createElement(level === "memory-high" || level === "memory-full" ? "strong" : "span");
+    figures.className = "memory-used";
+    figures.textContent = show(used) + " / " + show(limit);
+    box.appendChild(figures);
+    const details = [];
+    if (policy) details.push(policy);
+    if (evictions !== null) details.push(show(evictions) + " evicted");
+    if (details.length) {
+      const small = document.createElement("small");
+      small.className = "memory-policy";
+      small.textContent = details.join(" \u00b7 ");
+      box.appendChild(small);
+    }
+    cell.replaceChildren(box);
+    const share = level ? " (" + Math.floor((100 * node.used_bytes) / node.max_bytes) + "% of the limit)" : "";
+    cell.title =
+      "memory: " + show(used) + " used of " + (max ? max + share : "no limit") +
+      "; memory.policy " + show(policy) +
+      "; " + show(evictions) + " keys evicted since the node started" +
+      (node.role === "replica" ? " (its primary's evictions it applied)" : "");
+  }
+
   function renderNodes(nodes) {
     const table = $("nodes");
     syncRows(table, nodeRows, nodes.map((n) => n.name), "node");
@@ -242,10 +295,11 @@
       setCells(tr, [
         node.name, node.shard, node.role, failed ? "FAILED" : alive ? "up" : "DOWN", CUSTOM,
         node.epoch, node.seq, node.lag, node.in_sync, node.keys, slots, node.requests, node.errors,
-        CUSTOM,
+        CUSTOM, CUSTOM,
       ]);
       renderState(tr.cells[4], node, failed);
       renderDisk(tr.cells[13], node);
+      renderMemory(tr.cells[14], node);
       const aliveCell = tr.cells[3];
       aliveCell.className = failed ? "badge failed" : alive ? "badge up" : "badge down";
       if (failed) {
