@@ -8,6 +8,7 @@ each key lives on exactly one shard at the end.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import pytest
 from conftest import Cluster
 
 import zkv
+from zkv.broker.reshard import SLOTS_PER_MOVE
 from zkv.slots import SlotMap
 
 pytestmark = pytest.mark.timeout(180)
@@ -105,7 +107,7 @@ def test_slots_move_both_ways_under_load_and_nothing_is_lost(cluster_factory: An
     with Load(c) as load:
         time.sleep(0.2)  # let the load start before the move (not a race: any order works)
         planned = admin.reshard("s0", "s1", 2000)
-        assert planned == {"moves": -(-2000 // 32), "slots": 2000}
+        assert planned == {"moves": -(-2000 // SLOTS_PER_MOVE), "slots": 2000}
         with pytest.raises(zkv.InvalidRequest, match="already running"):
             admin.reshard("s0", "s1", 1)
         status = wait_reshard(admin, c)
@@ -128,9 +130,13 @@ def test_slots_move_both_ways_under_load_and_nothing_is_lost(cluster_factory: An
     ttls = [admin.ttl(f"ttl{i}") for i in range(200)]
     assert all(t is not None and 0 < t <= 900 for t in ttls)
     assert admin.count() == KEYS + 200
+
     # every key on exactly one shard: the sources dropped what they gave away
-    nodes = {n["name"]: n for n in admin.cluster_status()["nodes"]}
-    assert nodes["s0a"]["keys"] + nodes["s1a"]["keys"] == KEYS + 200
+    def one_copy_each() -> bool:  # the nodes' key counts come with their heartbeats
+        nodes = {n["name"]: n for n in admin.cluster_status()["nodes"]}
+        return bool(nodes["s0a"]["keys"] + nodes["s1a"]["keys"] == KEYS + 200)
+
+    wait_until(one_copy_each, "every key held by exactly one shard")
     moved = SlotMap.even(["s0", "s1"], 16384)
     assert moved.count_of("s0") == 8192
 
@@ -157,10 +163,126 @@ def test_the_cli_follows_a_reshard_to_its_end(cluster_factory: Any) -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert "moving 100 slots in 4 moves" in done.stdout
+    assert "moving 100 slots in 1 moves" in done.stdout
     assert "100/100 slots" in done.stdout and "done in" in done.stdout
     done = subprocess.run([*run, "rebalance", *where], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "done in" in done.stdout, done
     done = subprocess.run([*run, "rebalance", *where], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "nothing to move" in done.stdout, done
     assert c.client().mget([f"cli{i}" for i in range(500)]) == {f"cli{i}": i for i in range(500)}
+
+
+class Writers:
+    """Writers that go on through errors (a broker or node restarting), recording only what
+    was acknowledged."""
+
+    def __init__(self, c: Cluster, writers: int = 2) -> None:
+        self.acked: dict[str, int] = {}
+        self.failures = 0
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._write, args=(c.client(timeout_s=3.0), w, writers))
+            for w in range(writers)
+        ]
+
+    def __enter__(self) -> Writers:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def _write(self, kv: zkv.Client, me: int, writers: int) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            key = f"k{(n * writers + me) % KEYS}"
+            try:
+                kv.put(key, n)
+            except zkv.TransportError:
+                self.failures += 1  # may or may not have been applied: not counted
+                continue
+            self.acked[key] = n
+
+
+def check_nothing_lost(admin: zkv.Client, acked: dict[str, int]) -> None:
+    final: dict[str, Any] = {}
+    names = list(acked)
+    for first in range(0, len(names), 5000):
+        final.update(admin.mget(names[first : first + 5000]))
+    lost = {k: (v, final.get(k)) for k, v in acked.items() if final.get(k) != v}
+    assert not lost, list(lost.items())[:5]
+    assert admin.count() == KEYS
+
+    def one_copy_each() -> bool:  # the nodes' key counts come with their heartbeats
+        nodes = admin.cluster_status()["nodes"]
+        counts = {n["name"]: n["keys"] for n in nodes if n["role"] == "primary" and n["alive"]}
+        return sum(counts.values()) == KEYS
+
+    wait_until(one_copy_each, "every key held by exactly one shard")
+
+
+def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> None:
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    print(f"{what} after {time.monotonic() - start:.2f} s")
+
+
+def load_keys(admin: zkv.Client) -> None:
+    for first in range(0, KEYS, 5000):
+        admin.mput({f"k{i}": 0 for i in range(first, first + 5000)})
+
+
+def wait_slots_done(admin: zkv.Client, at_least: int, timeout: float = 60.0) -> None:
+    start = time.monotonic()
+    while (admin.cluster_status()["reshard"] or {}).get("slots_done", 0) < at_least:
+        assert time.monotonic() - start < timeout, "the reshard made no progress"
+        time.sleep(0.05)
+    print(f"{at_least} slots moved after {time.monotonic() - start:.2f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_a_broker_killed_mid_reshard_finishes_or_rolls_back_its_move(
+    cluster_factory: Any,
+) -> None:
+    c: Cluster = cluster_factory(SHARDS)
+    admin = c.client(timeout_s=10.0)
+    load_keys(admin)
+    with Writers(c) as load:
+        admin.reshard("s0", "s1", 4000)
+        wait_slots_done(admin, 600)
+        c.procs["broker"].signal(signal.SIGKILL)
+        c.restart("broker")
+        wait_reshard(admin, c)  # the move it had in progress, finished or rolled back
+        planned = admin.reshard()  # the rest, by rebalancing
+        if planned["moves"]:
+            wait_reshard(admin, c)
+    print(f"{len(load.acked)} keys written, {load.failures} writes failed during the restart")
+    nodes = admin.cluster_status()["nodes"]
+    slots = {n["shard"]: n["slots"] for n in nodes if n["role"] == "primary" and n["alive"]}
+    assert slots == {"s0": 8192, "s1": 8192}
+    check_nothing_lost(admin, load.acked)
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_a_source_primary_killed_mid_move_loses_nothing(cluster_factory: Any) -> None:
+    c: Cluster = cluster_factory(SHARDS)
+    admin = c.client(timeout_s=10.0)
+    load_keys(admin)
+    with Writers(c) as load:
+        admin.reshard("s0", "s1", 3000)
+        wait_slots_done(admin, 400)
+        c.procs["s0a"].signal(signal.SIGKILL)  # s0b takes over; the move in flight restarts
+        status = wait_reshard(admin, c)
+    print(f"{len(load.acked)} keys written, {load.failures} writes failed during the failover")
+    assert status["shards"]["s0"]["primary"] == "s0b"
+    slots = {n["shard"]: n["slots"] for n in status["nodes"] if n["alive"]}
+    assert slots == {"s0": 8192 - 3000, "s1": 8192 + 3000}
+    check_nothing_lost(admin, load.acked)

@@ -60,6 +60,9 @@ class SlotMoves:
         self.holding: set[int] = set()
         self._held: list[tuple[list[bytes], str]] = []
         self._deadline: float | None = None
+        #: The move to save before the next step goes out (``_UNCHANGED``: nothing to save):
+        #: the end of one move and the start of the next make one write, not two.
+        self._to_record: dict[str, Any] | object | None = _UNCHANGED
 
     @property
     def busy(self) -> bool:
@@ -126,6 +129,7 @@ class SlotMoves:
         for _ in range(100):  # events may unblock the next step at once
             step, events = reshard.step(now)
             self._events(events, now)
+            self._flush_record()
             if step is None:
                 return
             self._deadline = now + STEP_TIMEOUT_S
@@ -159,13 +163,26 @@ class SlotMoves:
             elif isinstance(event, Release):
                 self._release(event.slots)
             elif isinstance(event, Begin):
-                self._record({"slots": list(event.slots), "from": event.source, "to": event.target})
+                self._to_record = {
+                    "slots": list(event.slots),
+                    "from": event.source,
+                    "to": event.target,
+                }
             elif isinstance(event, End):
-                self._record(None)
+                self._to_record = None
             elif isinstance(event, Commit):
                 assert self.reshard is not None
                 ok = self._reassign(event.slots, event.target)
                 self._events(self.reshard.committed(ok, now), now)
+
+
+    def _flush_record(self) -> None:
+        if self._to_record is not _UNCHANGED:
+            move, self._to_record = self._to_record, _UNCHANGED
+            self._record(move)  # type: ignore[arg-type]
+
+
+_UNCHANGED: Final = object()
 
 
 def is_move_envelope(envelope: bytes) -> bool:

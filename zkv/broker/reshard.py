@@ -65,7 +65,7 @@ SMALL_ROUND: Final = 100
 #: is copied still moves: the final round copies what is left while requests wait).
 MAX_ROUNDS: Final = 20
 #: Slots in one move (held together during its final switch).
-SLOTS_PER_MOVE: Final = 32
+SLOTS_PER_MOVE: Final = 128
 #: A move is rolled back if its final switch holds requests longer than this (seconds).
 MAX_HOLD_S: Final = 5.0
 #: A move that fails this many times is given up (the reshard stops there).
