@@ -175,7 +175,6 @@ class SlotMoves:
                 ok = self._reassign(event.slots, event.target)
                 self._events(self.reshard.committed(ok, now), now)
 
-
     def _flush_record(self) -> None:
         if self._to_record is not _UNCHANGED:
             move, self._to_record = self._to_record, _UNCHANGED
