@@ -1,5 +1,5 @@
 """Memory benchmark: bytes per key against RSS, the cost of LRU/LFU marks, and put throughput
-with no limit and at 90% of ``memory.max_bytes`` (evicting on every write).
+with no limit, at 90% of ``memory.max_bytes``, and full (evicting on every write).
 
 Run from the repository root:
 
@@ -12,8 +12,9 @@ It prints:
    (the accounting formula of ``zkv/storage/eviction.py``), and the alternative exact LRU
    order (an ``OrderedDict`` beside the store);
 2. the cost per operation: a get (which touches the order), and a put that evicts;
-3. puts/s through the real client, broker and one node: no limit, and a node kept at 90% of
-   its limit by ``allkeys-lru`` (every put beyond it evicts one key).
+3. puts/s through the real client, broker and one node: no limit; a node whose data is at 90%
+   of its limit (the run stays under it); and a full node under ``allkeys-lru``, where every
+   put evicts one key.
 """
 
 from __future__ import annotations
@@ -156,18 +157,22 @@ class OneNode:
 def bench_throughput(folder: Path, keys: int, seconds: float) -> None:
     print(f"3. puts/s, one client, 100-character values, {keys:,} keys first (fsync no)")
     per_key = 16 + 102 + 110 + 42
-    for label, memory in [
-        ("no limit", {}),
-        ("at 90% of the limit, allkeys-lru", {"max_bytes": int(keys * per_key / 0.9)}),
+    limit = int(keys * per_key / 0.9)
+    for label, memory, fill in [
+        ("no limit", {}, False),
+        ("at 90% of the limit, allkeys-lru", {"max_bytes": limit}, False),
+        ("full, allkeys-lru (every put evicts)", {"max_bytes": limit}, True),
     ]:
-        node = OneNode(folder / label.split()[0], {"policy": "allkeys-lru", **memory})
+        node = OneNode(
+            folder / label.split(",")[0].replace(" ", "-"), {"policy": "allkeys-lru", **memory}
+        )
         try:
             with zkv.Client(node.endpoint, timeout_s=10) as kv:
                 kv.cluster_status()
                 value = "x" * 100
                 for start in range(0, keys, 1000):
                     kv.mput({f"key:{i:012d}": value for i in range(start, start + 1000)})
-                if memory:  # fill up to the limit: from here every put evicts a key
+                if fill:  # fill up to the limit: from here every put evicts a key
                     i = keys
                     while not kv.cluster_status()["nodes"][0]["evictions"]:
                         kv.mput({f"key:{j:012d}": value for j in range(i, i + 1000)})

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import pytest
+import yaml
 from conftest import Cluster
 
 import zkv
@@ -285,4 +286,53 @@ def test_a_source_primary_killed_mid_move_loses_nothing(cluster_factory: Any) ->
     assert status["shards"]["s0"]["primary"] == "s0b"
     slots = {n["shard"]: n["slots"] for n in status["nodes"] if n["alive"]}
     assert slots == {"s0": 8192 - 3000, "s1": 8192 + 3000}
+    check_nothing_lost(admin, load.acked)
+
+
+def set_shards(c: Cluster, shards: dict[str, list[str]]) -> None:
+    """Rewrite the cluster's config file with ``shards`` (new nodes on free ports)."""
+    doc = yaml.safe_load(c.config.read_text())
+    doc["shards"] = {
+        shard: [
+            next(
+                (n for ns in doc["shards"].values() for n in ns if n["name"] == name),
+                {"name": name, "publish": "tcp://127.0.0.1:0", "sync": "tcp://127.0.0.1:0"},
+            )
+            for name in names
+        ]
+        for shard, names in shards.items()
+    }
+    c.config.write_text(yaml.safe_dump(doc))
+
+
+@pytest.mark.slow
+def test_grow_to_three_shards_and_shrink_back_under_load(cluster_factory: Any) -> None:
+    """2 -> 3 -> 2 shards: the config file gains a shard, the broker restarts with it (clients
+    ride through), the new node starts, a rebalance gives it a third of the slots; then its
+    slots move away, it leaves the file and stops, with nothing lost."""
+    c: Cluster = cluster_factory({"s0": ["s0a"], "s1": ["s1a"]})
+    admin = c.client(timeout_s=10.0)
+    load_keys(admin)
+    with Writers(c) as load:
+        set_shards(c, {"s0": ["s0a"], "s1": ["s1a"], "s2": ["s2a"]})
+        c.restart("broker")
+        c._proc("s2a", ["node", "--config", str(c.config), "--name", "s2a"])
+        c.start("s2a")
+        admin.reshard()
+        status = wait_reshard(admin, c)
+        slots = {n["shard"]: n["slots"] for n in status["nodes"]}
+        assert sorted(slots.values()) == [5461, 5461, 5462], slots
+        # shrink: give s2's slots away, then take it out of the file
+        admin.reshard("s2", "s0", slots["s2"] // 2)
+        wait_reshard(admin, c)
+        left = {n["shard"]: n["slots"] for n in admin.cluster_status()["nodes"]}["s2"]
+        admin.reshard("s2", "s1", left)
+        status = wait_reshard(admin, c)
+        set_shards(c, {"s0": ["s0a"], "s1": ["s1a"]})
+        c.restart("broker")
+        c.procs["s2a"].stop()
+    nodes = {n["name"]: n for n in admin.cluster_status()["nodes"]}
+    assert set(nodes) == {"s0a", "s1a"}
+    assert abs(nodes["s0a"]["slots"] - nodes["s1a"]["slots"]) <= 1
+    print(f"{len(load.acked)} keys written, {load.failures} writes failed in broker restarts")
     check_nothing_lost(admin, load.acked)
