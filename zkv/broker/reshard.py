@@ -229,6 +229,8 @@ class Reshard:
         self.slots_done = 0
         self.keys_copied = 0
         self.failed: str | None = None
+        #: The longest any final switch held its slots' requests (seconds).
+        self.longest_hold_s = 0.0
         self._waiting = False  # a step is out, or a commit is being saved
         self._not_before = 0.0
         #: Numbers the steps sent: an answer to an older one (late, after a roll back) is
@@ -259,6 +261,7 @@ class Reshard:
             "moves_left": len(self.queue) + (self.current is not None),
             "current": None if self.current is None else self.current.describe(),
             "failed": self.failed,
+            "longest_hold_ms": round(self.longest_hold_s * 1000, 1),
         }
 
     # ------------------------------------------------------------------ driving
@@ -372,6 +375,8 @@ class Reshard:
             return []
         if not ok:
             return self._failed(move, "the slot map could not be saved", now)
+        if move.hold_since is not None:
+            self.longest_hold_s = max(self.longest_hold_s, now - move.hold_since)
         move.phase, move.hold_since = "own", None
         log.info(
             "slots %s now belong to %s (%d keys copied)", _runs(move.slots), move.target, move.keys
@@ -401,6 +406,7 @@ class Reshard:
                 why,
             )
             if move.hold_since is not None:
+                self.longest_hold_s = max(self.longest_hold_s, now - move.hold_since)
                 events.append(Release(move.slots))
             move.phase, move.hold_since, move.pending, move.outcomes = "abort-target", None, [], []
             self._waiting = False
