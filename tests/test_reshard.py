@@ -62,11 +62,22 @@ def test_an_explicit_move_and_its_errors() -> None:
         (("s0", "s0", 1), "the same shard"),
         (("s0", "s1", 51), "owns 50 slots"),
         (("s0", "s9", 1), "no shard 's9'"),
-        (("s0", None, 1), "give all of from, to and count"),
+        (("s0", None, 1), "give from, to and count; or from alone"),
+        ((None, "s1", None), "give from, to and count; or from alone"),
     ]:
         with pytest.raises(InvalidRequest, match=message):
             plan(slot_map, ["s0", "s1"], *bad)
     assert plan(slot_map, ["s0", "s1"]) == []  # already even
+
+
+def test_draining_a_shard_spreads_its_slots_over_the_others() -> None:
+    slot_map = SlotMap.even(["s0", "s1", "s2"], 16384)
+    moves = plan(slot_map, ["s0", "s1", "s2"], "s2")
+    counts = owners(moves, slot_map)
+    assert counts == {"s0": 8192, "s1": 8192, "s2": 0}
+    assert {m.source for m in moves} == {"s2"}
+    with pytest.raises(InvalidRequest, match="only shard"):
+        plan(SlotMap.even(["s0"], 16384), ["s0"], "s0")
 
 
 class Shards:

@@ -125,10 +125,8 @@ class Gate:
         if self.keyring is not None:
             self.keyring.reload(config)
         self.grants = _grants(config)
-        others = replace(config, security=self.config.security, path=self.config.path)
-        if others != self.config:
-            log.warning("only the security section is reloaded; other changes need a restart")
-        self.config = replace(self.config, security=config.security)
+        self._nodes = {f"node:{n.name}".encode() for n in config.nodes()}
+        self.config = replace(self.config, security=config.security, shards=config.shards)
 
 
 def _grants(config: ClusterConfig) -> dict[str, Grant]:

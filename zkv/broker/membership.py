@@ -81,6 +81,26 @@ class Membership:
         #: Per shard, the replicas its primary last reported in sync (see the module doc).
         self.in_sync: dict[str, list[str]] = {shard: [] for shard in self.shards}
 
+    def set_shards(self, shards: dict[str, list[str]]) -> None:
+        """Take a new topology (the config file read again): nodes and shards it adds join
+        as not yet heard from; those it drops are forgotten. The caller checked that no
+        dropped node is a primary and no dropped shard owns slots."""
+        for name in [n for n in self.members if not any(n in ns for ns in shards.values())]:
+            member = self.members.pop(name)
+            self._by_identity.pop(member.identity, None)
+            log.info("node %s (shard %s) left the config", name, member.shard)
+        for shard, names in shards.items():
+            for name in names:
+                if name not in self.members:
+                    self.members[name] = Member(name, shard)
+                    log.info("node %s (shard %s) joined the config", name, shard)
+        self.shards = {shard: list(names) for shard, names in shards.items()}
+        self.in_sync = {
+            shard: [n for n in self.in_sync.get(shard, []) if n in names]
+            for shard, names in self.shards.items()
+        }
+        self.switching &= set(shards)
+
     def seen(self, identity: bytes, info: NodeInfo, now: float) -> str | None:
         """Record a READY or heartbeat; returns why it was refused, or None if accepted."""
         member = self.members.get(info.name)

@@ -168,9 +168,10 @@ def plan(
     """The moves of a reshard.
 
     Without arguments: rebalance, so that each of ``shards`` (the config's, in order; a new
-    one may own nothing yet) owns an even share (sizes within one). With ``source``,
-    ``target`` and ``count``: move ``count`` slots from ``source`` to ``target`` (the
-    source's last ones). ``InvalidRequest`` for an impossible request.
+    one may own nothing yet) owns an even share (sizes within one). With ``source`` alone:
+    drain it, its slots spread evenly over the other shards (before it leaves the config).
+    With ``source``, ``target`` and ``count``: move ``count`` slots from ``source`` to
+    ``target`` (the source's last ones). ``InvalidRequest`` for an impossible request.
     """
     for name in (source, target):
         if name is not None and name not in shards:
@@ -181,7 +182,12 @@ def plan(
         raise InvalidRequest(f"shard {outside[0]} owns slots but is not in the config file")
     transfers: list[tuple[str, str, list[int]]] = []
     if source is None and target is None and count is None:
-        transfers = _rebalance(owned, slot_map.slots)
+        transfers = _rebalance(owned, shards, slot_map.slots)
+    elif source is not None and target is None and count is None:
+        others = [s for s in shards if s != source]
+        if not others:
+            raise InvalidRequest(f"shard {source} is the only shard: its slots have nowhere to go")
+        transfers = _rebalance(owned, others, slot_map.slots)
     elif source is not None and target is not None and count is not None:
         if source == target:
             raise InvalidRequest("source and target are the same shard")
@@ -191,7 +197,9 @@ def plan(
             )
         transfers = [(source, target, owned[source][-count:])]
     else:
-        raise InvalidRequest("give all of from, to and count, or none of them (rebalance)")
+        raise InvalidRequest(
+            "give from, to and count; or from alone (drain a shard); or nothing (rebalance)"
+        )
     moves = []
     for src, dst, slots in transfers:
         for i in range(0, len(slots), SLOTS_PER_MOVE):
@@ -199,15 +207,18 @@ def plan(
     return moves
 
 
-def _rebalance(owned: dict[str, list[int]], slots: int) -> list[tuple[str, str, list[int]]]:
-    shards = list(owned)
-    base, extra = divmod(slots, len(shards))
+def _rebalance(
+    owned: dict[str, list[int]], targets: list[str], slots: int
+) -> list[tuple[str, str, list[int]]]:
+    """Transfers that leave each of ``targets`` an even share and every other shard none."""
+    base, extra = divmod(slots, len(targets))
     # the shards that own most keep the extra slots: fewer moves
-    by_size = sorted(shards, key=lambda s: -len(owned[s]))
-    want = {s: base + (1 if i < extra else 0) for i, s in enumerate(by_size)}
-    surplus = {s: owned[s][want[s] :] for s in shards if len(owned[s]) > want[s]}
+    by_size = sorted(targets, key=lambda s: -len(owned[s]))
+    want = {s: 0 for s in owned}
+    want.update({s: base + (1 if i < extra else 0) for i, s in enumerate(by_size)})
+    surplus = {s: owned[s][want[s] :] for s in owned if len(owned[s]) > want[s]}
     transfers = []
-    for dst in shards:
+    for dst in targets:
         need = want[dst] - len(owned[dst])
         for src in list(surplus):
             if need <= 0:

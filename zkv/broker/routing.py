@@ -123,6 +123,17 @@ class RoutingTable:
         self.slot_map = SlotMap([o for o in owners if o is not None])
         self.version = version
 
+    def set_shards(self, shards: dict[str, list[str]]) -> None:
+        """Take a new topology: a new shard has no primary yet (one is elected once its nodes
+        report); a dropped shard must own no slots (``ValueError``); the table is saved."""
+        owning = [s for s in self._nodes if s not in shards and self.slot_map.count_of(s)]
+        if owning:
+            raise ValueError(f"shard {owning[0]} still owns slots")
+        self._nodes = {shard: list(names) for shard, names in shards.items()}
+        self.primaries = {s: self.primaries.get(s) for s in shards}
+        self.epochs = {s: self.epochs.get(s, 0) for s in shards}
+        self.save()
+
     def record_move(self, move: dict[str, Any] | None) -> None:
         """Save the move in progress (None: no move); ``OSError`` if it cannot be saved."""
         previous, self.move = self.move, move

@@ -25,6 +25,7 @@ import logging
 import os
 import struct
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,6 +42,7 @@ from zkv.broker.routing import RoutingTable
 from zkv.broker.switchover import Switchboard
 from zkv.config import ClusterConfig, load_config
 from zkv.errors import (
+    ConfigError,
     ErrorCode,
     PermissionDenied,
     RemoteProtocolError,
@@ -119,8 +121,8 @@ class Broker:
         return self.routing.slot_map
 
     def request_reload(self) -> None:
-        """Ask the loop to read the config file's security section again at its next turn
-        (safe from a signal handler: SIGHUP)."""
+        """Ask the loop to read the config file again at its next turn (safe from a signal
+        handler: SIGHUP): see ``_reload_config``."""
         self._reload = True
 
     # ------------------------------------------------------------------ loop
@@ -190,7 +192,7 @@ class Broker:
                 continue
             if self._reload:
                 self._reload = False
-                self._reload_security()
+                self._reload_config()
             if self.nodes in ready:
                 self._drain(self.nodes, self._on_node)
             if self.clients in ready:
@@ -222,22 +224,73 @@ class Broker:
             except Exception:
                 log.exception("failed to handle a message of %d frames", len(frames))
 
-    def _reload_security(self) -> None:
+    def _reload_config(self) -> None:
+        """Read the config file again (SIGHUP): its ``security`` section (keys, clients,
+        roles) and its topology (shards and nodes added or dropped). All or nothing: a file
+        that cannot be used is logged and the previous settings stay. A dropped shard must
+        own no slots (move them away first: ``zkv reshard --from SHARD``) and a dropped node
+        must not be a shard's primary (``zkv failover`` first); other sections need a
+        restart."""
         path = self.config.path
         if path is None:
             log.warning("SIGHUP: no config file to reload")
             return
         try:
-            self.gate.reload(load_config(path))
+            new = load_config(path)
+            self._check_topology(new)
+            self.gate.reload(new)
         except ZkvError as exc:
-            log.error("SIGHUP: kept the previous security settings: %s", exc)
+            log.error("SIGHUP: kept the previous settings: %s", exc)
             return
-        security = self.gate.config.security
+        before = {n.name for n in self.config.nodes()}
+        after = {n.name for n in new.nodes()}
+        shards = {shard: [n.name for n in nodes] for shard, nodes in new.shards.items()}
+        try:
+            self.routing.set_shards(shards)
+        except (OSError, ValueError) as exc:
+            log.error("SIGHUP: kept the previous topology: %s", exc)
+            return
+        self.membership.set_shards(shards)
+        unchanged = replace(new, security=self.config.security, shards=self.config.shards)
+        if unchanged != replace(self.config, path=new.path):
+            log.warning(
+                "SIGHUP: only security and shards are reloaded; other changes need a restart"
+            )
+        self.config = replace(self.config, security=new.security, shards=new.shards)
+        security = self.config.security
         log.info(
-            "reloaded %s: %d clients admitted",
+            "reloaded %s: %d shards, %d nodes (%d joined, %d left), %d clients admitted",
             path,
+            len(shards),
+            len(after),
+            len(after - before),
+            len(before - after),
             0 if security is None else len(security.clients),
         )
+
+    def _check_topology(self, new: ClusterConfig) -> None:
+        """``ConfigError`` if ``new``'s shards cannot replace the running ones."""
+        where = f"{new.path}: " if new.path else ""
+        for shard in self.config.shards:
+            if shard not in new.shards and self.slot_map.count_of(shard):
+                raise ConfigError(
+                    f"{where}shard {shard} owns {self.slot_map.count_of(shard)} slots; move "
+                    f"them away first (zkv reshard --from {shard})"
+                )
+        old_shard = {n.name: n.shard for n in self.config.nodes()}
+        for node in new.nodes():
+            if old_shard.get(node.name, node.shard) != node.shard:
+                raise ConfigError(
+                    f"{where}node {node.name} moved from shard {old_shard[node.name]} to "
+                    f"{node.shard}; remove it, then add it under another name"
+                )
+        kept = {n.name for n in new.nodes()}
+        for shard, primary in self.routing.primaries.items():
+            if primary is not None and primary not in kept and shard in new.shards:
+                raise ConfigError(
+                    f"{where}node {primary} is the primary of shard {shard}; move the role "
+                    f"first (zkv failover {shard})"
+                )
 
     def _tick(self, now: float) -> None:
         self.membership.expire(now)
