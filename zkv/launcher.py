@@ -10,7 +10,9 @@ Supervision: a child that dies is restarted after a back-off that doubles with e
 crash; a child that crashes ``launcher.max_crashes`` times within ``launcher.crash_window_s``
 (config file) is given up on, with a clear message, and the others keep running. SIGINT or
 SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period); SIGHUP is passed on to
-every running child (each reads the file's keys, clients and tokens again). On Linux, children
+every running child (each reads the file's keys, clients, tokens and shards again), then the
+nodes the file gained are started and those it dropped stopped (``zkv apply`` does the
+whole sequence, moving slots and roles away first). On Linux, children
 also get SIGTERM if the launcher itself dies (``PR_SET_PDEATHSIG``), so nothing is left
 orphaned.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -39,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
-from zkv.config import ClusterConfig
+from zkv.config import ClusterConfig, load_config
+from zkv.errors import ZkvError
 from zkv.runtime import on_reload_signal, on_stop_signals, read_ready_file
 from zkv.supervision import ProcessState, remove_launcher_state, write_launcher_state
 
@@ -245,9 +249,10 @@ class Launcher:
         self._run_dir = Path(tempfile.mkdtemp(prefix="zkv-up-"))
         self._states: dict[str, ProcessState] = {}
         self._state_write_failed = False
+        self.config_path = config_path
         # -P: the children import the installed zkv, whatever the working folder holds
-        base = [sys.executable, "-P", "-m", "zkv"]
-        common = ["--config", str(config_path), "--log-level", log_level]
+        base = self._base = [sys.executable, "-P", "-m", "zkv"]
+        common = self._common = ["--config", str(config_path), "--log-level", log_level]
         self.children = [Child("broker", [*base, "broker", *common], self._run_dir / "broker.json")]
         self.http = Child("http", [*base, "http", *common], self._run_dir / "http.json")
         for node in config.nodes():
@@ -273,11 +278,61 @@ class Launcher:
         self._reload = True
 
     def _forward_reload(self) -> None:
+        """SIGHUP: pass it on to every running child (the broker first, so it knows the
+        file's nodes before they start), then start the nodes the file gained and stop the
+        ones it dropped, unless the broker's saved routing still needs them (a dropped
+        shard that owns slots, a dropped node that is a primary): those keep running, and
+        the log says how to move their slots or role away first."""
         self._reload = False
         for child in self.children:
             if child.process is not None and child.process.poll() is None:
                 child.process.send_signal(signal.SIGHUP)
                 log.info("passed SIGHUP on to %s (pid %d)", child.name, child.process.pid)
+        try:
+            new = load_config(self.config_path)
+        except ZkvError as exc:
+            log.error("SIGHUP: cannot read %s: %s", self.config_path, exc)
+            return
+        wanted = {n.name for n in new.nodes()}
+        running = {c.name for c in self.children} - {"broker", "http"}
+        for node in new.nodes():
+            if node.name not in running:
+                child = Child(
+                    node.name,
+                    [*self._base, "node", *self._common, "--name", node.name],
+                    self._run_dir / f"{node.name}.json",
+                )
+                if self.log_dir is not None:
+                    child.log_file = self.log_dir / f"{node.name}.log"
+                (new.storage.dir / node.name).mkdir(parents=True, exist_ok=True)
+                self.children.insert(len(self.children) - 1, child)  # before http
+                log.info("node %s joined %s: starting it", node.name, self.config_path)
+                self._start(child)
+        needed = _still_needed(self.config, new)
+        for name in sorted(running - wanted):
+            if name in needed:
+                log.error("node %s left the file but %s; it keeps running", name, needed[name])
+                continue
+            child = next(c for c in self.children if c.name == name)
+            log.info("node %s left %s: stopping it", name, self.config_path)
+            self._stop_child(child)
+            self.children.remove(child)
+            self._states.pop(name, None)
+            self._record_states()
+        self.config = new
+
+    def _stop_child(self, child: Child) -> None:
+        process = child.process
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d did not stop in %g s; killing it", process.pid, STOP_GRACE_S)
+            process.kill()
+            process.wait()
 
     def run(self) -> int:
         """Start the cluster, supervise it until asked to stop; the exit status."""
@@ -324,6 +379,9 @@ class Launcher:
             error=error,
             since=time.time(),
         )
+        self._record_states()
+
+    def _record_states(self) -> None:
         try:
             write_launcher_state(self.config.storage.dir, self._states)
         except OSError as exc:
@@ -461,3 +519,31 @@ class Launcher:
             os.rmdir(self._run_dir)
         if running:
             print("zkv up: every process stopped", file=sys.stderr, flush=True)
+
+
+def _still_needed(old: ClusterConfig, new: ClusterConfig) -> dict[str, str]:
+    """Nodes of ``old`` that ``new`` dropped but the broker's saved routing still needs,
+    each with why: their shard owns slots, or it is its shard's primary."""
+    try:
+        saved = json.loads((new.data_dir("broker") / "routing.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(saved, dict):
+        return {}
+    needed: dict[str, str] = {}
+    raw_slots = saved.get("slots")
+    slots: dict[str, Any] = raw_slots if isinstance(raw_slots, dict) else {}
+    for shard, nodes in old.shards.items():
+        if shard not in new.shards and slots.get(shard):
+            for node in nodes:
+                needed[node.name] = (
+                    f"its shard {shard} still owns slots (zkv reshard --from {shard})"
+                )
+    kept = {n.name for n in new.nodes()}
+    raw_shards = saved.get("shards")
+    shards: dict[str, Any] = raw_shards if isinstance(raw_shards, dict) else {}
+    for shard, entry in shards.items():
+        primary = entry.get("primary") if isinstance(entry, dict) else None
+        if isinstance(primary, str) and shard in new.shards and primary not in kept:
+            needed[primary] = f"it is the primary of shard {shard} (zkv failover {shard})"
+    return needed
