@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final, TypeGuard
 
 __all__ = [
+    "launcher_pid",
     "LAUNCHER_FILE",
     "STATES",
     "ProcessState",
@@ -105,6 +106,16 @@ def remove_launcher_state(storage_dir: Path) -> None:
     """Remove the file (nothing happens if it is not there)."""
     with contextlib.suppress(FileNotFoundError):
         launcher_state_path(storage_dir).unlink()
+
+
+def launcher_pid(storage_dir: Path) -> int | None:
+    """The pid of the live ``zkv up`` that runs the cluster of ``storage_dir``, if any."""
+    try:
+        raw = json.loads(launcher_state_path(storage_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    pid = raw.get("pid") if isinstance(raw, dict) else None
+    return pid if _is_int(pid) and _alive(pid) else None
 
 
 def read_launcher_state(storage_dir: Path) -> dict[str, ProcessState]:

@@ -66,6 +66,7 @@ from zkv.cli.ops import _bench, _failover, _rebalance, _reshard, _status
 from zkv.cli.processes import _broker, _check, _http, _keygen, _node, _up
 from zkv.cli.processes import _serve as _serve  # tests use it from here
 from zkv.cli.tokens import _token
+from zkv.cli.topology import _apply
 from zkv.errors import (
     ClientClosed,
     ConfigError,
@@ -110,7 +111,10 @@ _EXAMPLES: Final = {
     "bench": "example:\n  zkv bench --workload mixed --threads 4 --seconds 10",
     "failover": "example:\n  zkv failover s0 --to s0b",
     "rebalance": "example (after adding shard s3 to the config file):\n  zkv rebalance",
-    "reshard": "example:\n  zkv reshard --from s0 --to s1 --count 100",
+    "apply": "example (after editing the file: a new shard, a replica, a node dropped):\n"
+    "  zkv apply --config config/local.yaml",
+    "reshard": "examples:\n  zkv reshard --from s0 --to s1 --count 100\n"
+    "  zkv reshard --from s3        # drain s3 before it leaves the config file",
 }
 
 
@@ -333,11 +337,22 @@ def _parser() -> argparse.ArgumentParser:
         "move slots while serving until every shard of the config owns an even share",
     )
     p.add_argument("--no-wait", action="store_true", help="start it and return at once")
-    p = command("reshard", _reshard, "move COUNT slots from one shard to another while serving")
+    p = command(
+        "reshard",
+        _reshard,
+        "move slots from one shard to another while serving (or drain a shard: --from alone)",
+    )
     p.add_argument("--from", dest="source", required=True, metavar="SHARD")
-    p.add_argument("--to", dest="target", required=True, metavar="SHARD")
-    p.add_argument("--count", required=True, type=int, metavar="N", help="how many slots")
+    p.add_argument("--to", dest="target", metavar="SHARD", help="with --count")
+    p.add_argument("--count", type=int, metavar="N", help="how many slots (with --to)")
     p.add_argument("--no-wait", action="store_true", help="start it and return at once")
+    p = command(
+        "apply",
+        _apply,
+        "make the running cluster match its edited config file: add and remove shards and "
+        "nodes, move slots, while serving",
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask before applying")
     p = sub.add_parser(
         "keygen",
         help="write CURVE key pairs (NAME.key, NAME.key_secret) with zmq.auth",

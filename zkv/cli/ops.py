@@ -61,26 +61,31 @@ def _failover(args: argparse.Namespace) -> int:
 
 
 def _rebalance(args: argparse.Namespace) -> int:
-    return _run_reshard(args, None, None, None)
+    return _follow_reshard(args, _connect(args), None, None, None)
 
 
 def _reshard(args: argparse.Namespace) -> int:
-    return _run_reshard(args, args.source, args.target, args.count)
+    if (args.target is None) != (args.count is None):
+        raise _UsageError("give --to and --count together, or neither (to drain --from)")
+    return _follow_reshard(args, _connect(args), args.source, args.target, args.count)
 
 
-def _run_reshard(
-    args: argparse.Namespace, source: str | None, target: str | None, count: int | None
+def _follow_reshard(
+    args: argparse.Namespace,
+    kv: Any,
+    source: str | None,
+    target: str | None,
+    count: int | None,
 ) -> int:
     """Start a reshard and, unless ``--no-wait``, follow it to its end: a progress bar on a
     terminal (slots moved of total, keys copied, keys/s, time left), plain lines otherwise.
     Exit 0 once done, 3 if it stopped on a failure."""
-    kv = _connect(args)
     planned = kv.reshard(source, target, count)
     if not planned["moves"]:
         print("nothing to move: the slots are spread as asked already")
         return EXIT_OK
     print(f"moving {planned['slots']} slots in {planned['moves']} moves")
-    if args.no_wait:
+    if getattr(args, "no_wait", False):
         return EXIT_OK
     tty = sys.stdout.isatty()
     start = time.monotonic()
