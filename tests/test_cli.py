@@ -337,6 +337,92 @@ def test_status_watch_refreshes_until_ctrl_c(
     assert "\x1b[" not in out  # not a terminal: no screen clearing
 
 
+def test_status_shows_the_slot_map_version_and_a_reshard_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The header's slot map version, each primary's SLOTS, and one line on the reshard
+    (in progress, between moves, done, stopped). A made-up status: no cluster."""
+    node = {"role": "primary", "alive": True, "state": "serving", "pid": 7, "keys": 10}
+    moving: dict[str, Any] = {
+        "slots_total": 5461,
+        "slots_done": 1792,
+        "keys_copied": 2207,
+        "moves_left": 12,
+        "current": {
+            "slots": "1792-1919",
+            "from": "s0",
+            "to": "s3",
+            "phase": "copy",
+            "keys": 31,
+            "attempts": 0,
+        },
+        "failed": None,
+        "longest_hold_ms": 1.2,
+        "held": 0,
+    }
+    status: dict[str, Any] = {
+        "cluster": "test",
+        "slots": 16384,
+        "slot_map_version": 7,
+        "reshard": moving,
+        "broker": {"pid": 1, "clients": "tcp://127.0.0.1:7400"},
+        "nodes": [
+            {**node, "name": "s0a", "shard": "s0", "slots": 3669, "slot_ranges": "1920-5460"},
+            {**node, "name": "s0b", "shard": "s0", "role": "replica", "slots": 0},
+            {**node, "name": "s3a", "shard": "s3", "slots": 1792, "slot_ranges": "0-1791"},
+        ],
+    }
+
+    class FakeClient:
+        def cluster_status(self) -> dict[str, Any]:
+            return status
+
+    monkeypatch.setattr(zkv.cli, "_client", lambda args: FakeClient())
+
+    def status_lines() -> list[str]:
+        code, out, _ = run(capsys, "status", "--connect", "tcp://127.0.0.1:1")
+        assert code == 0
+        return out.splitlines()
+
+    lines = status_lines()
+    assert lines[0] == (
+        "cluster test: 16384 slots, slot map version 7, broker pid 1, "
+        "clients at tcp://127.0.0.1:7400"
+    )
+    start = lines[1].index("SLOTS")
+    slots = {line.split()[0]: line[start:].split()[0] for line in lines[2:5]}
+    assert slots == {"s0a": "3669", "s0b": "0", "s3a": "1792"}  # a shard's, on its primary
+    assert lines[5:] == [
+        "reshard: 1792/5461 slots moved (12 moves left), 2,207 keys copied, "
+        "now slots 1792-1919 s0 -> s3 (copy), longest hold 1.2 ms"
+    ]
+
+    # the switch of a second attempt, holding requests; then between two moves
+    moving["current"].update(phase="final", attempts=1)
+    moving.update(held=3, moves_left=1)
+    assert status_lines()[5:] == [
+        "reshard: 1792/5461 slots moved (1 move left), 2,207 keys copied, now slots "
+        "1792-1919 s0 -> s3 (final, attempt 2), longest hold 1.2 ms, 3 requests held"
+    ]
+    moving.update(current=None, held=0, moves_left=11, longest_hold_ms=0.0)
+    assert status_lines()[5:] == [
+        "reshard: 1792/5461 slots moved (11 moves left), 2,207 keys copied, longest hold 0.0 ms"
+    ]
+
+    moving.update(slots_done=5461, moves_left=0)
+    assert status_lines()[5:] == ["reshard: done, 5461 slots moved"]
+
+    why = "moving slots 1792-1919 from s0 to s3 failed 3 times; the reshard stopped"
+    moving.update(slots_done=1792, failed=why)
+    assert status_lines()[5:] == [f"reshard: stopped: {why}"]
+
+    # no reshard since the broker started: no line; --json has every field as it is
+    status["reshard"] = None
+    assert len(status_lines()) == 5
+    code, out, _ = run(capsys, "status", "--json", "--connect", "tcp://127.0.0.1:1")
+    assert code == 0 and json.loads(out) == status
+
+
 def test_completion_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, script, _ = run(capsys, "completion", "bash")
     assert code == 0

@@ -676,3 +676,148 @@ def test_status_page_shows_memory_used_of_the_limit_amber_at_90_red_at_100(
         save_screenshot(browser, tmp_path, "status-page-memory.png")
     finally:
         gateway.stop()
+
+
+def test_status_page_shows_slots_and_the_moves_of_a_reshard(browser: Any, tmp_path: Path) -> None:
+    """Each shard's slots (count and ranges), the slot map version, and while slots move
+    the "Moving slots" panel: its bar, keys copied, the move in progress, the longest hold
+    and the requests held; a reshard that stopped in red with its reason, as text; no panel
+    once there is no reshard. A made-up status, swapped between polls (no cluster); the page
+    polls every 0.1 s instead of every second here, to keep the test short."""
+    node = {"role": "primary", "alive": True, "state": "serving", "keys": 10, "slots": 0}
+    s3_ranges = "0-1279,1408-1535,1664-1791,2048-2175,2304-2431"
+    moving: dict[str, Any] = {
+        "slots_total": 5461,
+        "slots_done": 1792,
+        "keys_copied": 2207,
+        "moves_left": 12,
+        "current": {
+            "slots": "1792-1919",
+            "from": "s0",
+            "to": "s3",
+            "phase": "copy",
+            "keys": 31,
+            "attempts": 0,
+        },
+        "failed": None,
+        "longest_hold_ms": 1.2,
+        "held": 3,
+    }
+    status: dict[str, Any] = {
+        "cluster": "fake",
+        "slots": 16384,
+        "slot_map_version": 7,
+        "reshard": moving,
+        "shards": {
+            "s0": {"primary": "s0a", "epoch": 1, "serving": True},
+            "s1": {"primary": "s1a", "epoch": 2, "serving": False},
+            "s3": {"primary": "s3a", "epoch": 1, "serving": True},
+        },
+        "broker": {"failovers": 0},
+        "nodes": [
+            {**node, "name": "s0a", "shard": "s0", "slots": 3669, "slot_ranges": "1920-5588"},
+            {**node, "name": "s0b", "shard": "s0", "role": "replica"},
+            {**node, "name": "s1a", "shard": "s1", "alive": False},
+            {**node, "name": "s3a", "shard": "s3", "slots": 1792, "slot_ranges": s3_ranges},
+        ],
+    }
+    fake_fetch = f"window.zkvStatus = {json.dumps(status)};" + (
+        """
+        const realFetch = window.fetch.bind(window);
+        window.fetch = (url, init) => String(url).startsWith("/api/status")
+          ? Promise.resolve(new Response(JSON.stringify(window.zkvStatus),
+              {status: 200, headers: {"Content-Type": "application/json"}}))
+          : realFetch(url, init);
+        const realSetTimeout = window.setTimeout.bind(window);
+        window.setTimeout = (f, ms, ...rest) => realSetTimeout(f, ms === 1000 ? 100 : ms, ...rest);
+        """
+    )
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": fake_fetch})
+    gateway = GatewayThread("tcp://127.0.0.1:9")  # never asked: the status is the fake one
+    moves_js = """
+        const $ = (id) => document.getElementById(id);
+        const slots = (table) => Object.fromEntries(Array.from(
+          document.querySelectorAll('#' + table + ' tbody tr'), (tr) => {
+            const cell = tr.querySelector('td[data-label="Slots"]');
+            return [tr.dataset.node || tr.dataset.shard, [cell.textContent, cell.title]];
+          }));
+        const bar = $('moves-bar'), fill = $('moves-fill');
+        return {
+          version: $('slot-map-version').textContent,
+          shards: slots('shards'),
+          nodes: slots('nodes'),
+          shown: !$('moves').hidden && $('moves').offsetHeight > 0,
+          state: $('moves-state').textContent,
+          progress: $('moves-progress').textContent,
+          valuenow: bar.getAttribute('aria-valuenow'),
+          valuemax: bar.getAttribute('aria-valuemax'),
+          filled: fill.getBoundingClientRect().width / bar.clientWidth,
+          fillColor: getComputedStyle(fill).backgroundColor,
+          keys: $('moves-keys').textContent,
+          left: $('moves-left').textContent,
+          current: Array.from($('moves-current').children, (s) => s.textContent),
+          currentText: $('moves-current').textContent,
+          hold: $('moves-hold').textContent,
+          held: $('moves-held').textContent,
+          failedShown: !$('moves-failed').hidden && $('moves-failed').offsetHeight > 0,
+          failed: $('moves-failed').textContent,
+          failedColor: getComputedStyle($('moves-failed')).color,
+          failedBackground: getComputedStyle($('moves-failed')).backgroundColor,
+          images: document.querySelectorAll('#moves img').length,
+        };
+    """
+
+    def shown(what: str, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        page: dict[str, Any] = wait_until(
+            what, lambda: (p := browser.execute_script(moves_js)) and check(p) and p
+        )
+        return page
+
+    def swap(new: dict[str, Any]) -> None:
+        browser.execute_script("window.zkvStatus = arguments[0]", new)
+
+    try:
+        browser.get(gateway.start())
+        page = shown("the reshard in progress", lambda p: p["shown"] and p["version"] == "7")
+        summary = "1,792 (0-1279,1408-1535,1664-1791, +2 more)"  # the rest in the tooltip
+        assert page["shards"] == {
+            "s0": ["3,669 (1920-5588)", "slots 1920-5588"],
+            "s1": ["\u2013", ""],  # no serving primary: the broker cannot say
+            "s3": [summary, "slots " + s3_ranges],
+        }, page["shards"]
+        # the node table's Slots: the same text, on the primary that serves the slots
+        assert page["nodes"]["s0a"] == page["shards"]["s0"] and page["nodes"]["s0b"][0] == "0"
+        assert page["nodes"]["s3a"] == [summary, "slots " + s3_ranges]
+        assert page["nodes"]["s1a"] == ["\u2013", ""]
+        assert page["state"] == "in progress"
+        assert page["progress"] == "1,792 / 5,461 slots moved (32%)"
+        assert (page["valuenow"], page["valuemax"]) == ("1792", "5461")
+        assert abs(page["filled"] - 1792 / 5461) < 0.02, page["filled"]
+        assert (page["keys"], page["left"]) == ("2,207", "12")
+        assert page["current"] == ["slots 1792-1919", "s0 \u2192 s3", "copy", "31 keys"]
+        assert (page["hold"], page["held"]) == ("1.2 ms", "3")
+        assert not page["failedShown"] and not is_red(page["fillColor"])
+        save_screenshot(browser, tmp_path, "status-page-moves.png")
+
+        # the move failed three times: the reshard stopped, in red, its reason as text
+        why = "moving slots 1792-1919 from s0 to s3 failed 3 times: <img src=x onerror=alert(1)>"
+        swap(
+            {
+                **status,
+                "slot_map_version": 8,
+                "reshard": {**moving, "current": None, "moves_left": 0, "held": 0, "failed": why},
+            }
+        )
+        page = shown("the reshard stopped", lambda p: p["failedShown"])
+        assert page["failed"] == why and page["images"] == 0, page
+        assert is_red(page["failedColor"]) and is_red(page["failedBackground"]), page
+        assert page["state"] == "stopped" and is_red(page["fillColor"]), page
+        assert (page["version"], page["left"], page["held"]) == ("8", "0", "0")
+        assert page["current"] == [] and page["currentText"] == "\u2013"
+        assert page["progress"] == "1,792 / 5,461 slots moved (32%)"
+        save_screenshot(browser, tmp_path, "status-page-moves-stopped.png")
+
+        swap({**status, "reshard": None})  # a broker restarted since: no panel
+        shown("no moves panel", lambda p: not p["shown"])
+    finally:
+        gateway.stop()

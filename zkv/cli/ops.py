@@ -168,13 +168,17 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
     ]
     rows = [[_column(node, c) for c in columns] for node in status["nodes"]]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    version = status.get("slot_map_version")
     lines.append(
-        f"cluster {status['cluster']}: {status['slots']} slots, broker pid "
-        f"{status['broker']['pid']}, clients at {status['broker']['clients']}"
+        f"cluster {status['cluster']}: {status['slots']} slots"
+        + ("" if version is None else f", slot map version {version}")
+        + f", broker pid {status['broker']['pid']}, clients at {status['broker']['clients']}"
     )
     lines.append("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in rows:
         lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    if status.get("reshard") is not None:
+        lines.append(_reshard_line(status["reshard"]))
     for node in status["nodes"]:
         if node.get("state") == "failed":  # the launcher (`zkv up`) gave up restarting it
             lines.append(
@@ -190,6 +194,36 @@ def _status_lines(status: dict[str, Any]) -> list[str]:
             )
             lines.append(f"{node.get('name')}: storage {storage}: {detail}")
     return lines
+
+
+def _reshard_line(reshard: dict[str, Any]) -> str:
+    """The reshard under the table: ``reshard: 1792/5461 slots moved (12 moves left), 2,207
+    keys copied, now slots 1792-1919 s0 -> s3 (copy), longest hold 1.2 ms``; or ``reshard:
+    done, 5461 slots moved``, or ``reshard: stopped: <why>``."""
+    done = int(reshard.get("slots_done") or 0)
+    if reshard.get("failed"):
+        return f"reshard: stopped: {reshard['failed']}"
+    left = int(reshard.get("moves_left") or 0)
+    if left == 0:
+        return f"reshard: done, {done} slots moved"
+    line = (
+        f"reshard: {done}/{int(reshard.get('slots_total') or 0)} slots moved ({left} "
+        f"move{'' if left == 1 else 's'} left), {int(reshard.get('keys_copied') or 0):,} "
+        "keys copied"
+    )
+    current = reshard.get("current")
+    if current:
+        attempts = int(current.get("attempts") or 0)
+        attempt = f", attempt {attempts + 1}" if attempts else ""
+        line += (
+            f", now slots {current.get('slots')} {current.get('from')} -> {current.get('to')} "
+            f"({current.get('phase')}{attempt})"
+        )
+    line += f", longest hold {float(reshard.get('longest_hold_ms') or 0):.1f} ms"
+    held = int(reshard.get("held") or 0)
+    if held:
+        line += f", {held:,} requests held"
+    return line
 
 
 _watch_sleep = time.sleep  # a test replaces it

@@ -5,8 +5,12 @@
  * disk, its free bytes and storage state, amber when "low", red when "full" or "error" with
  * the error's text; each node's memory, its used bytes of its memory.max_bytes, its
  * memory.policy and its evictions, amber at 90% of the limit, red at 100%), the cluster's
- * operations per second (from the nodes' request counters between polls), and a form that gets, puts and deletes a key through the gateway's REST
- * routes. Plain JavaScript, no library.
+ * operations per second (from the nodes' request counters between polls), each shard's
+ * slots (how many, their ranges), the slot map version, and while slots move between shards
+ * (status.reshard) a "Moving slots" panel: a progress bar, keys copied, the move in
+ * progress, the longest final-switch hold, the requests held, and why it stopped in red; and
+ * a form that gets, puts and deletes a key through the gateway's REST routes. Plain
+ * JavaScript, no library.
  *
  * A gateway with bearer tokens (http.tokens) answers 401 without one: the page then asks
  * for a token, keeps it in sessionStorage only (this tab, until it is closed or "Forget
@@ -88,6 +92,25 @@
   /** Whether a node counts as up: alive, and not given up on by `zkv up`. */
   function isUp(node) {
     return node.alive === true && node.state !== "failed";
+  }
+
+  /** Ranges shown in a Slots cell; more are summed up ("+3 more"), all are in the tooltip. */
+  const RANGES_SHOWN = 3;
+
+  /**
+   * A Slots cell: "5,461 (0-5460)", the first ranges only when there are many
+   * ("4,096 (0-127,256-383,512-639, +9 more)"), the full list as the cell's tooltip.
+   */
+  function setSlots(cell, count, ranges) {
+    const runs = typeof ranges === "string" && ranges ? ranges.split(",") : [];
+    let text = show(count);
+    if (count && runs.length) {
+      const more = runs.length - RANGES_SHOWN;
+      text += " (" + runs.slice(0, RANGES_SHOWN).join(",") + (more > 0 ? ", +" + more + " more" : "") + ")";
+    }
+    if (cell.textContent !== text) cell.textContent = text;
+    const title = count && runs.length ? "slots " + ranges : "";
+    if (cell.title !== title) cell.title = title;
   }
 
   /** fetch() with a timeout; resolves to {status, body} where body is parsed JSON or text. */
@@ -279,7 +302,7 @@
       (node.role === "replica" ? " (its primary's evictions it applied)" : "");
   }
 
-  function renderNodes(nodes) {
+  function renderNodes(nodes, shards) {
     const table = $("nodes");
     syncRows(table, nodeRows, nodes.map((n) => n.name), "node");
     for (const node of nodes) {
@@ -291,13 +314,15 @@
       tr.classList.toggle("down", !alive || failed);
       tr.classList.toggle("failed", failed);
       tr.classList.toggle("primary", node.role === "primary");
-      const slots = node.slots ? show(node.slots) + (node.slot_ranges ? " (" + node.slot_ranges + ")" : "") : node.slots;
       setCells(tr, [
         node.name, node.shard, node.role, failed ? "FAILED" : alive ? "up" : "DOWN", CUSTOM,
-        node.epoch, node.seq, node.lag, node.in_sync, node.keys, slots, node.requests, node.errors,
+        node.epoch, node.seq, node.lag, node.in_sync, node.keys, CUSTOM, node.requests, node.errors,
         CUSTOM, CUSTOM,
       ]);
       renderState(tr.cells[4], node, failed);
+      // a shard with no serving primary: the broker cannot say which node has its slots
+      const unknown = !node.slots && shards[node.shard] && shards[node.shard].serving === false;
+      setSlots(tr.cells[10], unknown ? null : node.slots, node.slot_ranges);
       renderDisk(tr.cells[13], node);
       renderMemory(tr.cells[14], node);
       const aliveCell = tr.cells[3];
@@ -320,12 +345,15 @@
       const members = nodes.filter((n) => n.shard === name);
       const up = members.filter(isUp).length;
       const primary = members.find((n) => n.name === shard.primary);
-      const slots = members.reduce((sum, n) => sum + (n.role === "primary" && n.slots ? n.slots : 0), 0);
+      // the broker counts a shard's slots on its serving primary (the node table's Slots)
+      const owner = members.find((n) => n.slots > 0);
+      const slots = owner ? owner.slots : shard.serving === false ? null : 0;
       const tr = shardRows.get(name);
       setCells(tr, [
         name, shard.primary, shard.epoch, shard.serving, up + " / " + members.length,
-        primary ? primary.keys : null, slots,
+        primary ? primary.keys : null, CUSTOM,
       ]);
+      setSlots(tr.cells[6], slots, owner ? owner.slot_ranges : "");
       tr.classList.toggle("down", shard.serving === false || up === 0);
       tr.classList.toggle("degraded", shard.serving !== false && up > 0 && up < members.length);
     }
@@ -351,13 +379,77 @@
     }
   }
 
+  /**
+   * The "Moving slots" panel, shown while status.reshard is not null: a bar of the slots
+   * moved of those to move, the keys copied, the moves left, the move in progress (its
+   * slots, source -> target, phase), the longest final-switch hold and the requests held
+   * now; a reshard that stopped on a failure is red, its reason as text.
+   */
+  function renderMoves(reshard) {
+    const panel = $("moves");
+    panel.hidden = !reshard;
+    if (!reshard) return;
+    const total = typeof reshard.slots_total === "number" ? reshard.slots_total : 0;
+    const done = typeof reshard.slots_done === "number" ? reshard.slots_done : 0;
+    const left = typeof reshard.moves_left === "number" ? reshard.moves_left : 0;
+    const failed = reshard.failed ? String(reshard.failed) : "";
+    const state = failed ? "stopped" : left === 0 ? "done" : "moving";
+    panel.className = "moves moves-" + state;
+    $("moves-state").textContent = state === "moving" ? "in progress" : state;
+    const share = total > 0 ? Math.min(1, done / total) : state === "done" ? 1 : 0;
+    const percent = Math.floor(100 * share);
+    const bar = $("moves-bar");
+    bar.setAttribute("aria-valuemax", String(total));
+    bar.setAttribute("aria-valuenow", String(done));
+    bar.setAttribute("aria-valuetext", show(done) + " of " + show(total) + " slots moved");
+    $("moves-fill").style.width = (100 * share).toFixed(2) + "%";
+    $("moves-progress").textContent = show(done) + " / " + show(total) + " slots moved (" + percent + "%)";
+    $("moves-keys").textContent = show(reshard.keys_copied);
+    $("moves-left").textContent = show(left);
+    const move = reshard.current;
+    const current = $("moves-current");
+    if (move) {
+      const attempts = typeof move.attempts === "number" ? move.attempts : 0;
+      const parts = [
+        ["move-slots", "slots " + show(move.slots)],
+        ["move-route", show(move.from) + " \u2192 " + show(move.to)],
+        ["move-phase", show(move.phase)],
+      ];
+      if (typeof move.keys === "number") parts.push(["move-keys", show(move.keys) + " keys"]);
+      if (attempts > 0) parts.push(["move-attempt", "attempt " + (attempts + 1)]);
+      const key = parts.map((p) => p[1]).join("\n");
+      if (current.dataset.shown !== key) {
+        current.dataset.shown = key;
+        current.replaceChildren(...parts.map(([cls, text]) => {
+          const span = document.createElement("span");
+          span.className = cls;
+          span.textContent = text;
+          return span;
+        }));
+      }
+    } else {
+      current.dataset.shown = "";
+      current.textContent = state === "moving" ? "between moves" : "\u2013";
+    }
+    const hold = reshard.longest_hold_ms;
+    $("moves-hold").textContent = typeof hold === "number"
+      ? hold.toLocaleString("en-US", { minimumFractionDigits: 1, maximumFractionDigits: 1 }) + " ms"
+      : show(null);
+    const held = $("moves-held");
+    held.textContent = show(reshard.held);
+    held.classList.toggle("warn", typeof reshard.held === "number" && reshard.held > 0);
+    const why = $("moves-failed");
+    why.hidden = !failed;
+    if (why.textContent !== failed) why.textContent = failed;
+  }
+
   function render(status, now) {
     const nodes = Array.isArray(status.nodes) ? status.nodes : [];
     const shards = status.shards || {};
     const broker = status.broker || {};
     if (status.cluster) $("cluster-name").textContent = status.cluster;
     renderShards(shards, nodes);
-    renderNodes(nodes);
+    renderNodes(nodes, shards);
     renderRate(nodes, now);
     const up = nodes.filter(isUp).length;
     $("nodes-up").textContent = up + " / " + nodes.length;
@@ -365,6 +457,8 @@
     const keys = nodes.reduce((sum, n) => sum + (n.role === "primary" && isUp(n) && n.keys ? n.keys : 0), 0);
     $("keys-total").textContent = show(keys);
     $("failovers").textContent = show(broker.failovers);
+    $("slot-map-version").textContent = show(status.slot_map_version);
+    renderMoves(status.reshard || null);
   }
 
   function setConnection(state, text) {
