@@ -131,6 +131,8 @@ class SlotMoves:
             self._events(events, now)
             self._flush_record()
             if step is None:
+                if events:  # a commit saved, a move begun: the next step may be ready now
+                    continue
                 return
             self._deadline = now + STEP_TIMEOUT_S
             if not self._send(step.shard, _frames(step, reshard.step_id)):

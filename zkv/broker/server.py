@@ -32,7 +32,7 @@ from typing import Any, Final
 import zmq
 
 from zkv import protocol
-from zkv.broker import fanout
+from zkv.broker import fanout, report
 from zkv.broker.gate import Gate
 from zkv.broker.inflight import Inflight
 from zkv.broker.membership import Member, Membership
@@ -518,44 +518,8 @@ class Broker:
         launched = read_launcher_state(self.config.storage.dir)  # processes `zkv up` gave up on
         nodes: list[dict[str, Any]] = []
         for member in self.membership.members.values():
-            info = member.info
             primary = self.membership.primary(member.shard)
-            owns = primary is member
-            nodes.append(
-                {
-                    "name": member.name,
-                    "shard": member.shard,
-                    "role": info.role if info else None,
-                    "state": info.state if info else None,
-                    "lag": _lag(info, primary) if info else None,
-                    "in_sync": _in_sync(member, primary),
-                    "alive": member.alive,
-                    "pid": info.pid if info else None,
-                    "epoch": info.epoch if info else None,
-                    "seq": info.seq if info else None,
-                    "keys": info.keys if info else None,
-                    "slots": self.slot_map.count_of(member.shard) if owns else 0,
-                    "slot_ranges": _ranges(self.slot_map.ranges_of(member.shard)) if owns else "",
-                    "requests": info.requests if info else None,
-                    "errors": info.errors if info else None,
-                    "fsyncs": info.fsyncs if info else None,
-                    "log_bytes": info.log_bytes if info else None,
-                    "compactions": info.compactions if info else None,
-                    "max_stall_ms": info.max_stall_ms if info else None,
-                    "discarded_seq": info.discarded_seq if info else None,
-                    "storage": info.storage if info else None,
-                    "storage_error": info.storage_error if info else None,
-                    "free_bytes": info.free_bytes if info else None,
-                    "used_bytes": info.used_bytes if info else None,
-                    "max_bytes": info.max_bytes if info else None,
-                    "evictions": info.evictions if info else None,
-                    "policy": info.policy if info else None,
-                    "publish": info.publish if info else None,
-                    "sync": info.sync if info else None,
-                    "last_seen_s": round(now - member.last_seen, 3) if info else None,
-                    "error": None,
-                }
-            )
+            nodes.append(report.node_entry(member, primary, self.slot_map, now))
             supervised = launched.get(member.name)
             if supervised is not None and supervised.state == "failed" and not member.alive:
                 nodes[-1].update(state="failed", error=supervised.error)
@@ -836,23 +800,3 @@ class Broker:
 
 class _Refused(Exception):
     """A request already answered with an error that must not release its client's count."""
-
-
-def _ranges(runs: list[tuple[int, int]]) -> str:
-    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs)
-
-
-def _lag(info: protocol.NodeInfo, primary: Member | None) -> int | None:
-    """How many records a node is behind its shard's primary (None if unknown)."""
-    if info.role == Role.PRIMARY:
-        return 0
-    if primary is None or primary.info is None:
-        return None
-    return max(0, primary.info.seq - info.seq)
-
-
-def _in_sync(member: Member, primary: Member | None) -> bool | None:
-    """Whether a replica is in its primary's in-sync set (None for a primary or unknown)."""
-    if primary is None or primary is member or primary.info is None:
-        return None
-    return member.name in primary.info.in_sync
