@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Final, TypeGuard
 
 __all__ = [
-    "launcher_pid",
     "LAUNCHER_FILE",
     "STATES",
     "ProcessState",
+    "launcher_pid",
     "launcher_state_path",
     "read_launcher_state",
     "remove_launcher_state",
