@@ -9,6 +9,7 @@ import pytest
 
 from zkv.broker.reshard import (
     CHUNK_KEYS,
+    COPY_KEYS_PER_S,
     MAX_HOLD_S,
     SLOTS_PER_MOVE,
     Begin,
@@ -221,6 +222,7 @@ def test_a_final_switch_that_holds_too_long_is_rolled_back_and_releases() -> Non
     reshard = Reshard([move])
     now = 0.0
     while True:
+        now = max(now, reshard.wake_at())  # copies are paced
         step, events = reshard.step(now)
         assert step is not None
         if any(isinstance(e, Hold) for e in events):
@@ -232,6 +234,22 @@ def test_a_final_switch_that_holds_too_long_is_rolled_back_and_releases() -> Non
     assert reshard.expire(now + MAX_HOLD_S) == [Release(move.slots)]
     assert reshard.answered(stale, shards.answer(step), now) == []  # late: ignored
     assert reshard.current is not None and reshard.current.phase == "abort-target"
+
+
+def test_copies_are_paced_and_the_final_round_is_not() -> None:
+    shards = Shards({b"k%04d" % i: b"v" for i in range(2500)})
+    [move] = plan(SlotMap(["s0", "s1"]), ["s0", "s1"], "s0", "s1", 1)
+    reshard = Reshard([move])
+    step, _ = reshard.step(0.0)
+    assert step is not None and step.op is Op.EXPORT
+    reshard.answered(reshard.step_id, shards.answer(step), 0.0)
+    step, _ = reshard.step(0.0)
+    assert step is not None and step.op is Op.IMPORT
+    reshard.answered(reshard.step_id, shards.answer(step), 0.0)  # 1000 keys stored
+    assert reshard.wake_at() == pytest.approx(CHUNK_KEYS / COPY_KEYS_PER_S)
+    assert reshard.step(0.01) == (None, [])
+    step, _ = reshard.step(reshard.wake_at())
+    assert step is not None and step.op is Op.EXPORT
 
 
 def test_a_reshard_gives_up_after_repeated_failures() -> None:

@@ -12,6 +12,7 @@ No sockets: the broker passes its callbacks in.
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections.abc import Callable
 from typing import Any, Final
@@ -36,7 +37,8 @@ MAX_HELD: Final = 10_000
 #: The broker's own client id on the requests it sends for moves.
 MOVER_ID: Final = b"\x00" * (protocol.CLIENT_ID_BYTES - 1) + b"\x01"
 
-Send = Callable[[str, list[bytes]], bool]
+#: Sends frames to a shard's primary: the primary's name, or None if it could not.
+Send = Callable[[str, list[bytes]], str | None]
 
 
 class SlotMoves:
@@ -49,11 +51,16 @@ class SlotMoves:
         reassign: Callable[[tuple[int, ...], str], bool],
         redispatch: Callable[[list[bytes], str], None],
         record: Callable[[dict[str, Any] | None], None],
+        primary_of: Callable[[str], str | None],
     ) -> None:
         self.slots = slots
         self._send = send
         self._reassign = reassign
         self._record = record
+        self._primary_of = primary_of
+        #: The shard and primary the step in flight went to: if that primary goes (dies,
+        #: or loses its role), the step fails at once instead of at its timeout.
+        self._out: tuple[str, str] | None = None
         self._redispatch = redispatch
         self.reshard: Reshard | None = None
         #: Slots whose requests wait for a final switch to end.
@@ -75,6 +82,13 @@ class SlotMoves:
             raise InvalidRequest("a reshard is already running; wait for it (zkv status)")
         self.reshard = reshard
         self.drive(now)
+
+    def wake_at(self) -> float:
+        """When the reshard's next step is due if nothing else wakes the broker before
+        (``inf``: no step waits on the clock)."""
+        if not self.busy or self.reshard is None:
+            return math.inf
+        return self.reshard.wake_at()
 
     def describe(self) -> dict[str, Any] | None:
         """For status: the reshard's progress and how many requests wait."""
@@ -122,9 +136,11 @@ class SlotMoves:
         reshard = self.reshard
         if reshard is None:
             return
-        if self._deadline is not None and now >= self._deadline:
-            self._deadline = None
-            self._events(reshard.answered(reshard.step_id, Timeout("no answer"), now), now)
+        gone = self._out is not None and self._primary_of(self._out[0]) != self._out[1]
+        if self._deadline is not None and (now >= self._deadline or gone):
+            self._deadline, self._out = None, None
+            why = Unavailable("the primary it went to is gone") if gone else Timeout("no answer")
+            self._events(reshard.answered(reshard.step_id, why, now), now)
         self._events(reshard.expire(now), now)
         for _ in range(100):  # events may unblock the next step at once
             step, events = reshard.step(now)
@@ -135,7 +151,9 @@ class SlotMoves:
                     continue
                 return
             self._deadline = now + STEP_TIMEOUT_S
-            if not self._send(step.shard, _frames(step, reshard.step_id)):
+            sent_to = self._send(step.shard, _frames(step, reshard.step_id))
+            self._out = None if sent_to is None else (step.shard, sent_to)
+            if sent_to is None:
                 self._deadline = None
                 unavailable = Unavailable(f"shard {step.shard} has no live primary")
                 self._events(reshard.answered(reshard.step_id, unavailable, now), now)
@@ -154,7 +172,7 @@ class SlotMoves:
         except ZkvError as exc:
             result = exc
         if step_id == reshard.step_id:
-            self._deadline = None
+            self._deadline, self._out = None, None
         self._events(reshard.answered(step_id, result, now), now)
         self.drive(now)
 

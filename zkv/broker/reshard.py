@@ -33,6 +33,7 @@ No sockets, no clock of its own: the broker feeds answers and the time, and send
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -72,6 +73,10 @@ MAX_HOLD_S: Final = 5.0
 MAX_ATTEMPTS: Final = 3
 #: Pause before retrying a failed step or move (seconds).
 RETRY_S: Final = 0.5
+#: Copies are paced to about this many keys per second, so that a reshard leaves most of
+#: the cluster's capacity to its clients (copying flat out, a 2-core machine served about a
+#: quarter of its usual load meanwhile; see README, Benchmarks).
+COPY_KEYS_PER_S: Final = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +263,12 @@ class Reshard:
         reshard.current, reshard.slots_total = move, len(slots)
         return reshard
 
+    def wake_at(self) -> float:
+        """When ``step`` may return a step again (``inf`` while one is out or all is done)."""
+        if self._waiting or self.done:
+            return math.inf
+        return self._not_before
+
     @property
     def done(self) -> bool:
         """Whether every move ended (or the reshard was given up)."""
@@ -340,14 +351,16 @@ class Reshard:
         if isinstance(result, ZkvError):
             return self._failed(move, str(result), now)
         try:
-            return self._advance(move, result)
+            return self._advance(move, result, now)
         except (TypeError, ValueError, IndexError) as exc:
             return self._failed(move, f"unexpected answer: {exc}", now)
 
-    def _advance(self, move: Move, result: Any) -> list[Event]:
+    def _advance(self, move: Move, result: Any, now: float) -> list[Event]:
         if move.phase in ("copy", "catchup", "final") and (move.pending or move.outcomes):
             move.keys += len(move.pending)
             self.keys_copied += len(move.pending)
+            if move.phase != "final":  # the final round holds requests: it never waits
+                self._not_before = now + len(move.pending) / COPY_KEYS_PER_S
             move.pending, move.outcomes = [], []
             return []
         if move.phase == "copy":

@@ -106,7 +106,12 @@ class Broker:
         self._reload = False
         #: A running reshard, and the requests held while slots switch shards.
         self.moves = SlotMoves(
-            config.slots, self._send_move, self._reassign, self._on_client, self._record_move
+            config.slots,
+            self._send_move,
+            self._reassign,
+            self._on_client,
+            self._record_move,
+            self._serving_primary,
         )
         #: Warnings any peer can trigger at will are throttled.
         self._bad = Throttle(log)
@@ -184,8 +189,9 @@ class Broker:
         poller.register(self.nodes, zmq.POLLIN)
         next_tick = time.monotonic() + interval
         while not self._stopping:
+            wake = min(next_tick, self.moves.wake_at())  # a paced slot move's next step
             try:
-                ready = dict(poller.poll(int(max(0.0, next_tick - time.monotonic()) * 1000)))
+                ready = dict(poller.poll(int(max(0.0, wake - time.monotonic()) * 1000)))
             except zmq.ZMQError as exc:
                 if exc.errno != errno.EINTR:
                     raise
@@ -201,6 +207,8 @@ class Broker:
             if now >= next_tick:
                 self._tick(now)
                 next_tick = now + interval
+            elif now >= self.moves.wake_at():
+                self.moves.drive(now)
 
     def _drain(self, sock: zmq.Socket[bytes], handle: Any) -> None:
         """Handle every message ready on ``sock`` (up to ``DRAIN_MAX``): ``handle(frames,
@@ -350,12 +358,16 @@ class Broker:
         except OSError as exc:  # a broker crash now would leave the move to an operator
             log.error("could not save the slot move in progress: %s", exc)
 
-    def _send_move(self, shard: str, frames: list[bytes]) -> bool:
+    def _send_move(self, shard: str, frames: list[bytes]) -> str | None:
         member = self.membership.primary(shard)
         if member is None:
-            return False
+            return None
         header = protocol.node_header(protocol.NODE_REQUEST, self.routing.epochs[shard])
-        return self._to_node(member, [header, *frames])
+        return member.name if self._to_node(member, [header, *frames]) else None
+
+    def _serving_primary(self, shard: str) -> str | None:
+        member = self.membership.primary(shard)
+        return None if member is None else member.name
 
     def _reassign(self, slots: tuple[int, ...], target: str) -> bool:
         try:
