@@ -269,14 +269,18 @@ def test_a_reshard_gives_up_after_repeated_failures() -> None:
     assert reshard.slots_done == 0
 
 
-def test_after_a_broker_restart_a_saved_move_is_finished_or_rolled_back() -> None:
+def test_after_a_broker_restart_the_saved_reshard_goes_on() -> None:
+    # committed: the target is told it owns the slots, the source drops its copy
     shards = Shards({b"a": b"1"})
     shards.target = {b"a": b"1"}
     events = drive(Reshard.resume([7], "s0", "s1", committed=True), shards)
     assert shards.owned and shards.source == {} and events == [End()]
+    # not committed: rolled back (the target's partial copy dropped, the source serves the
+    # slots again), then done again from the start, then the queued moves
     shards = Shards({b"a": b"1"})
     shards.target, shards.leaving = {b"partial": b"x"}, True
-    reshard = Reshard.resume([7], "s0", "s1", committed=False)
+    reshard = Reshard.resume([7], "s0", "s1", False, [([8, 9], "s0", "s1"), ([], "s0", "s1")])
     events = drive(reshard, shards)
-    assert shards.target == {} and not shards.leaving and shards.source == {b"a": b"1"}
-    assert events == [End()] and reshard.done and reshard.slots_done == 0
+    assert shards.target == {b"a": b"1"} and shards.source == {}
+    assert reshard.done and reshard.slots_done == 3 and reshard.slots_total == 3
+    assert [type(e) for e in events].count(Commit) == 2

@@ -187,6 +187,7 @@ class SlotMoves:
                     "slots": list(event.slots),
                     "from": event.source,
                     "to": event.target,
+                    "queue": [[list(s), src, dst] for s, src, dst in event.queue],
                 }
             elif isinstance(event, End):
                 self._to_record = None

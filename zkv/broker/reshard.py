@@ -104,11 +104,13 @@ class Release:
 
 @dataclass(frozen=True, slots=True)
 class Begin:
-    """A move starts: save it, so a restarted broker can finish or roll it back."""
+    """A move starts: save it and the moves queued after it, so that a restarted broker
+    finishes or rolls it back, and goes on with the rest."""
 
     slots: tuple[int, ...]
     source: str
     target: str
+    queue: tuple[tuple[tuple[int, ...], str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +150,6 @@ class Move:
     keys: int = 0
     attempts: int = 0
     hold_since: float | None = None
-    #: Rolled back after a broker restart: ends after its roll back, never starts again.
-    rollback_only: bool = False
 
     def describe(self) -> dict[str, Any]:
         """For status: which slots, where from and to, how far."""
@@ -254,13 +254,23 @@ class Reshard:
         self.step_id = 0
 
     @classmethod
-    def resume(cls, slots: list[int], source: str, target: str, committed: bool) -> Reshard:
-        """After a broker restart, the move it had in progress: finished (``own``, ``drop``)
-        if the saved map gives its slots to the target already, else rolled back."""
-        move = Move(tuple(slots), source, target, rollback_only=not committed)
+    def resume(
+        cls,
+        slots: list[int],
+        source: str,
+        target: str,
+        committed: bool,
+        queue: list[tuple[list[int], str, str]] | None = None,
+    ) -> Reshard:
+        """After a broker restart, the reshard it had in progress: the move in flight
+        finished (``own``, ``drop``) if the saved map gives its slots to the target
+        already, else rolled back and started again; then the moves queued after it."""
+        move = Move(tuple(slots), source, target)
         move.phase = "own" if committed else "abort-target"
-        reshard = cls([])
-        reshard.current, reshard.slots_total = move, len(slots)
+        rest = [Move(tuple(s), src, dst) for s, src, dst in queue or [] if s]
+        reshard = cls(rest)
+        reshard.current = move
+        reshard.slots_total += len(slots)
         return reshard
 
     def wake_at(self) -> float:
@@ -299,7 +309,8 @@ class Reshard:
                 return None, events
             move = self.current = self.queue.popleft()
             log.info("moving slots %s from %s to %s", _runs(move.slots), move.source, move.target)
-            events.append(Begin(move.slots, move.source, move.target))
+            queue = tuple((m.slots, m.source, m.target) for m in self.queue)
+            events.append(Begin(move.slots, move.source, move.target, queue))
         slots = list(move.slots)
         if move.phase in ("copy", "catchup", "final") and (move.pending or move.outcomes):
             copies, outcomes = move.pending, move.outcomes
@@ -383,10 +394,6 @@ class Reshard:
             if result == 0:
                 move.phase = "abort-source"
         elif move.phase == "abort-source":
-            if move.rollback_only:
-                log.info("rolled back the move of slots %s", _runs(move.slots))
-                self.current = None
-                return [End()]
             return self._restart(move)
         return []
 

@@ -221,8 +221,20 @@ class RoutingTable:
 def _is_move(move: object) -> bool:
     return (
         isinstance(move, dict)
-        and isinstance(move.get("slots"), list)
-        and all(type(s) is int for s in move["slots"])
+        and _is_slots(move.get("slots"))
         and isinstance(move.get("from"), str)
         and isinstance(move.get("to"), str)
+        and isinstance(move.get("queue", []), list)
+        and all(
+            isinstance(q, list)
+            and len(q) == 3
+            and _is_slots(q[0])
+            and isinstance(q[1], str)
+            and isinstance(q[2], str)
+            for q in move.get("queue", [])
+        )
     )
+
+
+def _is_slots(slots: object) -> bool:
+    return isinstance(slots, list) and all(type(s) is int and s >= 0 for s in slots)

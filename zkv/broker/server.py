@@ -336,20 +336,26 @@ class Broker:
         )
 
     def _resume_move(self) -> None:
-        """A move the previous broker left in progress: finished if the saved map gives its
-        slots to the target already, else rolled back (the rest of its reshard is not
-        resumed: run it again)."""
+        """The reshard the previous broker left in progress: its move in flight finished if
+        the saved map gives its slots to the target already, else rolled back and started
+        again; then the moves it had queued, less the slots already at their target."""
         move = self.routing.move
         if move is None:
             return
         committed = all(self.slot_map.owner(s) == move["to"] for s in move["slots"])
+        queue = [
+            ([s for s in slots if self.slot_map.owner(s) == src], src, dst)
+            for slots, src, dst in move.get("queue") or []
+            if src in self.config.shards and dst in self.config.shards
+        ]
         log.warning(
-            "a slot move from %s to %s was in progress; %s it",
+            "a reshard was in progress: %s its move from %s to %s, then %d more moves",
+            "finishing" if committed else "rolling back and redoing",
             move["from"],
             move["to"],
-            "finishing" if committed else "rolling back",
+            sum(1 for slots, _, _ in queue if slots),
         )
-        reshard = Reshard.resume(move["slots"], move["from"], move["to"], committed)
+        reshard = Reshard.resume(move["slots"], move["from"], move["to"], committed, queue)
         self.moves.start(reshard, time.monotonic())
 
     def _record_move(self, move: dict[str, Any] | None) -> None:
