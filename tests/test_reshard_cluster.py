@@ -170,6 +170,12 @@ def test_the_cli_follows_a_reshard_to_its_end(cluster_factory: Any) -> None:
     assert done.returncode == 0 and "done in" in done.stdout, done
     done = subprocess.run([*run, "rebalance", *where], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "nothing to move" in done.stdout, done
+    done = subprocess.run(
+        [*run, "shard", "remove", "s1", *where], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "shard s1 owns no slots now" in done.stdout, done
+    slots = {n["shard"]: n["slots"] for n in c.client().cluster_status()["nodes"]}
+    assert slots == {"s0": 16384, "s1": 0}
     assert c.client().mget([f"cli{i}" for i in range(500)]) == {f"cli{i}": i for i in range(500)}
 
 

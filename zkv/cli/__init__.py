@@ -29,7 +29,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from zkv import __version__
 from zkv.cli._common import (
@@ -66,7 +66,7 @@ from zkv.cli.ops import _bench, _failover, _rebalance, _reshard, _status
 from zkv.cli.processes import _broker, _check, _http, _keygen, _node, _up
 from zkv.cli.processes import _serve as _serve  # tests use it from here
 from zkv.cli.tokens import _token
-from zkv.cli.topology import _apply
+from zkv.cli.topology import _apply, _shard_add, _shard_remove
 from zkv.errors import (
     ClientClosed,
     ConfigError,
@@ -111,6 +111,10 @@ _EXAMPLES: Final = {
     "bench": "example:\n  zkv bench --workload mixed --threads 4 --seconds 10",
     "failover": "example:\n  zkv failover s0 --to s0b",
     "rebalance": "example (after adding shard s3 to the config file):\n  zkv rebalance",
+    "shard": "examples:\n  zkv shard add s3 --config config/local.yaml   # the file lists s3 now\n"
+    "  zkv shard remove s3                           # drain it, then drop it from the file",
+    "add": "example:\n  zkv shard add s3 --config config/local.yaml",
+    "remove": "example:\n  zkv shard remove s3",
     "apply": "example (after editing the file: a new shard, a replica, a node dropped):\n"
     "  zkv apply --config config/local.yaml",
     "reshard": "examples:\n  zkv reshard --from s0 --to s1 --count 100\n"
@@ -205,9 +209,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(
-        name: str, run: Callable[[argparse.Namespace], int], help_: str, process: bool = False
+        name: str,
+        run: Callable[[argparse.Namespace], int],
+        help_: str,
+        process: bool = False,
+        parent: Any = None,
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(
+        p = (parent or sub).add_parser(
             name,
             help=help_,
             description=help_,
@@ -353,6 +361,30 @@ def _parser() -> argparse.ArgumentParser:
         "nodes, move slots, while serving",
     )
     p.add_argument("--yes", action="store_true", help="do not ask before applying")
+    shard = sub.add_parser(
+        "shard",
+        help="add a shard the config file gained, or drain one before it leaves",
+        description="zkv shard add SHARD | zkv shard remove SHARD (zkv apply does both)",
+        epilog=_EXAMPLES["shard"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = shard.add_subparsers(required=True, metavar="ACTION")
+    p = command(
+        "add",
+        _shard_add,
+        "start serving a shard the config file gained: zkv apply, checked to hold it",
+        parent=actions,
+    )
+    p.add_argument("name", metavar="SHARD")
+    p.add_argument("--yes", action="store_true", help="do not ask before applying")
+    p = command(
+        "remove",
+        _shard_remove,
+        "drain a shard before it leaves the config file: its slots move to the others",
+        parent=actions,
+    )
+    p.add_argument("name", metavar="SHARD")
+    p.add_argument("--no-wait", action="store_true", help="start it and return at once")
     p = sub.add_parser(
         "keygen",
         help="write CURVE key pairs (NAME.key, NAME.key_secret) with zmq.auth",

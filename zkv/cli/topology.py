@@ -206,6 +206,33 @@ def _apply(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _shard_add(args: argparse.Namespace) -> int:
+    """``zkv shard add NAME``: the file lists shard NAME (with its nodes) and the cluster
+    does not run it yet: ``apply`` the file (its plan shows every change it holds)."""
+    path = config_path(args.config)
+    if args.name not in load_config(path).shards:
+        raise _UsageError(
+            f"{path} has no shard {args.name!r}: add it with its nodes to the file first"
+        )
+    running = {n["shard"] for n in _connect(args).cluster_status()["nodes"]}
+    if args.name in running:
+        raise _UsageError(f"shard {args.name!r} runs already")
+    return _apply(args)
+
+
+def _shard_remove(args: argparse.Namespace) -> int:
+    """``zkv shard remove NAME``: drain it (its slots spread over the other shards), then
+    say how to let its nodes go."""
+    kv = _connect(args)
+    code = _follow_reshard(args, kv, args.name, None, None)
+    if code == EXIT_OK:
+        print(
+            f"shard {args.name} owns no slots now: take it out of the config file, then run "
+            "zkv apply --config FILE (its nodes stop under zkv up)"
+        )
+    return code
+
+
 def _reload(new: ClusterConfig, status: dict[str, Any]) -> None:
     """Have the processes read the file again: ``zkv up`` if it runs this cluster, else the
     broker if it runs on this machine."""
