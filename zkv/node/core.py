@@ -99,7 +99,7 @@ class NodeCore:
             self._check_may_serve(write)
             if request.op in protocol.MOVE_OPS:
                 return self._move(request, epoch)
-            if self.mover.refused():
+            if self.mover.refused_slots:
                 self._check_slots_served(request)
             if not write:
                 result = self._handlers[request.op](request)

@@ -99,7 +99,9 @@ class SlotMover:
         self._leaving: set[int] = set()
         self._importing: set[int] = set()
         self._disowned: set[int] = set()
-        self._refused: frozenset[int] = frozenset()
+        #: Slots whose client requests get a retryable refusal (leaving or disowned); empty
+        #: in the usual case, which the node checks first on every request.
+        self.refused_slots: frozenset[int] = frozenset()
         self._hidden: frozenset[int] = frozenset()
         store.subscribe(self._listen)
 
@@ -111,11 +113,7 @@ class SlotMover:
         True while the slot is leaving (the final copy is under way) or disowned (another
         shard owns it now).
         """
-        return slot in self._refused
-
-    def refused(self) -> frozenset[int]:
-        """Every slot ``refuses`` is true for (empty: the usual case, checked first)."""
-        return self._refused
+        return slot in self.refused_slots
 
     def hidden(self) -> frozenset[int]:
         """Slots whose keys COUNT and SCAN must not count or list here (importing, disowned)."""
@@ -133,7 +131,7 @@ class SlotMover:
 
     def _marked(self) -> None:
         """Recompute the cached sets after a mark changed."""
-        self._refused = frozenset(self._leaving | self._disowned)
+        self.refused_slots = frozenset(self._leaving | self._disowned)
         self._hidden = frozenset(self._importing | self._disowned)
 
     # ------------------------------------------------------------------ dispatch
