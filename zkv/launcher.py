@@ -447,7 +447,8 @@ class Launcher:
             lines.append(f"  logs: {self.log_dir}/<name>.log")
         lines.append(
             f"zkv up: ready. Clients connect to {config.broker.clients}; HTTP at {http_url}. "
-            f"Ctrl-C stops it; kill -HUP {os.getpid()} reloads keys, clients and tokens."
+            f"Ctrl-C stops it; kill -HUP {os.getpid()} reloads the file "
+            "(keys, clients, tokens, shards)."
         )
         print("\n".join(lines), flush=True)
 
