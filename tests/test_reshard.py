@@ -206,10 +206,10 @@ def test_a_failure_before_the_commit_rolls_back_and_starts_again() -> None:
     step, _ = reshard.step(0.0)
     assert step is None  # after a pause
     step, _ = reshard.step(1.0)
-    assert step is not None and (step.op, step.args[1]) == (Op.SETTLE, "drop")
+    assert step is not None and (step.shard, step.op, step.args[1]) == ("s0", Op.SETTLE, "abort")
     reshard.answered(reshard.step_id, 0, 1.0)
     step, _ = reshard.step(1.0)
-    assert step is not None and (step.op, step.args[1]) == (Op.SETTLE, "abort")
+    assert step is not None and (step.shard, step.op, step.args[1]) == ("s1", Op.SETTLE, "drop")
     reshard.answered(reshard.step_id, 0, 1.0)
     assert reshard.current is not None and reshard.current.attempts == 1
     drive(reshard, shards, now=1.0)
@@ -233,7 +233,7 @@ def test_a_final_switch_that_holds_too_long_is_rolled_back_and_releases() -> Non
     assert reshard.expire(now + MAX_HOLD_S - 0.1) == []
     assert reshard.expire(now + MAX_HOLD_S) == [Release(move.slots)]
     assert reshard.answered(stale, shards.answer(step), now) == []  # late: ignored
-    assert reshard.current is not None and reshard.current.phase == "abort-target"
+    assert reshard.current is not None and reshard.current.phase == "abort-source"
 
 
 def test_copies_are_paced_and_the_final_round_is_not() -> None:

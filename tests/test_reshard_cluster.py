@@ -368,3 +368,21 @@ def test_a_reload_that_drops_a_shard_owning_slots_is_refused(cluster_factory: An
     )
     assert {n["name"] for n in admin.cluster_status()["nodes"]} == {"s0a", "s1a"}
     admin.put("still", "serving")
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_a_target_primary_killed_mid_move_loses_nothing(cluster_factory: Any) -> None:
+    c: Cluster = cluster_factory({"s0": ["s0a"], "s1": ["s1a", "s1b"]})
+    admin = c.client(timeout_s=10.0)
+    load_keys(admin)
+    with Writers(c) as load:
+        admin.reshard("s0", "s1", 3000)
+        wait_slots_done(admin, 400)
+        c.procs["s1a"].signal(signal.SIGKILL)  # s1b takes over; the move in flight restarts
+        status = wait_reshard(admin, c)
+    print(f"{len(load.acked)} keys written, {load.failures} writes failed during the failover")
+    assert status["shards"]["s1"]["primary"] == "s1b"
+    slots = {n["shard"]: n["slots"] for n in status["nodes"] if n["alive"] and n["slots"]}
+    assert slots == {"s0": 8192 - 3000, "s1": 8192 + 3000}
+    check_nothing_lost(admin, load.acked)

@@ -22,8 +22,9 @@ the next is sent):
 
 A failure before the commit (a timeout, a node down, a failover: the source's tracking is
 gone with its process) rolls the move back: the held requests go back to the source, the
-target deletes what it imported (``drop``), the source stops tracking (``abort``), and the
-move starts again, up to ``MAX_ATTEMPTS`` times. After the commit a failed step is retried
+source serves the slots again and stops tracking (``abort``), the target deletes what it
+imported (``drop``; retried until the target's shard has a primary again), and the move
+starts again, up to ``MAX_ATTEMPTS`` times. After the commit a failed step is retried
 until it succeeds: the map already names the target.
 
 No sockets, no clock of its own: the broker feeds answers and the time, and sends the
@@ -266,7 +267,7 @@ class Reshard:
         finished (``own``, ``drop``) if the saved map gives its slots to the target
         already, else rolled back and started again; then the moves queued after it."""
         move = Move(tuple(slots), source, target)
-        move.phase = "own" if committed else "abort-target"
+        move.phase = "own" if committed else "abort-source"
         rest = [Move(tuple(s), src, dst) for s, src, dst in queue or [] if s]
         reshard = cls(rest)
         reshard.current = move
@@ -390,10 +391,9 @@ class Reshard:
             if result == 0:
                 self._finish(move)
                 return [End()]
-        elif move.phase == "abort-target":
-            if result == 0:
-                move.phase = "abort-source"
         elif move.phase == "abort-source":
+            move.phase = "abort-target"
+        elif move.phase == "abort-target" and result == 0:
             return self._restart(move)
         return []
 
@@ -439,7 +439,8 @@ class Reshard:
             if move.hold_since is not None:
                 self.longest_hold_s = max(self.longest_hold_s, now - move.hold_since)
                 events.append(Release(move.slots))
-            move.phase, move.hold_since, move.pending, move.outcomes = "abort-target", None, [], []
+            # the source serves the slots again first, then the target drops its partial copy
+            move.phase, move.hold_since, move.pending, move.outcomes = "abort-source", None, [], []
             self._waiting = False
             self.step_id += 1  # whatever is still out belongs to the abandoned attempt
         else:  # committed, or rolling back: the same step again, later
