@@ -152,6 +152,7 @@ def test_routing_table_round_trip_and_only_forward_epochs(tmp_path: Path) -> Non
     assert json.loads(path.read_text()) == {
         "shards": {"s0": {"primary": "c", "epoch": 6}},
         "version": 0,
+        "nodes": {"s0": ["a", "b", "c"]},
         "move": None,
         "slots": {"s0": [[0, 16383]]},
     }
@@ -235,3 +236,17 @@ def test_a_replica_that_discarded_its_data_leaves_the_in_sync_set(tmp_path: Path
     assert m.in_sync["s0"] == []
     m.lost("a")
     assert m.successor("s0") is None
+
+
+def test_a_topology_change_is_a_new_version_saved_with_the_nodes(tmp_path: Path) -> None:
+    cfg = config(tmp_path, {"s0": ["a"], "s1": ["b"]})
+    path = tmp_path / "broker" / "routing.json"
+    table = RoutingTable(cfg, path)
+    table.set_shards({"s0": ["a"], "s1": ["b"]})  # no change: no new version
+    assert table.version == 0
+    table.set_shards({"s0": ["a", "a2"], "s1": ["b"], "s2": ["c"]})
+    assert table.version == 1 and table.primaries["s2"] is None
+    assert json.loads(path.read_text())["nodes"] == {"s0": ["a", "a2"], "s1": ["b"], "s2": ["c"]}
+    with pytest.raises(ValueError, match="shard s1 still owns slots"):
+        table.set_shards({"s0": ["a"]})
+    assert table.version == 1

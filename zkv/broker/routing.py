@@ -49,7 +49,8 @@ class RoutingTable:
         self.epochs: dict[str, int] = dict.fromkeys(self._nodes, 0)
         #: Which shard owns each slot; replaced whole (a ``SlotMap`` never changes).
         self.slot_map = SlotMap.even(list(config.shards), config.slots)
-        #: Grows by one with every change of the slot map (0: the config's even split).
+        #: Grows by one with every change of the topology: the slot map, or the shards and
+        #: nodes (0: the config's even split). Each shard's primary has its own epoch.
         self.version = 0
         #: The slot move in progress (``{"slots", "from", "to"}``), saved before its slots
         #: are touched, so that a restarted broker can finish or roll it back; None if none.
@@ -129,10 +130,19 @@ class RoutingTable:
         owning = [s for s in self._nodes if s not in shards and self.slot_map.count_of(s)]
         if owning:
             raise ValueError(f"shard {owning[0]} still owns slots")
-        self._nodes = {shard: list(names) for shard, names in shards.items()}
+        new = {shard: list(names) for shard, names in shards.items()}
+        if new == self._nodes:
+            return
+        previous = self._nodes, self.primaries, self.epochs, self.version
+        self._nodes = new
         self.primaries = {s: self.primaries.get(s) for s in shards}
         self.epochs = {s: self.epochs.get(s, 0) for s in shards}
-        self.save()
+        self.version += 1  # the topology changed: a new version, as for the slot map
+        try:
+            self.save()
+        except OSError:
+            self._nodes, self.primaries, self.epochs, self.version = previous
+            raise
 
     def record_move(self, move: dict[str, Any] | None) -> None:
         """Save the move in progress (None: no move); ``OSError`` if it cannot be saved."""
@@ -172,6 +182,7 @@ class RoutingTable:
                 if self.primaries[s] is not None
             },
             "version": self.version,
+            "nodes": self._nodes,
             "move": self.move,
             "slots": {
                 shard: [list(run) for run in self.slot_map.ranges_of(shard)]
