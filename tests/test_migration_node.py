@@ -212,6 +212,21 @@ def test_write_outcomes_in_moving_slots_reach_the_target() -> None:
     assert (RecordOp.RESULT, b"rid-moving", b"reply-1") in records
 
 
+def test_outcomes_of_writes_made_before_the_move_go_along_too() -> None:
+    source, src, target, dst = pair()
+    key3, key9 = keys_in(3, 1)[0], keys_in(9, 1)[0]
+    source.put(key3, b"before")  # written and answered before anyone thought of a move
+    source.emit((RecordOp.RESULT, b"rid-early", b"reply-early"))
+    source.put(key9, b"elsewhere")
+    source.emit((RecordOp.RESULT, b"rid-elsewhere", b"reply-9"))
+    copy_all(src, dst, MOVED, 100)
+    copies, outcomes, more = src.changes(MOVED, 100, final=False)
+    assert outcomes == [[b"rid-early", b"reply-early"]] and not more
+    dst.import_(MOVED, copies, outcomes)
+    assert target.results[b"rid-early"] == b"reply-early"  # a retry there gets this answer
+    assert b"rid-elsewhere" not in target.results
+
+
 def test_final_marks_the_slots_leaving_until_settled() -> None:
     source, src, _, _ = pair()
     src.export(MOVED, None, 100)

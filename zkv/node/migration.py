@@ -17,8 +17,10 @@ the slot's index in the sorted slot list with an offset in that list (``_SPAN``)
 chunk the broker asks for again (a lost reply) is the same keys again, in their current
 state. ``pos`` must only repeat or move forward: the lists of slots the walk has passed are
 freed once the broker asks for a later slot.
-``CHANGES`` also returns the write outcomes (RESULT records) that followed a change in a
-tracked slot, so a client's retry of such a write reaches the target as exactly-once.
+``CHANGES`` also returns the write outcomes (RESULT records) of the moving slots, so that a
+client's retry of such a write is answered on the target with its first outcome: those the
+store still keeps from before the move (the listener files every outcome under the slots
+written before it), and those of writes during it.
 ``final`` marks the slots *leaving* first: the node refuses client requests on them (a
 retryable error) while the broker switches the owner. A CLEAR record while slots are
 tracked voids the move: the next ``EXPORT`` or ``CHANGES`` of these slots raises
@@ -52,6 +54,7 @@ and must see absolute expiry times, which ``Store.ttl`` does not give.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from itertools import islice
 from typing import Any, Final
@@ -59,7 +62,7 @@ from typing import Any, Final
 from zkv.errors import InvalidRequest, Unavailable
 from zkv.protocol import Op
 from zkv.slots import slot_of
-from zkv.storage.engine import Record, RecordOp, Store
+from zkv.storage.engine import MAX_RESULTS, Record, RecordOp, Store
 
 __all__ = ["SETTLE_HOWS", "SlotMover"]
 
@@ -79,8 +82,9 @@ _EMPTY: Final[dict[bytes, bytes]] = {}
 class SlotMover:
     """A node's marks and answers for slot moves, on its ``store``.
 
-    It subscribes a listener to ``store`` that tracks changes to the slots being exported;
-    the listener returns at once while no slot is tracked.
+    It subscribes a listener to ``store`` that keeps each write outcome with the keys it
+    wrote (a short entry per write, bounded as the store's outcome table; their slots are
+    worked out only when a move starts) and tracks changes to the slots being exported.
     """
 
     def __init__(self, store: Store) -> None:
@@ -96,6 +100,11 @@ class SlotMover:
         self._cleared: set[int] = set()
         #: Tracked slots changed since the last RESULT record.
         self._touched: set[int] = set()
+        #: The keys written since the last RESULT record; and each write outcome the store
+        #: keeps with those keys (``[rid, keys, False]``, or ``[rid, slots, True]`` once a
+        #: move worked out their slots), oldest first, bounded as the store's table.
+        self._written: list[bytes] = []
+        self._recent: deque[list[Any]] = deque()
         self._leaving: set[int] = set()
         self._importing: set[int] = set()
         self._disowned: set[int] = set()
@@ -223,10 +232,12 @@ class SlotMover:
         return [copies, outcomes, more]
 
     def _start(self, order: list[int]) -> None:
-        """Track ``order`` afresh: no dirty keys, outcomes, walk lists or CLEAR mark."""
+        """Track ``order`` afresh: no dirty keys, walk lists or CLEAR mark; the outcomes the
+        store keeps of writes to these slots go along with the move's first changes."""
         self._untrack(order)
         for slot in order:
             self._dirty[slot] = {}
+        self._earlier_outcomes(order)
 
     def _untrack(self, slots: Iterable[int]) -> None:
         for slot in slots:
@@ -247,9 +258,8 @@ class SlotMover:
             raise Unavailable("the slots were cleared during the move; it starts again")
 
     def _listen(self, seq: int, record: Record) -> None:
-        """Store listener: mark the keys a record changes in tracked slots dirty."""
-        if not self._dirty:
-            return
+        """Store listener: note which slots each write outcome belongs to (always), and mark
+        the keys a record changes in tracked slots dirty (during a move)."""
         op = record[0]
         if op in _KEY_OPS:
             self._mark(record[1])
@@ -257,12 +267,8 @@ class SlotMover:
             for key, _ in record[1]:
                 self._mark(key)
         elif op == RecordOp.RESULT:
-            touched = self._touched
-            if touched:
-                for slot in touched:
-                    self._outcomes.setdefault(slot, {})[record[1]] = record[2]
-                self._touched = set()
-        elif op == RecordOp.CLEAR:
+            self._remember(record[1], record[2])
+        elif op == RecordOp.CLEAR and self._dirty:
             self._cleared.update(self._dirty)
             for slot, dirty in self._dirty.items():
                 dirty.clear()
@@ -271,11 +277,43 @@ class SlotMover:
             self._touched.clear()
 
     def _mark(self, key: bytes) -> None:
-        slot = slot_of(key, self._slots)
-        dirty = self._dirty.get(slot)
-        if dirty is not None:
-            dirty[key] = None
-            self._touched.add(slot)
+        self._written.append(key)
+        if self._dirty:
+            slot = slot_of(key, self._slots)
+            dirty = self._dirty.get(slot)
+            if dirty is not None:
+                dirty[key] = None
+                self._touched.add(slot)
+
+    def _remember(self, rid: bytes, reply: bytes) -> None:
+        """A write outcome: kept with the keys written since the previous one, so that a
+        move of their slots, even one that starts later, takes it along (as many as the
+        store keeps, ``MAX_RESULTS``; slots are worked out only when a move starts)."""
+        if self._written:
+            self._recent.append([rid, tuple(self._written), False])
+            if len(self._recent) > MAX_RESULTS:
+                self._recent.popleft()
+            self._written = []
+        touched = self._touched
+        if touched:
+            for slot in touched:
+                self._outcomes.setdefault(slot, {})[rid] = reply
+            self._touched = set()
+
+    def _earlier_outcomes(self, order: list[int]) -> None:
+        """File the kept outcomes of writes to ``order`` under their slots, to go along."""
+        wanted = set(order)
+        results = self.store.results
+        for entry in self._recent:
+            if not entry[2]:  # its keys' slots, worked out once
+                entry[1] = frozenset(slot_of(key, self._slots) for key in entry[1])
+                entry[2] = True
+            hit = entry[1] & wanted
+            if hit:
+                reply = results.get(entry[0])
+                if reply is not None:
+                    for slot in hit:
+                        self._outcomes.setdefault(slot, {})[entry[0]] = reply
 
     # ------------------------------------------------------------------ target
 
