@@ -9,7 +9,7 @@ import pytest
 from conftest import free_port
 
 import zkv
-from zkv.client._sync import parse_endpoint
+from zkv.client._sync import parse_endpoint, parse_endpoints
 
 
 def test_endpoints_are_parsed() -> None:
@@ -21,6 +21,34 @@ def test_endpoints_are_parsed() -> None:
     for bad in ("", "nonsense", "127.0.0.1", "tcp://h:0", "h:65536", "udp://h:1", "tcp://*:1"):
         with pytest.raises(zkv.InvalidRequest, match="bad endpoint"):
             parse_endpoint(bad)
+
+
+def test_several_brokers_are_a_list_or_commas() -> None:
+    both = ("tcp://127.0.0.1:7400", "tcp://127.0.0.1:7500")
+    assert parse_endpoints("127.0.0.1:7400, tcp://127.0.0.1:7500") == both
+    assert parse_endpoints(["127.0.0.1:7400", "127.0.0.1:7500", "127.0.0.1:7400"]) == both
+    assert parse_endpoints("127.0.0.1:7400") == both[:1]
+    for bad in ([], "127.0.0.1:7400,nonsense"):
+        with pytest.raises(zkv.InvalidRequest):
+            parse_endpoints(bad)
+
+
+def test_a_client_of_several_brokers_uses_those_that_answer(cluster: Any) -> None:
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there: never sent a request
+    with zkv.Client([dead, cluster.endpoint], timeout_s=5.0) as kv:
+        assert kv.endpoint == f"tcp://{dead},{cluster.endpoint}"
+        for i in range(20):
+            kv.put(f"several-{i}", i)
+        assert kv.mget([f"several-{i}" for i in range(20)]) == {
+            f"several-{i}": i for i in range(20)
+        }
+
+
+async def test_an_async_client_of_several_brokers(cluster: Any) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    async with zkv.AsyncClient(f"{cluster.endpoint},{dead}", timeout_s=5.0) as kv:
+        await kv.put("several-async", 1)
+        assert await kv.get("several-async") == 1
 
 
 def test_bad_endpoints_raise_a_zkv_error() -> None:

@@ -234,7 +234,8 @@ def _parser() -> argparse.ArgumentParser:
             target.add_argument(
                 "--connect",
                 metavar="ENDPOINT",
-                help="broker endpoint, HOST:PORT or tcp://HOST:PORT, e.g. 127.0.0.1:7400",
+                help="broker endpoint, HOST:PORT or tcp://HOST:PORT, e.g. 127.0.0.1:7400 "
+                "(several brokers of one cluster: separated by commas)",
             )
             p.add_argument(
                 "--timeout",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -38,7 +38,7 @@ from zkv.client._sync import (
     check_connect_timeout,
     configure_socket,
     connect_socket,
-    parse_endpoint,
+    parse_endpoints,
     unreachable,
 )
 from zkv.errors import ClientClosed
@@ -60,7 +60,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        endpoint: str = "tcp://127.0.0.1:7400",
+        endpoint: str | Sequence[str] = "tcp://127.0.0.1:7400",
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         consistency: Consistency | str = Consistency.STRONG,
@@ -71,7 +71,8 @@ class AsyncClient:
         connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
         curve: CurveKeys | None = None,
     ) -> None:
-        self.endpoint = parse_endpoint(endpoint)
+        #: As ``Client.endpoint``.
+        self.endpoint = ",".join(parse_endpoints(endpoint))
         #: As ``Client.curve``.
         self.curve = curve
         self.connect_timeout_s = check_connect_timeout(connect_timeout_s)

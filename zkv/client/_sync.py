@@ -16,7 +16,7 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
@@ -41,7 +41,7 @@ from zkv.errors import ClientClosed, InvalidRequest, KeyNotFound, Unavailable
 from zkv.protocol import Consistency
 from zkv.security import CurveKeys
 
-__all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "Client", "parse_endpoint"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "Client", "parse_endpoint", "parse_endpoints"]
 
 #: How long a client that never reached its broker keeps trying before ``Unavailable``.
 DEFAULT_CONNECT_TIMEOUT_S: Final = 1.0
@@ -66,14 +66,36 @@ def parse_endpoint(endpoint: str) -> str:
     return f"tcp://{address}"
 
 
-def connect_socket(sock: zmq.Socket[Any], endpoint: str) -> None:
-    """Connect ``sock`` to ``endpoint`` (already parsed); ``InvalidRequest`` if ZeroMQ
-    refuses it (e.g. a host name it cannot resolve)."""
-    try:
-        sock.connect(endpoint)
-    except zmq.ZMQError as exc:
-        sock.close(linger=0)
-        raise InvalidRequest(f"bad endpoint {endpoint!r}: {exc}") from None
+def parse_endpoints(endpoints: str | Sequence[str]) -> tuple[str, ...]:
+    """The brokers a client talks to: one endpoint, several separated by commas
+    (``"a:7400,b:7400"``), or a list of them; each as ``parse_endpoint`` reads it."""
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    parsed = tuple(
+        dict.fromkeys(parse_endpoint(e.strip() if isinstance(e, str) else e) for e in items)
+    )
+    if not parsed:
+        raise InvalidRequest("no broker endpoint given")
+    return parsed
+
+
+def connect_socket(sock: zmq.Socket[Any], endpoints: str) -> None:
+    """Connect ``sock`` to each of ``endpoints`` (parsed, separated by commas);
+    ``InvalidRequest`` if ZeroMQ refuses one (e.g. a host name it cannot resolve).
+
+    With several brokers the DEALER spreads requests over the connected ones, and a request
+    retried after a timeout goes to the next: a broker that stops answering is left behind.
+    ZeroMQ heartbeats (1 s, dropped after 3 s of silence) also close a connection to a
+    broker whose machine went away without closing it."""
+    many = "," in endpoints
+    if many:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+    for endpoint in endpoints.split(","):
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            raise InvalidRequest(f"bad endpoint {endpoint!r}: {exc}") from None
 
 
 def unreachable(endpoint: str, connect_timeout_s: float) -> Unavailable:
@@ -115,6 +137,9 @@ class Client(MutableMapping[Key, Any]):
     anything msgpack can encode and come back equal after a msgpack round trip (tuples come
     back as lists). Use it as a context manager, or call ``close()``.
 
+    ``endpoint`` may name several brokers of one cluster (a list, or ``"a:7400,b:7400"``):
+    requests are spread over them and a broker that stops answering is left behind.
+
     For a cluster with a ``security`` section, pass the client's CURVE keys:
     ``Client(endpoint, curve=CurveKeys.load("keys/app.key_secret"))``, or
     ``Client.from_config(path, client="app")``.
@@ -122,7 +147,7 @@ class Client(MutableMapping[Key, Any]):
 
     def __init__(
         self,
-        endpoint: str = "tcp://127.0.0.1:7400",
+        endpoint: str | Sequence[str] = "tcp://127.0.0.1:7400",
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         consistency: Consistency | str = Consistency.STRONG,
@@ -133,7 +158,8 @@ class Client(MutableMapping[Key, Any]):
         connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
         curve: CurveKeys | None = None,
     ) -> None:
-        self.endpoint = parse_endpoint(endpoint)
+        #: The broker endpoints, separated by commas (several brokers share the load).
+        self.endpoint = ",".join(parse_endpoints(endpoint))
         #: The CURVE keys every connection of this client uses (None: plain text).
         self.curve = curve
         self.connect_timeout_s = check_connect_timeout(connect_timeout_s)
