@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from zkv.errors import InvalidRequest, Unavailable
+from zkv.errors import InvalidRequest, OutOfMemory, Unavailable
 from zkv.node.migration import SlotMover
 from zkv.protocol import Op
 from zkv.slots import slot_of
@@ -425,3 +425,16 @@ def test_nothing_tracked_after_the_move_ends() -> None:
     assert src.describe()["dirty"] == 0
     with pytest.raises(Unavailable):
         src.changes(MOVED, 10, final=False)
+
+
+def test_an_import_past_the_targets_memory_limit_is_refused_whole() -> None:
+    source, src, _, _ = pair()
+    target = Store(SLOTS, source.clock, max_bytes=600, policy="noeviction")
+    dst = SlotMover(target)
+    copies, _ = src.export(MOVED, None, 100)
+    with pytest.raises(OutOfMemory):
+        dst.import_(MOVED, copies, [])
+    assert len(target) == 0 and dst.hidden() == frozenset()  # nothing stored, nothing marked
+    roomy = Store(SLOTS, source.clock, max_bytes=600, policy="allkeys-lru")
+    SlotMover(roomy).import_(MOVED, copies[:2], [])
+    assert 0 < roomy.used_bytes <= 600

@@ -322,7 +322,9 @@ class SlotMover:
     ) -> None:
         """Store copied keys and write outcomes of ``slots`` (moving here) as records.
 
-        Marks the slots importing (and no longer disowned). Each ``[key, value, expires_at]``
+        Marks the slots importing (and no longer disowned). The node's memory limit holds:
+        room is made as for any write, or ``OutOfMemory`` refuses the chunk before any
+        change. Each ``[key, value, expires_at]``
         becomes a SET, unless its expiry has passed (then, like ``[key, None, None]``, a DEL
         if the key is held); each ``[rid, reply]`` a RESULT. ``InvalidRequest``, before any
         change, when a key is not in ``slots``.
@@ -335,10 +337,15 @@ class SlotMover:
                     f"a copied key is in slot {slot_of(copy[0], self._slots)}, not in the "
                     f"slots being imported ({_show(order)})"
                 )
+        now = self.store.clock()
+        kept = [c for c in copies if c[1] is not None and (c[2] is None or c[2] > now)]
+        # the node's memory limit holds for moved keys too: room is made (or OutOfMemory
+        # refuses the chunk, and the broker rolls the move back) before anything is stored
+        growth = sum(self.store.growth(key, value, expires_at) for key, value, expires_at in kept)
+        self.store.make_room(growth, [c[0] for c in kept])
         self._importing.update(order)
         self._disowned.difference_update(order)
         self._marked()
-        now = self.store.clock()
         emit = self.store.emit
         for key, value, expires_at in copies:
             if value is not None and (expires_at is None or expires_at > now):

@@ -441,7 +441,7 @@ class Store:
     def put(self, key: bytes, value: bytes, ttl: float | None = None) -> None:
         """Set ``key``; a put without ``ttl`` removes any TTL the key had."""
         expires_at = self._deadline(ttl)
-        self.make_room(self._growth(key, value, expires_at), (key,))
+        self.make_room(self.growth(key, value, expires_at), (key,))
         self.emit((RecordOp.SET, key, value, expires_at))
 
     def create(self, key: bytes, value: bytes, ttl: float | None = None) -> bool:
@@ -449,7 +449,7 @@ class Store:
         if self._lookup(key) is not None:
             return False
         expires_at = self._deadline(ttl)
-        self.make_room(self._growth(key, value, expires_at), (key,))
+        self.make_room(self.growth(key, value, expires_at), (key,))
         self.emit((RecordOp.SET, key, value, expires_at))
         return True
 
@@ -465,7 +465,7 @@ class Store:
         if self._lookup(key) != expected:
             return False
         expires_at = self._expires.get(key)
-        self.make_room(self._growth(key, new, expires_at), (key,))
+        self.make_room(self.growth(key, new, expires_at), (key,))
         self.emit((RecordOp.SET, key, new, expires_at))
         return True
 
@@ -483,7 +483,7 @@ class Store:
         """Set every ``[key, value]`` pair (one record, so it is applied as one)."""
         if items:
             expires_at = self._deadline(ttl)
-            growth = sum(self._growth(key, value, expires_at) for key, value in items)
+            growth = sum(self.growth(key, value, expires_at) for key, value in items)
             self.make_room(growth, [key for key, _ in items])
             self.emit((RecordOp.MSET, items, expires_at))
 
@@ -525,7 +525,7 @@ class Store:
         per_key = KEY_OVERHEAD_BYTES + (ORDER_OVERHEAD_BYTES if self.order is not None else 0)
         return self.data_bytes + self._count * per_key + len(self._expires) * TTL_OVERHEAD_BYTES
 
-    def _growth(self, key: bytes, value: bytes, expires_at: float | None) -> int:
+    def growth(self, key: bytes, value: bytes, expires_at: float | None) -> int:
         """How much ``used_bytes`` would grow if ``key`` were set to ``value``."""
         table = self._by_slot.get(slot_of(key, self.slots))
         old = None if table is None else table.get(key)
