@@ -250,3 +250,22 @@ def test_a_topology_change_is_a_new_version_saved_with_the_nodes(tmp_path: Path)
     with pytest.raises(ValueError, match="shard s1 still owns slots"):
         table.set_shards({"s0": ["a"]})
     assert table.version == 1
+
+
+def test_a_reloaded_topology_is_checked_before_it_replaces_the_running_one(
+    tmp_path: Path,
+) -> None:
+    from zkv.broker.topology import check_topology
+    from zkv.slots import SlotMap
+
+    old = config(tmp_path, {"s0": ["a", "b"], "s1": ["c"]})
+    slot_map = SlotMap.even(["s0", "s1"], 16384)
+    primaries: dict[str, str | None] = {"s0": "a", "s1": "c"}
+    check_topology(old, config(tmp_path, {"s0": ["a", "b", "d"], "s1": ["c"]}), slot_map, primaries)
+    check_topology(old, config(tmp_path, {"s0": ["a"], "s1": ["c"]}), slot_map, primaries)
+    with pytest.raises(ConfigError, match="shard s1 owns 8192 slots"):
+        check_topology(old, config(tmp_path, {"s0": ["a", "b"]}), slot_map, primaries)
+    with pytest.raises(ConfigError, match="node b moved from shard s0 to s1"):
+        check_topology(old, config(tmp_path, {"s0": ["a"], "s1": ["c", "b"]}), slot_map, primaries)
+    with pytest.raises(ConfigError, match="node a is the primary of shard s0"):
+        check_topology(old, config(tmp_path, {"s0": ["b"], "s1": ["c"]}), slot_map, primaries)

@@ -40,9 +40,9 @@ from zkv.broker.moving import SlotMoves, is_move_envelope
 from zkv.broker.reshard import Reshard, plan
 from zkv.broker.routing import RoutingTable
 from zkv.broker.switchover import Switchboard
+from zkv.broker.topology import check_topology
 from zkv.config import ClusterConfig, load_config
 from zkv.errors import (
-    ConfigError,
     ErrorCode,
     PermissionDenied,
     RemoteProtocolError,
@@ -245,7 +245,7 @@ class Broker:
             return
         try:
             new = load_config(path)
-            self._check_topology(new)
+            check_topology(self.config, new, self.slot_map, self.routing.primaries)
             self.gate.reload(new)
         except ZkvError as exc:
             log.error("SIGHUP: kept the previous settings: %s", exc)
@@ -275,30 +275,6 @@ class Broker:
             len(before - after),
             0 if security is None else len(security.clients),
         )
-
-    def _check_topology(self, new: ClusterConfig) -> None:
-        """``ConfigError`` if ``new``'s shards cannot replace the running ones."""
-        where = f"{new.path}: " if new.path else ""
-        for shard in self.config.shards:
-            if shard not in new.shards and self.slot_map.count_of(shard):
-                raise ConfigError(
-                    f"{where}shard {shard} owns {self.slot_map.count_of(shard)} slots; move "
-                    f"them away first (zkv reshard --from {shard})"
-                )
-        old_shard = {n.name: n.shard for n in self.config.nodes()}
-        for node in new.nodes():
-            if old_shard.get(node.name, node.shard) != node.shard:
-                raise ConfigError(
-                    f"{where}node {node.name} moved from shard {old_shard[node.name]} to "
-                    f"{node.shard}; remove it, then add it under another name"
-                )
-        kept = {n.name for n in new.nodes()}
-        for shard, primary in self.routing.primaries.items():
-            if primary is not None and primary not in kept and shard in new.shards:
-                raise ConfigError(
-                    f"{where}node {primary} is the primary of shard {shard}; move the role "
-                    f"first (zkv failover {shard})"
-                )
 
     def _tick(self, now: float) -> None:
         self.membership.expire(now)
