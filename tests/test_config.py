@@ -15,10 +15,13 @@ from zkv.config import (
     BrokerConfig,
     ClientConfig,
     ClusterConfig,
+    CoordinationConfig,
     DefaultsConfig,
+    EtcdConfig,
     HeartbeatConfig,
     LauncherConfig,
     LimitsConfig,
+    NamedBrokerConfig,
     NodeConfig,
     SecurityConfig,
     StorageConfig,
@@ -312,9 +315,9 @@ def test_bad_yaml_line_number() -> None:
         ({"cluster": "x"}, "shards: is required"),
         (
             _doc(bogus=1),
-            "bogus: unknown key (known: allow_insecure_remote, broker, cluster, defaults, "
-            "heartbeat, http, launcher, limits, memory, replication, security, shards, slots, "
-            "storage)",
+            "bogus: unknown key (known: allow_insecure_remote, broker, brokers, cluster, "
+            "coordination, defaults, heartbeat, http, launcher, limits, memory, replication, "
+            "security, shards, slots, storage)",
         ),
         (_doc(cluster=""), "cluster: must be a non-empty string"),
         (_doc(cluster=5), "cluster: must be a non-empty string"),
@@ -794,4 +797,187 @@ def test_http_tls_and_tokens() -> None:
 )
 def test_token_errors(tokens: Any, message: str) -> None:
     doc = _doc(http={"tokens": tokens})
+    assert _error(doc).startswith(f"cluster.yaml: {message}")
+
+
+# --------------------------------------------------------------------------- coordination
+
+ETCD = {"endpoints": ["http://127.0.0.1:2379"]}
+BROKERS = [
+    {"name": "b1", "clients": "tcp://127.0.0.1:7400", "nodes": "tcp://127.0.0.1:7401"},
+    {"name": "b2", "clients": "tcp://127.0.0.1:7410", "nodes": "tcp://127.0.0.1:7411"},
+]
+
+
+def test_no_coordination_means_one_broker() -> None:
+    cfg = parse_config(yaml.safe_dump(_doc()))
+    assert cfg.coordination is None
+    assert cfg.brokers == ()
+
+
+def test_coordination_section() -> None:
+    doc = _doc(
+        cluster="prod",
+        coordination={
+            "etcd": {
+                "endpoints": ["http://127.0.0.1:2379", "http://[::1]:2479", "http://localhost:1"],
+                "prefix": "/zkv/prod-eu",
+                "lease_ttl_s": 4,
+                "timeout_s": 1,
+            }
+        },
+        brokers=BROKERS,
+    )
+    cfg = parse_config(yaml.safe_dump(doc))
+    assert cfg.coordination == CoordinationConfig(
+        EtcdConfig(
+            endpoints=("http://127.0.0.1:2379", "http://[::1]:2479", "http://localhost:1"),
+            prefix="/zkv/prod-eu",
+            lease_ttl_s=4.0,
+            timeout_s=1.0,
+        )
+    )
+    assert type(cfg.coordination.etcd.lease_ttl_s) is float
+    assert cfg.brokers == (
+        NamedBrokerConfig("b1", "tcp://127.0.0.1:7400", "tcp://127.0.0.1:7401"),
+        NamedBrokerConfig("b2", "tcp://127.0.0.1:7410", "tcp://127.0.0.1:7411"),
+    )
+    # code that knows one broker reaches the first of them
+    assert cfg.broker == BrokerConfig("tcp://127.0.0.1:7400", "tcp://127.0.0.1:7401")
+
+
+def test_coordination_defaults() -> None:
+    cfg = parse_config(
+        yaml.safe_dump(_doc(cluster="c1", coordination={"etcd": ETCD}, brokers=BROKERS))
+    )
+    assert cfg.coordination is not None
+    assert cfg.coordination.etcd == EtcdConfig(("http://127.0.0.1:2379",), "/zkv/c1", 2.0, 0.5)
+
+
+def test_exposed_endpoints_name_each_broker() -> None:
+    brokers = [dict(BROKERS[0]), {**BROKERS[1], "clients": "tcp://0.0.0.0:7410"}]
+    cfg = parse_config(yaml.safe_dump(_doc(coordination={"etcd": ETCD}, brokers=brokers)))
+    assert cfg.exposed_endpoints() == [("brokers[1].clients", "tcp://0.0.0.0:7410")]
+
+
+def test_remote_etcd_needs_allow_insecure_remote() -> None:
+    etcd = {"endpoints": ["http://10.0.0.5:2379"]}
+    doc = _doc(coordination={"etcd": etcd}, brokers=BROKERS)
+    assert "10.0.0.5:2379 is not a loopback address" in _error(doc)
+    doc["allow_insecure_remote"] = True
+    cfg = parse_config(yaml.safe_dump(doc))
+    assert cfg.coordination is not None
+    assert cfg.coordination.etcd.endpoints == ("http://10.0.0.5:2379",)
+
+
+def _coordinated(etcd: Any = None, brokers: Any = None, **overrides: Any) -> dict[str, Any]:
+    doc = _doc(coordination={"etcd": ETCD if etcd is None else etcd})
+    doc["brokers"] = BROKERS if brokers is None else brokers
+    doc.update(overrides)
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (_doc(brokers=BROKERS), "brokers: several brokers share their routing state through etcd"),
+        (_doc(coordination={"etcd": ETCD}), "brokers: is required with coordination"),
+        (
+            _coordinated(broker={"clients": "tcp://127.0.0.1:1"}),
+            "broker: give either broker (one broker) or brokers (several, with coordination)",
+        ),
+        (_doc(coordination=[]), "coordination: must be a mapping"),
+        (_doc(coordination={}), "coordination.etcd: is required"),
+        (
+            _doc(coordination={"etcd": ETCD, "zookeeper": {}}),
+            "coordination.zookeeper: unknown key (known: etcd)",
+        ),
+        (_coordinated(etcd={}), "coordination.etcd.endpoints: is required"),
+        (
+            _coordinated(etcd={**ETCD, "ttl": 2}),
+            "coordination.etcd.ttl: unknown key (known: endpoints, lease_ttl_s, prefix, timeout_s)",
+        ),
+        (_coordinated(etcd={"endpoints": []}), "coordination.etcd.endpoints: must be a non-empty"),
+        (
+            _coordinated(etcd={"endpoints": "http://127.0.0.1:2379"}),
+            "coordination.etcd.endpoints: must be a non-empty list",
+        ),
+        (
+            _coordinated(etcd={"endpoints": ["127.0.0.1:2379"]}),
+            "coordination.etcd.endpoints[0]: not an etcd client URL (http://HOST:PORT)",
+        ),
+        (
+            _coordinated(etcd={"endpoints": ["https://127.0.0.1:2379"]}),
+            "coordination.etcd.endpoints[0]: not an etcd client URL",
+        ),
+        (
+            _coordinated(etcd={"endpoints": ["http://127.0.0.1:70000"]}),
+            "coordination.etcd.endpoints[0]: port 70000 is out of range",
+        ),
+        (
+            _coordinated(etcd={"endpoints": ["http://127.0.0.1:1", "http://127.0.0.1:1"]}),
+            "coordination.etcd.endpoints[1]: http://127.0.0.1:1 is listed twice",
+        ),
+        (
+            _coordinated(etcd={**ETCD, "prefix": "zkv"}),
+            "coordination.etcd.prefix: must be a key path such as /zkv/prod",
+        ),
+        (
+            _coordinated(etcd={**ETCD, "prefix": "/zkv/"}),
+            "coordination.etcd.prefix: must be a key path",
+        ),
+        (
+            _coordinated(cluster="my cluster"),
+            "coordination.etcd.prefix: the default /zkv/<cluster> does not suit cluster "
+            "'my cluster': set one",
+        ),
+        (
+            _coordinated(etcd={**ETCD, "lease_ttl_s": 0}),
+            "coordination.etcd.lease_ttl_s: must be a positive number of seconds",
+        ),
+        (
+            _coordinated(etcd={**ETCD, "lease_ttl_s": 0.5}),
+            "coordination.etcd.lease_ttl_s: must be between 1 and 3600 seconds",
+        ),
+        (
+            _coordinated(etcd={**ETCD, "timeout_s": 1}),
+            "coordination.etcd.timeout_s: must be at most a quarter of lease_ttl_s (0.5 s)",
+        ),
+        (_coordinated(brokers=[]), "brokers: must be a non-empty list"),
+        (_coordinated(brokers={"b1": {}}), "brokers: must be a non-empty list"),
+        (_coordinated(brokers=["b1"]), "brokers[0]: must be a mapping"),
+        (_coordinated(brokers=[{"name": "b1"}]), "brokers[0].clients: is required"),
+        (
+            _coordinated(brokers=[{**BROKERS[0], "port": 1}]),
+            "brokers[0].port: unknown key (known: clients, name, nodes)",
+        ),
+        (
+            _coordinated(brokers=[{**BROKERS[0], "name": "b 1"}]),
+            "brokers[0].name: a broker name is letters, digits, '_', '-' or '.'",
+        ),
+        (
+            _coordinated(brokers=[BROKERS[0], {**BROKERS[1], "name": "b1"}]),
+            "brokers[1].name: 'b1' is used twice",
+        ),
+        (
+            _coordinated(brokers=[BROKERS[0], {**BROKERS[1], "name": "n1"}]),
+            "brokers[1].name: 'n1' is also the name of a node",
+        ),
+        (
+            _coordinated(brokers=[{**BROKERS[0], "nodes": "udp://x:1"}]),
+            "brokers[0].nodes: not a tcp:// endpoint (tcp://HOST:PORT)",
+        ),
+        (
+            _coordinated(brokers=[BROKERS[0], {**BROKERS[1], "nodes": "tcp://127.0.0.1:7400"}]),
+            "brokers[1].nodes: tcp://127.0.0.1:7400 is also brokers[0].clients",
+        ),
+        (
+            _coordinated(
+                shards={"s1": [_node("n1", "tcp://127.0.0.1:7411", "tcp://127.0.0.1:7501")]}
+            ),
+            "shards.s1[0].publish: tcp://127.0.0.1:7411 is also brokers[1].nodes",
+        ),
+    ],
+)
+def test_coordination_errors(doc: Any, message: str) -> None:
     assert _error(doc).startswith(f"cluster.yaml: {message}")

@@ -25,6 +25,7 @@ def test_error_class_names_are_what_we_expect() -> None:
     assert ERROR_CLASS_NAMES == [
         "ClientClosed",
         "ConfigError",
+        "CoordinationError",
         "FolderLocked",
         "InvalidRequest",
         "KeyExists",

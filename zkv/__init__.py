@@ -15,6 +15,7 @@ from zkv.client import AsyncClient, Client
 from zkv.errors import (
     ClientClosed,
     ConfigError,
+    CoordinationError,
     FolderLocked,
     InvalidRequest,
     KeyExists,
@@ -48,6 +49,7 @@ __all__ = [
     "ClientClosed",
     "ConfigError",
     "Consistency",
+    "CoordinationError",
     "CurveKeys",
     "FolderLocked",
     "InvalidRequest",

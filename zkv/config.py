@@ -27,13 +27,16 @@ __all__ = [
     "BrokerConfig",
     "ClientConfig",
     "ClusterConfig",
+    "CoordinationConfig",
     "DefaultsConfig",
+    "EtcdConfig",
     "HeartbeatConfig",
     "HttpConfig",
     "LauncherConfig",
     "LimitsConfig",
     "MemoryConfig",
     "MemoryLimit",
+    "NamedBrokerConfig",
     "NodeConfig",
     "ReplicationConfig",
     "SecurityConfig",
@@ -50,6 +53,8 @@ _TOP = "(top level)"
 _LISTEN = re.compile(r"(?P<host>[^:/\s]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5})")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_ETCD_ENDPOINT = re.compile(r"^http://(?P<host>[^:/\s\[\]]+|\[[0-9a-fA-F:.]+\]):(?P<port>\d{1,5})$")
+_ETCD_PREFIX = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
 #: The name of the broker's key pair in ``security.keys``.
 BROKER_KEY = "broker"
 
@@ -60,6 +65,39 @@ class BrokerConfig:
 
     clients: str = "tcp://127.0.0.1:7400"
     nodes: str = "tcp://127.0.0.1:7401"
+
+
+@dataclass(frozen=True, slots=True)
+class NamedBrokerConfig:
+    """One broker of several (the ``brokers:`` list): its name and the endpoints it binds."""
+
+    name: str
+    clients: str
+    nodes: str
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdConfig:
+    """The etcd cluster that several brokers share their routing state through.
+
+    ``endpoints`` are etcd's client URLs (``http://HOST:PORT``), tried in turn; every key
+    lives under ``prefix`` (``/zkv/<cluster>`` by default). The controller holds its key
+    under a lease of ``lease_ttl_s`` (etcd grants whole seconds, and at least its own
+    minimum: 2 s with etcd's default election timeout). ``timeout_s`` bounds each request
+    to one endpoint.
+    """
+
+    endpoints: tuple[str, ...]
+    prefix: str
+    lease_ttl_s: float = 2.0
+    timeout_s: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinationConfig:
+    """The ``coordination`` section: where several brokers keep their shared state."""
+
+    etcd: EtcdConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +314,11 @@ class ClusterConfig:
     allow_insecure_remote: bool = False
     #: CURVE keys and admitted clients; None: no encryption, every endpoint on loopback.
     security: SecurityConfig | None = None
+    #: Shared routing state in etcd for several brokers; None: one broker, routing.json.
+    coordination: CoordinationConfig | None = None
+    #: The brokers sharing that state (only with ``coordination``); ``broker`` is then the
+    #: first of them.
+    brokers: tuple[NamedBrokerConfig, ...] = ()
     path: Path | None = None
 
     def nodes(self) -> list[NodeConfig]:
@@ -303,6 +346,8 @@ class ClusterConfig:
         With a ``security`` section every ZeroMQ link is encrypted, so only the HTTP
         gateway's ``listen`` can count, and only without both TLS and tokens. Host names
         other than ``localhost`` count as exposed: what they resolve to is not known here.
+        (etcd's endpoints are checked when the file is read: off loopback they need
+        ``allow_insecure_remote``.)
         """
         http_safe = is_loopback(self.http.host) or (
             self.security is not None and bool(self.http.tokens) and self.http.tls is not None
@@ -311,6 +356,11 @@ class ClusterConfig:
         if self.security is not None:
             return http
         endpoints = [("broker.clients", self.broker.clients), ("broker.nodes", self.broker.nodes)]
+        if self.brokers:
+            endpoints = []
+            for i, b in enumerate(self.brokers):
+                endpoints.append((f"brokers[{i}].clients", b.clients))
+                endpoints.append((f"brokers[{i}].nodes", b.nodes))
         for shard, nodes in self.shards.items():
             for i, node in enumerate(nodes):
                 endpoints.append((f"shards.{shard}[{i}].publish", node.publish))
@@ -399,6 +449,8 @@ class _Parser:
                 "allow_insecure_remote",
                 "security",
                 "memory",
+                "coordination",
+                "brokers",
             },
         )
         cluster = self._str(top.get("cluster", "zkv"), "cluster")
@@ -496,7 +548,24 @@ class _Parser:
         if not isinstance(gateway, str) or not _NAME.fullmatch(gateway):
             raise _Invalid("http.client", "a client name is letters, digits, '_', '-' or '.'")
         launcher = self._launcher(top.get("launcher", {}))
-        shards = self._shards(top["shards"], broker)
+        insecure = self._flag(top.get("allow_insecure_remote", False), "allow_insecure_remote")
+        coordination = None
+        if "coordination" in top:
+            coordination = self._coordination(top["coordination"], cluster, insecure)
+        brokers = self._brokers(top, coordination is not None)
+        if brokers:
+            broker = BrokerConfig(clients=brokers[0].clients, nodes=brokers[0].nodes)
+            endpoints = {}
+            for i, named in enumerate(brokers):
+                endpoints[named.clients] = f"brokers[{i}].clients"
+                endpoints[named.nodes] = f"brokers[{i}].nodes"
+        else:
+            endpoints = {broker.clients: "broker.clients", broker.nodes: "broker.nodes"}
+        shards = self._shards(top["shards"], endpoints)
+        node_names = {n.name for nodes in shards.values() for n in nodes}
+        for i, named in enumerate(brokers):
+            if named.name in node_names:
+                raise _Invalid(f"brokers[{i}].name", f"{named.name!r} is also the name of a node")
         security = None
         if "security" in top:
             security = self._security(top["security"], shards, gateway)
@@ -518,12 +587,118 @@ class _Parser:
             ),
             launcher=launcher,
             memory=memory,
-            allow_insecure_remote=self._flag(
-                top.get("allow_insecure_remote", False), "allow_insecure_remote"
-            ),
+            allow_insecure_remote=insecure,
             security=security,
+            coordination=coordination,
+            brokers=brokers,
             path=path,
         )
+
+    def _coordination(self, raw: Any, cluster: str, insecure: bool) -> CoordinationConfig:
+        c = self._map(raw, "coordination", required={"etcd"}, allowed={"etcd"})
+        e = self._map(
+            c["etcd"],
+            "coordination.etcd",
+            required={"endpoints"},
+            allowed={"endpoints", "prefix", "lease_ttl_s", "timeout_s"},
+        )
+        raw_endpoints = e["endpoints"]
+        if not isinstance(raw_endpoints, list) or not raw_endpoints:
+            raise _Invalid(
+                "coordination.etcd.endpoints",
+                "must be a non-empty list of etcd client URLs (http://HOST:PORT)",
+            )
+        endpoints: list[str] = []
+        for i, url in enumerate(raw_endpoints):
+            where = f"coordination.etcd.endpoints[{i}]"
+            if not isinstance(url, str) or not (m := _ETCD_ENDPOINT.fullmatch(url)):
+                raise _Invalid(where, "not an etcd client URL (http://HOST:PORT)")
+            if not 0 < int(m["port"]) <= 65535:
+                raise _Invalid(where, f"port {m['port']} is out of range")
+            if url in endpoints:
+                raise _Invalid(where, f"{url} is listed twice")
+            if not insecure and not is_loopback(m["host"]):
+                raise _Invalid(
+                    where,
+                    f"{url} is not a loopback address, and etcd's HTTP API carries the "
+                    "routing state unencrypted and unauthenticated: run etcd on 127.0.0.1 "
+                    "(or ::1), or put `allow_insecure_remote: true` at the top of the file "
+                    "to run on a trusted network",
+                )
+            endpoints.append(url)
+        default_prefix = "prefix" not in e
+        prefix = e.get("prefix", f"/zkv/{cluster}")
+        if not isinstance(prefix, str) or not _ETCD_PREFIX.fullmatch(prefix):
+            problem = "must be a key path such as /zkv/prod (letters, digits, '_', '-', '.')"
+            if default_prefix:
+                problem = f"the default /zkv/<cluster> does not suit cluster {cluster!r}: set one"
+            raise _Invalid("coordination.etcd.prefix", problem)
+        ttl = self._seconds(e.get("lease_ttl_s", 2.0), "coordination.etcd.lease_ttl_s")
+        if not 1 <= ttl <= 3600:
+            raise _Invalid("coordination.etcd.lease_ttl_s", "must be between 1 and 3600 seconds")
+        timeout = self._seconds(e.get("timeout_s", 0.5), "coordination.etcd.timeout_s")
+        if timeout > ttl / 4:
+            raise _Invalid(
+                "coordination.etcd.timeout_s",
+                f"must be at most a quarter of lease_ttl_s ({ttl / 4:g} s), so that the "
+                "controller's keep-alives fit well within its lease",
+            )
+        return CoordinationConfig(
+            EtcdConfig(
+                endpoints=tuple(endpoints), prefix=prefix, lease_ttl_s=ttl, timeout_s=timeout
+            )
+        )
+
+    def _brokers(self, top: dict[str, Any], coordinated: bool) -> tuple[NamedBrokerConfig, ...]:
+        if "brokers" not in top:
+            if coordinated:
+                raise _Invalid(
+                    "brokers",
+                    "is required with coordination: list each broker as {name, clients, nodes}",
+                )
+            return ()
+        if not coordinated:
+            raise _Invalid(
+                "brokers",
+                "several brokers share their routing state through etcd: add a coordination "
+                "section (coordination: {etcd: {endpoints: [...]}}), or describe one broker "
+                "under broker:",
+            )
+        if "broker" in top:
+            raise _Invalid(
+                "broker",
+                "give either broker (one broker) or brokers (several, with coordination)",
+            )
+        raw = top["brokers"]
+        if not isinstance(raw, list) or not raw:
+            raise _Invalid("brokers", "must be a non-empty list of {name, clients, nodes}")
+        brokers: list[NamedBrokerConfig] = []
+        seen: dict[str, str] = {}
+        for i, entry in enumerate(raw):
+            at = f"brokers[{i}]"
+            b = self._map(
+                entry,
+                at,
+                required={"name", "clients", "nodes"},
+                allowed={"name", "clients", "nodes"},
+            )
+            name = self._str(b["name"], f"{at}.name")
+            if not _NAME.fullmatch(name):
+                raise _Invalid(f"{at}.name", "a broker name is letters, digits, '_', '-' or '.'")
+            if any(other.name == name for other in brokers):
+                raise _Invalid(f"{at}.name", f"{name!r} is used twice")
+            broker = NamedBrokerConfig(
+                name=name,
+                clients=self._endpoint(b["clients"], f"{at}.clients"),
+                nodes=self._endpoint(b["nodes"], f"{at}.nodes"),
+            )
+            for kind in ("clients", "nodes"):
+                ep = getattr(broker, kind)
+                if ep in seen and not ep.endswith((":0", ":*")):
+                    raise _Invalid(f"{at}.{kind}", f"{ep} is also {seen[ep]}")
+                seen[ep] = f"{at}.{kind}"
+            brokers.append(broker)
+        return tuple(brokers)
 
     def _security(
         self, raw: Any, shards: dict[str, tuple[NodeConfig, ...]], gateway: str
@@ -657,12 +832,14 @@ class _Parser:
             raise _Invalid("launcher.backoff_max_s", "must be at least launcher.backoff_first_s")
         return config
 
-    def _shards(self, raw: Any, broker: BrokerConfig) -> dict[str, tuple[NodeConfig, ...]]:
+    def _shards(
+        self, raw: Any, broker_endpoints: dict[str, str]
+    ) -> dict[str, tuple[NodeConfig, ...]]:
         if not isinstance(raw, dict) or not raw:
             raise _Invalid("shards", "must map each shard name to a list of nodes")
         shards: dict[str, tuple[NodeConfig, ...]] = {}
         names: set[str] = set()
-        endpoints = {broker.clients: "broker.clients", broker.nodes: "broker.nodes"}
+        endpoints = dict(broker_endpoints)
         for shard, nodes in raw.items():
             where = f"shards.{shard}"
             if not isinstance(shard, str) or not _NAME.fullmatch(shard):

@@ -6,6 +6,7 @@ Every failure a zkv user can see is a ``ZkvError``::
     ├── ConfigError (ValueError)          bad YAML: names the file and the key path
     ├── StorageCorrupted                  a node's files are damaged beyond a torn tail
     ├── FolderLocked                      another live process uses the data folder
+    ├── CoordinationError                 etcd (shared routing state) unreachable or refusing
     ├── ProtocolError                     malformed or unexpected frames
     │   ├── LocalProtocolError            we tried to send something invalid
     │   └── RemoteProtocolError           the peer sent something invalid
@@ -44,6 +45,7 @@ __all__ = [
     "ERROR_CLASSES",
     "ClientClosed",
     "ConfigError",
+    "CoordinationError",
     "ErrorCode",
     "FolderLocked",
     "InvalidRequest",
@@ -156,6 +158,15 @@ class FolderLocked(ZkvError):
         self.directory = directory
         #: The holder's process id, as it wrote it into the lock file (None if unknown).
         self.pid = pid
+
+
+class CoordinationError(ZkvError):
+    """etcd, where several brokers keep their shared routing state, could not be reached in
+    time or answered with an error (the network's, etcd's or the operator's fault, not the
+    caller's). The message names the endpoints tried and the last problem; the state in
+    etcd is unchanged unless etcd applied the request before the answer was lost, which
+    the next ``load()`` shows.
+    """
 
 
 class ProtocolError(ZkvError):
