@@ -321,6 +321,13 @@ class ClusterConfig:
     brokers: tuple[NamedBrokerConfig, ...] = ()
     path: Path | None = None
 
+    def broker_list(self) -> list[NamedBrokerConfig]:
+        """Every broker with its name: the ``brokers:`` list, or the one ``broker`` (named
+        ``broker``)."""
+        if self.brokers:
+            return list(self.brokers)
+        return [NamedBrokerConfig(BROKER_KEY, self.broker.clients, self.broker.nodes)]
+
     def nodes(self) -> list[NodeConfig]:
         """Every node, shard by shard in file order."""
         return [node for nodes in self.shards.values() for node in nodes]

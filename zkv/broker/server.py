@@ -89,6 +89,8 @@ class Broker:
         context: zmq.Context[Any] | None = None,
     ) -> None:
         self.config = config
+        #: This broker's name (``broker`` when it is the only one).
+        self.name = config.broker_list()[0].name
         self.ready_file = ready_file
         self.context = context or zmq.Context.instance()
         self.routing = RoutingTable(config, config.data_dir("broker") / "routing.json")
@@ -160,6 +162,8 @@ class Broker:
             sock.setsockopt(zmq.SNDHWM, limits.hwm)
             sock.setsockopt(zmq.RCVHWM, limits.hwm)
         self.nodes.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # nodes connect a ROUTER to every broker and address each by this name
+        self.nodes.setsockopt(zmq.ROUTING_ID, f"broker:{self.name}".encode())
         self.gate.secure_sockets(self.clients, self.nodes)
         try:
             self.clients.bind(bind_endpoint(self.config.broker.clients))

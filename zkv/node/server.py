@@ -64,7 +64,7 @@ DRAIN_MAX: Final = 1000
 class _Turn:
     """What one loop turn read, and the replies it will send."""
 
-    requests: list[tuple[int, bytes, list[bytes]]] = field(default_factory=list)
+    requests: list[tuple[int, bytes, bytes, list[bytes]]] = field(default_factory=list)
     beats: list[bytes] = field(default_factory=list)  # the broker's heartbeat bodies
     stream: list[list[bytes]] = field(default_factory=list)  # from the primary's PUB
     replica_sync: list[list[bytes]] = field(default_factory=list)  # from the primary's sync
@@ -107,6 +107,8 @@ class Node:
         self.core = NodeCore(self.store, config.limits, config.slots, name, self.me.shard)
         #: This node's CURVE keys and authenticator (None without a ``security`` section).
         self.keyring: Keyring | None = None
+        #: Each broker's routing id on the node socket.
+        self._brokers = [f"broker:{b.name}".encode() for b in config.broker_list()]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -218,19 +220,29 @@ class Node:
                 sock.close(linger=0)
 
     def _broker_socket(self) -> zmq.Socket[bytes]:
-        """A DEALER connected to the broker's node endpoint, known there as this node.
+        """A ROUTER connected to every broker's node endpoint, known there as this node.
 
-        Without CURVE its identity says so (``node:NAME``). With CURVE it proves this
-        node's key instead, and the broker names the connection after the key.
+        Each broker's socket carries its name (``broker:NAME``) as its routing id, so the
+        node addresses each broker by name: a reply goes back to the broker that sent the
+        request, READY and heartbeats go to every broker. Without CURVE the node's own
+        identity says who it is (``node:NAME``); with CURVE it proves its key instead, and
+        the broker names the connection after the key.
         """
-        sock: zmq.Socket[bytes] = self.context.socket(zmq.DEALER)
+        sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a broker not connected yet: EHOSTUNREACH
         if self.keyring is None:
             sock.setsockopt(zmq.IDENTITY, f"node:{self.me.name}".encode())
         else:
             self.keyring.dial(sock, BROKER_KEY)
-        sock.connect(self.config.broker.nodes)
+        for broker in self.config.broker_list():
+            sock.connect(broker.nodes)
         return sock
+
+    def _to_brokers(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        """Send ``frames`` to every broker (those not connected yet are skipped)."""
+        for broker in self._brokers:
+            self._send(sock, [broker, *frames])
 
     def _new_replica(self) -> Replica:
         replica = Replica(
@@ -301,7 +313,7 @@ class Node:
         kind = protocol.NODE_READY
         try:
             while not self._stopping and time.monotonic() < deadline:
-                self._send(sock, protocol.encode_node_info(kind, info))
+                self._to_brokers(sock, protocol.encode_node_info(kind, info))
                 kind = protocol.NODE_HEARTBEAT
                 if not sock.poll(int(interval * 1000)):
                     continue
@@ -310,7 +322,7 @@ class Node:
                         frames = recv_frames(sock)
                     except zmq.Again:
                         break
-                    name = _serving_primary_in(frames, self.me.name)
+                    name = _serving_primary_in(frames[1:] if frames else None, self.me.name)
                     if name is not None:
                         return name
         finally:
@@ -387,7 +399,7 @@ class Node:
 
     def _serve(self, broker: zmq.Socket[bytes], sync: zmq.Socket[bytes]) -> None:
         interval = self.config.heartbeat.interval_s
-        self._send(broker, protocol.encode_node_info(protocol.NODE_READY, self.info()))
+        self._to_brokers(broker, protocol.encode_node_info(protocol.NODE_READY, self.info()))
         log.info(
             "node %s (shard %s) serving; publish %s, sync %s, broker %s",
             self.me.name,
@@ -448,15 +460,15 @@ class Node:
             turn.primary_sync = self._read(self._sync_sock)
         if self._broker in ready:
             for frames in self._read(self._broker):
-                try:
-                    kind, epoch = protocol.decode_node_header(frames[0])
-                except ZkvError as exc:
-                    self._bad.warning("dropped a malformed message from the broker: %s", exc)
+                try:  # [broker, header, ...]
+                    kind, epoch = protocol.decode_node_header(frames[1])
+                except (ZkvError, IndexError) as exc:
+                    self._bad.warning("dropped a malformed message from a broker: %s", exc)
                     continue
-                if kind == protocol.NODE_REQUEST and len(frames) == 5:
-                    turn.requests.append((epoch, frames[1], frames[2:]))
-                elif kind == protocol.BROKER_HEARTBEAT and len(frames) == 2:
-                    turn.beats.append(frames[1])
+                if kind == protocol.NODE_REQUEST and len(frames) == 6:
+                    turn.requests.append((epoch, frames[0], frames[2], frames[3:]))
+                elif kind == protocol.BROKER_HEARTBEAT and len(frames) == 3:
+                    turn.beats.append(frames[2])
                 else:
                     self._bad.warning(
                         "dropped a broker message of kind %r with %d frames", kind, len(frames)
@@ -476,9 +488,9 @@ class Node:
         core.replica_state = replica.state if replica is not None else None
         core.refusal = None if self.persistence.writable else self.persistence.refusal()
         header = protocol.node_header(protocol.NODE_REPLY, self.epoch)
-        for epoch, envelope, request in turn.requests:
+        for epoch, broker, envelope, request in turn.requests:
             reply, strong = core.handle(request, epoch)
-            turn.replies.append(([header, envelope, *reply], strong))
+            turn.replies.append(([broker, header, envelope, *reply], strong))
         if now >= self._next_sweep:
             self.store.sweep()
             self._next_sweep = now + SWEEP_INTERVAL_S
@@ -529,7 +541,7 @@ class Node:
             if self.persistence.check(self.store.seq + 1) == "ok" and replica and replica.suspended:
                 replica.resume()  # the broker's next heartbeat has it follow again
             self._beat_now = False
-            self._send(
+            self._to_brokers(
                 self._broker, protocol.encode_node_info(protocol.NODE_HEARTBEAT, self.info())
             )
             self._next_heartbeat = now + self.config.heartbeat.interval_s
@@ -639,6 +651,9 @@ class Node:
             sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
             log.warning("broker connection is full or down; dropped an outgoing message")
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: that broker is not connected (yet)
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
 
     # ------------------------------------------------------------------ requests
 
