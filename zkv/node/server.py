@@ -2,14 +2,15 @@
 
 Sockets:
 
-- DEALER to the broker's ``nodes`` endpoint, identity ``node:<name>``: requests in, replies,
-  READY and heartbeats out. Heartbeats carry the node's full ``NodeInfo``, so a restarted
-  broker learns the node again from the next heartbeat.
+- ROUTER connected to every broker's ``nodes`` endpoint (each broker addressed by its name,
+  ``broker:<name>``), identity ``node:<name>``: requests in, each reply to the broker that
+  sent the request, READY and heartbeats to every broker. Heartbeats carry the node's full
+  ``NodeInfo``, so a restarted broker learns the node again from the next heartbeat.
 - PUB bound at ``publish`` and ROUTER bound at ``sync``: a primary's replication stream and
   its snapshot/ack channel (``primary.py``); a replica connects a SUB and a DEALER to its
   primary's (``replica.py``), whose endpoints the broker's heartbeats carry.
 
-The first node listed for a shard starts as its primary, the others as replicas. Requests
+Every node starts as a replica and takes the role the broker names. Requests
 are applied in arrival order; each loop turn drains every ready message, logs the turn's
 records in one go (group commit), publishes them, and only then replies: at once for reads
 and ``eventual`` writes, once every in-sync replica has acknowledged for ``strong`` writes.
