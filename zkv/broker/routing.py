@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from zkv.config import ClusterConfig
 from zkv.errors import ConfigError
@@ -39,11 +39,25 @@ __all__ = ["RoutingTable"]
 log = logging.getLogger(__name__)
 
 
+class Backing(Protocol):
+    """A store the routing table is kept in, shared by several brokers."""
+
+    def read(self) -> dict[str, Any] | None:
+        """The saved document, or None if there is none yet."""
+
+    def write(self, document: dict[str, Any]) -> None:
+        """Save ``document``; ``OSError`` if it is not saved (then nothing changed)."""
+
+
 class RoutingTable:
     """The slot map and its version; primary name (None until elected) and epoch per shard."""
 
-    def __init__(self, config: ClusterConfig, path: Path | None = None) -> None:
+    def __init__(
+        self, config: ClusterConfig, path: Path | None = None, backing: Backing | None = None
+    ) -> None:
         self.path = path
+        #: Where several brokers share the table (etcd); None: the file at ``path``.
+        self.backing = backing
         self._nodes = {shard: [n.name for n in nodes] for shard, nodes in config.shards.items()}
         self.primaries: dict[str, str | None] = dict.fromkeys(self._nodes)
         self.epochs: dict[str, int] = dict.fromkeys(self._nodes, 0)
@@ -57,7 +71,18 @@ class RoutingTable:
         self.move: dict[str, Any] | None = None
 
     def load(self) -> None:
-        """Read the table from ``path`` (the caller holds the folder's lock)."""
+        """Read the table from its backing: ``path`` (the caller holds the folder's lock),
+        or the shared store of several brokers (``backing``)."""
+        if self.backing is not None:
+            saved = self.backing.read()
+            if saved is None:
+                log.info(
+                    "no routing state in %s yet: each shard's primary will be elected", self.backing
+                )
+                return
+            self.apply(saved, str(self.backing))
+            log.info("routing state loaded from %s: %s", self.backing, self.describe())
+            return
         path = self.path
         if path is None:
             return
@@ -71,11 +96,17 @@ class RoutingTable:
                 "unreadable routing table %s (%s): each shard's primary will be elected", path, exc
             )
             return
-        if isinstance(saved, dict) and "slots" in saved:
-            self._load_slots(saved, path)
-        if isinstance(saved, dict) and _is_move(saved.get("move")):
-            self.move = saved["move"]
-        for shard, entry in saved.get("shards", {}).items() if isinstance(saved, dict) else []:
+        if isinstance(saved, dict):
+            self.apply(saved, str(path))
+        log.info("routing table loaded from %s: %s", path, self.describe())
+
+    def apply(self, saved: dict[str, Any], where: str) -> None:
+        """Take a saved table (``document()``'s shape): what it says replaces what this one
+        held; a part it lacks or gets wrong stays as it was."""
+        if "slots" in saved:
+            self._load_slots(saved, where)
+        self.move = saved["move"] if _is_move(saved.get("move")) else None
+        for shard, entry in saved.get("shards", {}).items():
             names = self._nodes.get(shard)
             if (
                 names
@@ -86,9 +117,8 @@ class RoutingTable:
             ):
                 self.primaries[shard] = entry["primary"]
                 self.epochs[shard] = entry["epoch"]
-        log.info("routing table loaded from %s: %s", path, self.describe())
 
-    def _load_slots(self, saved: dict[str, object], path: Path) -> None:
+    def _load_slots(self, saved: dict[str, object], path: str) -> None:
         """Take the saved slot map, if it is whole; ``ConfigError`` if it gives slots to a
         shard the config file no longer has (its data would be unreachable)."""
         ranges, version = saved.get("slots"), saved.get("version")
@@ -124,9 +154,10 @@ class RoutingTable:
         self.slot_map = SlotMap([o for o in owners if o is not None])
         self.version = version
 
-    def set_shards(self, shards: dict[str, list[str]]) -> None:
+    def set_shards(self, shards: dict[str, list[str]], *, save: bool = True) -> None:
         """Take a new topology: a new shard has no primary yet (one is elected once its nodes
-        report); a dropped shard must own no slots (``ValueError``); the table is saved."""
+        report); a dropped shard must own no slots (``ValueError``); the table is saved
+        (unless ``save`` is false: a broker that is not the controller of several)."""
         owning = [s for s in self._nodes if s not in shards and self.slot_map.count_of(s)]
         if owning:
             raise ValueError(f"shard {owning[0]} still owns slots")
@@ -138,6 +169,8 @@ class RoutingTable:
         self.primaries = {s: self.primaries.get(s) for s in shards}
         self.epochs = {s: self.epochs.get(s, 0) for s in shards}
         self.version += 1  # the topology changed: a new version, as for the slot map
+        if not save:
+            return
         try:
             self.save()
         except OSError:
@@ -170,12 +203,9 @@ class RoutingTable:
             raise
         return self.version
 
-    def save(self) -> None:
-        """Write the table to disk atomically and durably (a no-op without a path)."""
-        if self.path is None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {
+    def document(self) -> dict[str, Any]:
+        """The table as saved: a JSON document."""
+        return {
             "shards": {
                 s: {"primary": self.primaries[s], "epoch": self.epochs[s]}
                 for s in self._nodes
@@ -189,9 +219,20 @@ class RoutingTable:
                 for shard in self.slot_map.shards()
             },
         }
+
+    def save(self) -> None:
+        """Write the table atomically and durably: to the shared store (``backing``), or to
+        ``path`` (a no-op without either). ``OSError`` if it is not written: then the
+        decision that changed the table is not taken (the caller puts it back)."""
+        if self.backing is not None:
+            self.backing.write(self.document())
+            return
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f)
+            json.dump(self.document(), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)

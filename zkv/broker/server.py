@@ -39,10 +39,12 @@ from zkv.broker.membership import Member, Membership
 from zkv.broker.moving import SlotMoves, is_move_envelope
 from zkv.broker.reshard import Reshard, plan
 from zkv.broker.routing import RoutingTable
+from zkv.broker.shared import SharedRouting
 from zkv.broker.switchover import Switchboard
 from zkv.broker.topology import check_topology
 from zkv.config import ClusterConfig, load_config
 from zkv.errors import (
+    ConfigError,
     ErrorCode,
     PermissionDenied,
     RemoteProtocolError,
@@ -85,15 +87,28 @@ class Broker:
         self,
         config: ClusterConfig,
         *,
+        name: str | None = None,
         ready_file: Path | None = None,
         context: zmq.Context[Any] | None = None,
     ) -> None:
         self.config = config
-        #: This broker's name (``broker`` when it is the only one).
-        self.name = config.broker_list()[0].name
+        brokers = {b.name: b for b in config.broker_list()}
+        #: This broker's name (``broker`` when it is the only one) and endpoints.
+        self.name = name or next(iter(brokers))
+        if self.name not in brokers:
+            raise ConfigError(
+                f"{config.path or 'config'}: no broker named {self.name!r} "
+                f"(brokers: {', '.join(brokers)})"
+            )
+        self.endpoints = brokers[self.name]
         self.ready_file = ready_file
         self.context = context or zmq.Context.instance()
-        self.routing = RoutingTable(config, config.data_dir("broker") / "routing.json")
+        #: With ``coordination``: the routing state shared with the other brokers in etcd,
+        #: and this broker's controller lease (None: one broker, its routing file).
+        self.shared = SharedRouting(config, self.name) if config.coordination else None
+        routing_file = None if self.shared else config.data_dir(self.name) / "routing.json"
+        self.routing = RoutingTable(config, routing_file, backing=self.shared)
+        self._was_controller = False
         self.membership = Membership(config, self.routing, time.monotonic())
         self.requests = 0
         self.errors = 0
@@ -137,12 +152,19 @@ class Broker:
     def run(self) -> None:
         """Lock the broker's data folder, bind both sockets and serve until ``stop()``.
 
-        Raises ``FolderLocked`` if another process holds ``<storage.dir>/broker/``.
+        Raises ``FolderLocked`` if another process holds ``<storage.dir>/<name>/``.
         """
-        with lock_folder(self.config.data_dir("broker")):
+        with lock_folder(self.config.data_dir(self.name)):
             self.routing.load()
-            self._resume_move()
-            self._run_locked()
+            if self.shared is None:
+                self._resume_move()
+                self._run_locked()
+                return
+            self.shared.start()
+            try:
+                self._run_locked()
+            finally:
+                self.shared.stop()
 
     def _run_locked(self) -> None:
         self.gate.start()
@@ -166,8 +188,8 @@ class Broker:
         self.nodes.setsockopt(zmq.ROUTING_ID, f"broker:{self.name}".encode())
         self.gate.secure_sockets(self.clients, self.nodes)
         try:
-            self.clients.bind(bind_endpoint(self.config.broker.clients))
-            self.nodes.bind(bind_endpoint(self.config.broker.nodes))
+            self.clients.bind(bind_endpoint(self.endpoints.clients))
+            self.nodes.bind(bind_endpoint(self.endpoints.nodes))
             clients_at = self.clients.getsockopt_string(zmq.LAST_ENDPOINT)
             nodes_at = self.nodes.getsockopt_string(zmq.LAST_ENDPOINT)
             log.info(
@@ -258,7 +280,8 @@ class Broker:
         after = {n.name for n in new.nodes()}
         shards = {shard: [n.name for n in nodes] for shard, nodes in new.shards.items()}
         try:
-            self.routing.set_shards(shards)
+            # several brokers: the controller saves the topology, the others read the file too
+            self.routing.set_shards(shards, save=self.controller)
         except (OSError, ValueError) as exc:
             log.error("SIGHUP: kept the previous topology: %s", exc)
             return
@@ -280,8 +303,51 @@ class Broker:
             0 if security is None else len(security.clients),
         )
 
+    @property
+    def controller(self) -> bool:
+        """Whether this broker makes the decisions: the only broker, or the one holding the
+        controller lease of several."""
+        return self.shared is None or self.shared.is_controller()
+
+    def _take_shared(self) -> None:
+        """Apply a newer shared routing document (decided by the controller, maybe this
+        broker), and take up the controller's duties when the lease became ours."""
+        shared = self.shared
+        if shared is None:
+            return
+        doc = shared.take_update()
+        if doc is not None:
+            before = dict(self.routing.primaries)
+            try:
+                self.routing.apply(doc, str(shared))
+            except ZkvError as exc:
+                log.error("could not take the shared routing state: %s", exc)
+            for shard, primary in self.routing.primaries.items():
+                if before.get(shard) != primary:
+                    log.info(
+                        "shard %s: %s is the primary at epoch %d (from %s)",
+                        shard,
+                        primary,
+                        self.routing.epochs[shard],
+                        shared,
+                    )
+                    self.membership.promoted(shard)
+                    self._beat_shard(shard)
+        controller = shared.is_controller()
+        if controller and not self._was_controller:
+            self._resume_move()  # a move the previous controller left in progress
+        self._was_controller = controller
+
     def _tick(self, now: float) -> None:
         self.membership.expire(now)
+        self._take_shared()
+        if not self.controller:  # another broker decides: route, beat and gather only
+            for member in self.membership.alive():
+                self._beat(member)
+            for gather, error in self._gathers.expire(now):
+                self._fail(gather.client, gather.request.seq, error)
+            self._inflight.expire(now)
+            return
         self._advance_switches(now)
         for shard in self.config.shards:
             elected = self.membership.candidate(shard, now)
@@ -405,6 +471,11 @@ class Broker:
                 self._fan_out(client, full)
             elif op is Op.STATUS:
                 self._reply(client, protocol.encode_reply(request.seq, self.status()))
+            elif not self.controller:  # a decision: only the controller makes it
+                raise Unavailable(
+                    f"{op.name}: broker {self.name} is not the controller (it is "
+                    f"{self.shared.controller if self.shared else None}); try again"
+                )
             elif op is Op.RESHARD:
                 self._start_reshard(client, full)
             else:
@@ -527,6 +598,14 @@ class Broker:
             "cluster": self.config.cluster,
             "slots": self.config.slots,
             "slot_map_version": self.routing.version,
+            "coordination": None
+            if self.shared is None
+            else {
+                "broker": self.name,
+                "controller": self.shared.controller,
+                "is_controller": self.shared.is_controller(),
+                "error": self.shared.error,
+            },
             "reshard": self.moves.describe(),
             "shards": {
                 s: {

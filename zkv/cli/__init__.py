@@ -258,6 +258,7 @@ def _parser() -> argparse.ArgumentParser:
         help="send each process's log to this terminal, not to <storage.dir>/logs/<name>.log",
     )
     p = command("broker", _broker, "run the broker process", True)
+    p.add_argument("--name", help="which broker of the config's brokers list (default: the first)")
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     p = command("http", _http, "run the HTTP gateway (REST API, /metrics) at http.listen", True)
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)

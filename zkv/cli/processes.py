@@ -84,7 +84,9 @@ def _broker(args: argparse.Namespace) -> int:
     from zkv.runtime import configure_logging, on_reload_signal, on_stop_signals
 
     configure_logging("broker", args.log_level)
-    broker = Broker(_server_config(config_path(args.config)), ready_file=args.ready_file)
+    broker = Broker(
+        _server_config(config_path(args.config)), name=args.name, ready_file=args.ready_file
+    )
     on_stop_signals(broker.stop)
     on_reload_signal(broker.request_reload)
     return _serve(broker.run, "broker")

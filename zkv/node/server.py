@@ -597,6 +597,9 @@ class Node:
         except (ZkvError, KeyError, TypeError) as exc:
             self._bad.warning("dropped a malformed broker heartbeat: %s", exc)
             return False
+        if epoch < self.epoch and len(self._brokers) > 1:
+            # several brokers: one that has not seen the controller's newest decision yet
+            return False
         if epoch < self.epoch:  # only the broker decides: its table wins, even if behind
             log.warning(
                 "the broker names epoch %d for shard %s, behind this node's %d; obeying it",

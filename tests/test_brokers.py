@@ -1,0 +1,198 @@
+"""Several brokers over one routing state in etcd: clients talk to all of them, any one can
+die, and the controller's duties move to another broker.
+
+A real etcd (Debian's ``etcd-server``), two brokers and a shard of two nodes, as processes
+on loopback, stopped by PID. Writers keep writing through a client of both brokers while
+brokers are killed; every acknowledged write reads back afterwards.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import Proc, free_port
+from test_coordination import ETCD, Etcd
+
+import zkv
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.fault]
+
+
+class Brokers:
+    """Two brokers, a shard of two nodes, and one etcd."""
+
+    def __init__(self, tmp: Path, etcd: Etcd) -> None:
+        self.tmp = tmp
+        self.procs: dict[str, Proc] = {}
+        self.clients = {b: f"tcp://127.0.0.1:{free_port()}" for b in ("b1", "b2")}
+        doc: dict[str, Any] = {
+            "cluster": "ha",
+            "storage": {"dir": str(tmp / "data"), "fsync": "no"},
+            "heartbeat": {"interval_s": 0.1, "liveness": 3},
+            "coordination": {
+                "etcd": {"endpoints": [etcd.url], "prefix": f"/zkv/{tmp.name}", "lease_ttl_s": 2}
+            },
+            "brokers": [
+                {"name": b, "clients": self.clients[b], "nodes": f"tcp://127.0.0.1:{free_port()}"}
+                for b in ("b1", "b2")
+            ],
+            "shards": {
+                "s0": [
+                    {"name": n, "publish": "tcp://127.0.0.1:0", "sync": "tcp://127.0.0.1:0"}
+                    for n in ("s0a", "s0b")
+                ]
+            },
+        }
+        self.config = tmp / "ha.yaml"
+        self.config.write_text(yaml.safe_dump(doc))
+        for args in (["broker", "--name", "b1"], ["broker", "--name", "b2"]):
+            self.start(args[-1], args)
+        for node in ("s0a", "s0b"):
+            self.start(node, ["node", "--name", node])
+
+    def start(self, name: str, args: list[str]) -> None:
+        proc = self.procs.get(name) or Proc(
+            name,
+            [sys.executable, "-m", "zkv", *args, "--config", str(self.config)],
+            self.tmp / f"{name}.ready.json",
+            self.tmp / f"{name}.log",
+        )
+        self.procs[name] = proc
+        proc.start()
+        proc.wait_ready()
+
+    def client(self, **kwargs: Any) -> zkv.Client:
+        return zkv.Client(list(self.clients.values()), timeout_s=10.0, **kwargs)
+
+    def status(self, broker: str) -> dict[str, Any]:
+        with zkv.Client(self.clients[broker], timeout_s=2.0) as kv:
+            return kv.cluster_status()
+
+    def controller(self) -> str | None:
+        for name in ("b1", "b2"):
+            if self.procs[name].popen is None or self.procs[name].popen.poll() is not None:
+                continue
+            try:
+                coordination = self.status(name)["coordination"]
+            except zkv.ZkvError:
+                continue
+            if coordination["controller"] == name and coordination["is_controller"]:
+                return name
+        return None
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {n}\n{(self.tmp / f'{n}.log').read_text(errors='replace')[-1500:]}"
+            for n in self.procs
+        )
+
+
+def wait_until(predicate: Any, what: str, c: Brokers, timeout: float = 30.0) -> float:
+    start = time.monotonic()
+    while True:
+        try:
+            if predicate():
+                took = time.monotonic() - start
+                print(f"{what} after {took:.2f} s")
+                return took
+        except zkv.ZkvError:
+            pass
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out waiting for {what}\n{c.logs()}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
+    if ETCD is None:
+        pytest.skip("etcd binary not found: apt-get install etcd-server")
+    server = Etcd(tmp_path_factory.mktemp("etcd") / "data")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def ha(tmp_path: Path, etcd: Etcd) -> Iterator[Brokers]:
+    c = Brokers(tmp_path, etcd)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+class Writers:
+    def __init__(self, c: Brokers) -> None:
+        self.acked: dict[str, int] = {}
+        self.count = 0  # acknowledged writes
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+        self.kv = c.client()
+        self.thread = threading.Thread(target=self._run)
+
+    def __enter__(self) -> Writers:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(60)
+        self.kv.close()
+
+    def _run(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            key = f"k{n % 500}"
+            try:
+                self.kv.put(key, n)
+            except zkv.ZkvError as exc:
+                self.errors.append(exc)
+                continue
+            self.acked[key] = n
+            self.count += 1
+
+
+def test_any_broker_can_die_and_the_controller_moves(ha: Brokers) -> None:
+    kv = ha.client()
+    wait_until(lambda: kv.put("hello", 1) is None, "the cluster serves", ha)
+    first = ha.controller()
+    assert first in ("b1", "b2"), ha.logs()
+    other = "b2" if first == "b1" else "b1"
+    assert ha.status(other)["coordination"]["controller"] == first
+    with Writers(ha) as load:
+        wait_until(lambda: load.count > 50, "writes flow", ha)
+        ha.procs[other].signal(signal.SIGKILL)  # a broker that is not the controller
+        before = load.count
+        wait_until(lambda: load.count > before + 50, "writes go on without it", ha)
+        ha.start(other, [])  # back
+        ha.procs[first].signal(signal.SIGKILL)  # now the controller
+        wait_until(lambda: ha.controller() == other, f"{other} is the controller", ha)
+        # the new controller decides: the shard's primary dies, it promotes the replica
+        primary = ha.status(other)["shards"]["s0"]["primary"]
+        ha.procs[primary].signal(signal.SIGKILL)
+        wait_until(
+            lambda: ha.status(other)["shards"]["s0"]["primary"] not in (None, primary),
+            "the new controller promoted the replica",
+            ha,
+        )
+        before = load.count
+        wait_until(lambda: load.count > before + 50, "writes go on after the failover", ha)
+    print(f"{load.count} writes acknowledged, {len(load.errors)} failed (retried out)")
+    final = kv.mget(list(load.acked))
+    assert {k: final.get(k) for k in load.acked} == load.acked
+    kv.close()
