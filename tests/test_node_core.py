@@ -70,10 +70,25 @@ def test_a_replica_serves_reads_only_while_following() -> None:
     ask(node, put(b"k", 1, 1))
     node.replica_state = NodeState.FOLLOWING
     assert ask(node, put(b"k", 2, 2))[0] == ErrorCode.UNAVAILABLE
-    assert ask(node, Request(Op.GET, b"k", [], CLIENT, 3))[0] == 0
+    eventual = Consistency.EVENTUAL
+    assert ask(node, Request(Op.GET, b"k", [], CLIENT, 3, eventual))[0] == 0
+    # a strong read belongs to the primary (a broker that lags may still send one here)
+    code, message, _ = ask(node, Request(Op.GET, b"k", [], CLIENT, 5))
+    assert code == ErrorCode.UNAVAILABLE and "strong reads go to its primary" in message
     node.replica_state = NodeState.SYNCING
-    code, message, _ = ask(node, Request(Op.GET, b"k", [], CLIENT, 4))
+    code, message, _ = ask(node, Request(Op.GET, b"k", [], CLIENT, 4, eventual))
     assert code == ErrorCode.UNAVAILABLE and "syncing" in message
+
+
+def test_a_primary_without_the_controllers_lease_serves_no_strong_operation() -> None:
+    node = core()
+    ask(node, put(b"k", 1, 1))
+    node.lease_ok = False  # several brokers: the controller's lease ran out
+    code, message, _ = ask(node, put(b"k", 2, 2))
+    assert code == ErrorCode.UNAVAILABLE and "lease from the controller ran out" in message
+    assert ask(node, Request(Op.GET, b"k", [], CLIENT, 3))[0] == ErrorCode.UNAVAILABLE
+    assert ask(node, Request(Op.GET, b"k", [], CLIENT, 4, Consistency.EVENTUAL))[0] == 0
+    assert node.store.get(b"k") is not None and node.store.seq == 2  # nothing changed
 
 
 def test_writes_are_refused_while_the_log_cannot_take_them() -> None:

@@ -47,6 +47,8 @@ class Member:
     info: NodeInfo | None = None
     alive: bool = False
     last_seen: float = 0.0
+    #: When the controller of several brokers last granted it a primary lease (its clock).
+    lease_granted: float = -1e18
 
     @property
     def usable(self) -> bool:

@@ -78,6 +78,9 @@ _DIRECT: Final = b"C"
 _GATHER: Final = b"F"
 _GATHER_ENVELOPE: Final = struct.Struct(">cQI")
 _REQUEST_SEQ: Final = struct.Struct(">Q")
+#: A controller promotes only this many primary leases after it last granted one to the
+#: down primary: the margin covers a heartbeat still in flight when the lease was counted.
+LEASE_MARGIN: Final = 1.5
 
 
 class Broker:
@@ -109,6 +112,10 @@ class Broker:
         routing_file = None if self.shared else config.data_dir(self.name) / "routing.json"
         self.routing = RoutingTable(config, routing_file, backing=self.shared)
         self._was_controller = False
+        #: With several brokers: how long a primary's lease runs from the controller's
+        #: heartbeat (the nodes' liveness expiry), and when this broker became controller.
+        self.lease_s = config.heartbeat.expiry_s
+        self._controller_since = 0.0
         self.membership = Membership(config, self.routing, time.monotonic())
         self.requests = 0
         self.errors = 0
@@ -335,6 +342,8 @@ class Broker:
                     self._beat_shard(shard)
         controller = shared.is_controller()
         if controller and not self._was_controller:
+            # a lease the previous controller granted may still run: promotions wait it out
+            self._controller_since = time.monotonic()
             self._resume_move()  # a move the previous controller left in progress
         self._was_controller = controller
 
@@ -354,7 +363,7 @@ class Broker:
             if elected is not None:
                 self._elect(shard, elected)
             successor = self.membership.successor(shard)
-            if successor is not None:
+            if successor is not None and self._lease_waited(shard, now):
                 self._promote(shard, successor, "its primary is down")
             self._hand_over_if_it_cannot_log(shard)
         for member in self.membership.alive():
@@ -657,9 +666,24 @@ class Broker:
                 "sync": primary.info.sync,
                 "serving": self.membership.primary(shard) is primary,
             }
+        if self.shared is not None and primary is member and self.controller:
+            # several brokers: the primary serves under a lease only the controller grants
+            body["lease_s"] = self.lease_s
+            member.lease_granted = time.monotonic()
         self._to_node(
             member, [protocol.node_header(protocol.BROKER_HEARTBEAT, epoch), protocol.packb(body)]
         )
+
+    def _lease_waited(self, shard: str, now: float) -> bool:
+        """Whether a promotion in ``shard`` may happen now: with several brokers, once the
+        lease the down primary may still hold has run out, whichever controller granted it
+        (a new controller waits out one from its predecessor). Always, with one broker."""
+        if self.shared is None:
+            return True
+        name = self.routing.primaries[shard]
+        granted = self.membership.members[name].lease_granted if name else -1e18
+        last = max(granted, self._controller_since)
+        return now >= last + LEASE_MARGIN * self.lease_s
 
     def _start_switch(self, client: bytes, request: Request) -> None:
         """A FAILOVER request (``zkv failover``): answered once its switch-over ends.

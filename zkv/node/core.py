@@ -41,6 +41,8 @@ __all__ = ["REQUEST_ID_SEQ", "NodeCore"]
 log = logging.getLogger(__name__)
 
 REQUEST_ID_SEQ: Final = struct.Struct(">Q")
+#: Reads any node answers whatever the consistency asked: the broker's own walks.
+_ANY_NODE: Final = frozenset({Op.SCAN, Op.COUNT})
 
 
 class NodeCore:
@@ -58,6 +60,9 @@ class NodeCore:
         self.replica_state: NodeState | None = NodeState.IDLE
         #: While the log cannot take writes, the error that answers them.
         self.refusal: StorageError | None = None
+        #: Whether a primary may serve strong operations: with several brokers, only while
+        #: the controller's lease holds (the driver sets it each turn; always with one).
+        self.lease_ok = True
         self.requests = 0
         self.errors = 0
         #: This node's share of slot moves (marks, tracking; ``zkv.node.migration``).
@@ -97,6 +102,19 @@ class NodeCore:
             protocol.check_key(request.key, self.limits.max_key_bytes)
             write = request.op in protocol.WRITE_OPS
             self._check_may_serve(write)
+            strong_read = not write and request.consistency is Consistency.STRONG
+            if strong_read and self.replica_state is not None and request.op not in _ANY_NODE:
+                # a strong read belongs to the primary: a replica may lag (a broker that has
+                # not seen a promotion yet may still send one here)
+                raise Unavailable(
+                    f"node {self.name} is a replica of shard {self.shard}; strong reads go to "
+                    "its primary"
+                )
+            if not self.lease_ok and (write or request.consistency is Consistency.STRONG):
+                raise Unavailable(
+                    f"primary {self.name}'s lease from the controller ran out (it may have "
+                    "been replaced); try again"
+                )
             if request.op in protocol.MOVE_OPS:
                 return self._move(request, epoch)
             if self.mover.refused_slots:

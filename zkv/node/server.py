@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -110,6 +111,9 @@ class Node:
         self.keyring: Keyring | None = None
         #: Each broker's routing id on the node socket.
         self._brokers = [f"broker:{b.name}".encode() for b in config.broker_list()]
+        #: With several brokers, a primary serves strong operations only until this time
+        #: (monotonic), which each lease the controller grants in its heartbeat extends.
+        self._lease_until = 0.0 if len(self._brokers) > 1 else math.inf
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -488,6 +492,7 @@ class Node:
         core.epoch = self.epoch
         core.replica_state = replica.state if replica is not None else None
         core.refusal = None if self.persistence.writable else self.persistence.refusal()
+        core.lease_ok = now <= self._lease_until
         header = protocol.node_header(protocol.NODE_REPLY, self.epoch)
         for epoch, broker, envelope, request in turn.requests:
             reply, strong = core.handle(request, epoch)
@@ -614,6 +619,9 @@ class Node:
         elif role == Role.REPLICA and (self.role != Role.REPLICA or epoch != self.epoch):
             self._become_replica(epoch)
             self._beat_now = changed = True
+        lease_s = beat.get("lease_s")
+        if role == Role.PRIMARY and epoch == self.epoch and isinstance(lease_s, int | float):
+            self._lease_until = max(self._lease_until, now + float(lease_s))
         if role == Role.PRIMARY and self.primary is not None:
             # the broker's record of the in-sync set: replies a dropped replica held go now
             for reply in self.primary.replicas.confirm(in_sync):
