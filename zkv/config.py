@@ -30,6 +30,7 @@ __all__ = [
     "CoordinationConfig",
     "DefaultsConfig",
     "EtcdConfig",
+    "EtcdMember",
     "HeartbeatConfig",
     "HttpConfig",
     "LauncherConfig",
@@ -91,6 +92,17 @@ class EtcdConfig:
     prefix: str
     lease_ttl_s: float = 2.0
     timeout_s: float = 0.5
+    #: The members ``zkv up`` runs itself (none: etcd runs elsewhere).
+    members: tuple[EtcdMember, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdMember:
+    """One etcd member ``zkv up`` starts: its name, client URL and peer URL (loopback)."""
+
+    name: str
+    client: str
+    peer: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,15 +613,39 @@ class _Parser:
             path=path,
         )
 
+    def _etcd_members(self, raw: Any) -> tuple[EtcdMember, ...]:
+        if not isinstance(raw, list):
+            raise _Invalid("coordination.etcd.members", "must be a list of {name, client, peer}")
+        members: list[EtcdMember] = []
+        for i, entry in enumerate(raw):
+            where = f"coordination.etcd.members[{i}]"
+            m = self._map(entry, where, required={"name", "client", "peer"})
+            name = self._str(m["name"], f"{where}.name")
+            if not _NAME.fullmatch(name) or any(x.name == name for x in members):
+                raise _Invalid(f"{where}.name", "a distinct name of letters, digits, '_', '-'")
+            urls = []
+            for field_ in ("client", "peer"):
+                url = m[field_]
+                match = _ETCD_ENDPOINT.fullmatch(url) if isinstance(url, str) else None
+                if match is None or not is_loopback(match["host"]):
+                    raise _Invalid(
+                        f"{where}.{field_}",
+                        "must be a loopback URL http://127.0.0.1:PORT (zkv up runs it here)",
+                    )
+                urls.append(url)
+            members.append(EtcdMember(name, urls[0], urls[1]))
+        return tuple(members)
+
     def _coordination(self, raw: Any, cluster: str, insecure: bool) -> CoordinationConfig:
         c = self._map(raw, "coordination", required={"etcd"}, allowed={"etcd"})
         e = self._map(
             c["etcd"],
             "coordination.etcd",
-            required={"endpoints"},
-            allowed={"endpoints", "prefix", "lease_ttl_s", "timeout_s"},
+            required=set() if "members" in (c["etcd"] or {}) else {"endpoints"},
+            allowed={"endpoints", "prefix", "lease_ttl_s", "timeout_s", "members"},
         )
-        raw_endpoints = e["endpoints"]
+        members = self._etcd_members(e.get("members", []))
+        raw_endpoints = e.get("endpoints", [m.client for m in members])
         if not isinstance(raw_endpoints, list) or not raw_endpoints:
             raise _Invalid(
                 "coordination.etcd.endpoints",
@@ -652,7 +688,11 @@ class _Parser:
             )
         return CoordinationConfig(
             EtcdConfig(
-                endpoints=tuple(endpoints), prefix=prefix, lease_ttl_s=ttl, timeout_s=timeout
+                endpoints=tuple(endpoints),
+                prefix=prefix,
+                lease_ttl_s=ttl,
+                timeout_s=timeout,
+                members=members,
             )
         )
 

@@ -32,18 +32,21 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
-from zkv.config import ClusterConfig, load_config
-from zkv.errors import ZkvError
+from zkv.config import ClusterConfig, EtcdMember, load_config
+from zkv.errors import ConfigError, ZkvError
 from zkv.runtime import on_reload_signal, on_stop_signals, read_ready_file
 from zkv.supervision import ProcessState, remove_launcher_state, write_launcher_state
 
@@ -205,12 +208,17 @@ class Child:
     restart_at: float | None = None
     restarts: int = 0
     given_up: bool = False
+    #: For a process that writes no ready file (etcd): how to tell it serves.
+    ready_check: Callable[[], bool] | None = None
+    #: Whether SIGHUP is passed on to it (etcd would stop on one).
+    reloads: bool = True
 
     def start(self) -> None:
         """Start (or restart) the process, its stderr through a pipe that ``tap`` drains."""
         self.ready_file.unlink(missing_ok=True)
+        ready_args = [] if self.ready_check else ["--ready-file", str(self.ready_file)]
         self.process = subprocess.Popen(
-            [*self.argv, "--ready-file", str(self.ready_file)],
+            [*self.argv, *ready_args],
             stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent,
         )
@@ -229,6 +237,12 @@ class Child:
     def pid(self) -> int | None:
         """The running process's pid, if any."""
         return self.process.pid if self.process is not None else None
+
+    def ready(self) -> bool:
+        """Whether it serves: its ready file is written, or its check says so."""
+        if self.ready_check is not None:
+            return self.ready_check()
+        return read_ready_file(self.ready_file) is not None
 
 
 class Launcher:
@@ -253,8 +267,21 @@ class Launcher:
         # -P: the children import the installed zkv, whatever the working folder holds
         base = self._base = [sys.executable, "-P", "-m", "zkv"]
         common = self._common = ["--config", str(config_path), "--log-level", log_level]
-        self.children = [Child("broker", [*base, "broker", *common], self._run_dir / "broker.json")]
+        members = config.coordination.etcd.members if config.coordination else ()
+        #: The etcd members ``zkv up`` runs (``coordination.etcd.members``), the brokers, the
+        #: nodes and the HTTP gateway, started in that order.
+        self.etcds = [_etcd_child(m, members, config, self._run_dir) for m in members]
+        several = len(config.broker_list()) > 1 or bool(config.brokers)
+        self.brokers = [
+            Child(
+                b.name,
+                [*base, "broker", *common, *(["--name", b.name] if several else [])],
+                self._run_dir / f"{b.name}.json",
+            )
+            for b in config.broker_list()
+        ]
         self.http = Child("http", [*base, "http", *common], self._run_dir / "http.json")
+        self.children = [*self.etcds, *self.brokers]
         for node in config.nodes():
             self.children.append(
                 Child(
@@ -285,7 +312,7 @@ class Launcher:
         the log says how to move their slots or role away first."""
         self._reload = False
         for child in self.children:
-            if child.process is not None and child.process.poll() is None:
+            if child.reloads and child.process is not None and child.process.poll() is None:
                 child.process.send_signal(signal.SIGHUP)
                 log.info("passed SIGHUP on to %s (pid %d)", child.name, child.process.pid)
         try:
@@ -294,7 +321,9 @@ class Launcher:
             log.error("SIGHUP: cannot read %s: %s", self.config_path, exc)
             return
         wanted = {n.name for n in new.nodes()}
-        running = {c.name for c in self.children} - {"broker", "http"}
+        running = {c.name for c in self.children} - {
+            c.name for c in (*self.etcds, *self.brokers, self.http)
+        }
         for node in new.nodes():
             if node.name not in running:
                 child = Child(
@@ -322,17 +351,8 @@ class Launcher:
         self.config = new
 
     def _stop_child(self, child: Child) -> None:
-        process = child.process
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            log.warning("pid %d did not stop in %g s; killing it", process.pid, STOP_GRACE_S)
-            process.kill()
-            process.wait()
+        if child.process is not None and child.process.poll() is None:
+            self._terminate([child.process])
 
     def run(self) -> int:
         """Start the cluster, supervise it until asked to stop; the exit status."""
@@ -343,8 +363,10 @@ class Launcher:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
-            broker, nodes = self.children[0], self.children[1:-1]
-            if not all(self._start_all(group) for group in ([broker], nodes, [self.http])):
+            first = len(self.etcds) + len(self.brokers)
+            nodes = self.children[first:-1]
+            groups = [self.etcds, self.brokers, nodes, [self.http]]
+            if not all(self._start_all(group) for group in groups if group):
                 return 1
             self._announce()
             while not self._stopping:
@@ -411,7 +433,7 @@ class Launcher:
                         file=sys.stderr,
                     )
                     return False
-                if read_ready_file(child.ready_file) is not None:
+                if child.ready():
                     waiting.remove(child)
             if time.monotonic() > deadline:
                 names = ", ".join(c.name for c in waiting)
@@ -434,9 +456,17 @@ class Launcher:
             f"{len(nodes)} nodes, {len(self.children)} processes"
         ]
         width = max(len(c.name) for c in self.children)
+        brokers = {b.name: b for b in config.broker_list()}
+        members = {
+            f"etcd-{m.name}": m
+            for m in (config.coordination.etcd.members if config.coordination else ())
+        }
         for child in self.children:
-            if child.name == "broker":
-                where = f"clients {config.broker.clients}  nodes {config.broker.nodes}"
+            if child.name in brokers:
+                b = brokers[child.name]
+                where = f"clients {b.clients}  nodes {b.nodes}"
+            elif child.name in members:
+                where = f"etcd client {members[child.name].client}  peer {members[child.name].peer}"
             elif child.name == "http":
                 where = http_url
             else:
@@ -446,7 +476,8 @@ class Launcher:
         if self.log_dir is not None:
             lines.append(f"  logs: {self.log_dir}/<name>.log")
         lines.append(
-            f"zkv up: ready. Clients connect to {config.broker.clients}; HTTP at {http_url}. "
+            f"zkv up: ready. Clients connect to {','.join(b.clients for b in brokers.values())}; "
+            f"HTTP at {http_url}. "
             f"Ctrl-C stops it; kill -HUP {os.getpid()} reloads the file "
             "(keys, clients, tokens, shards)."
         )
@@ -495,21 +526,33 @@ class Launcher:
                 delay,
             )
 
-    def _stop_all(self) -> None:
-        running = [
-            c.process for c in self.children if c.process is not None and c.process.poll() is None
-        ]
-        for process in running:
+    @staticmethod
+    def _terminate(processes: list[subprocess.Popen[bytes]]) -> None:
+        """SIGTERM, then SIGKILL whatever is still running after ``STOP_GRACE_S``."""
+        for process in processes:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        for process in running:
+        for process in processes:
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("pid %d did not stop in %g s; killing it", process.pid, STOP_GRACE_S)
                 process.kill()
                 process.wait()
+
+    def _stop_all(self) -> None:
+        """Stop every child: the brokers, nodes and gateway first, then etcd (the brokers
+        still need it while they stop; its members stop together)."""
+        etcds = {id(c) for c in self.etcds}
+        others = [c for c in self.children if id(c) not in etcds]
+        running: list[subprocess.Popen[bytes]] = []
+        for group in (others, self.etcds):
+            stopping = [
+                c.process for c in group if c.process is not None and c.process.poll() is None
+            ]
+            self._terminate(stopping)
+            running += stopping
         for child in self.children:
             if child.tap is not None:  # let the last lines of each child through first
                 child.tap.join(STDERR_DRAIN_S)
@@ -548,3 +591,44 @@ def _still_needed(old: ClusterConfig, new: ClusterConfig) -> dict[str, str]:
         if isinstance(primary, str) and shard in new.shards and primary not in kept:
             needed[primary] = f"it is the primary of shard {shard} (zkv failover {shard})"
     return needed
+
+
+def _etcd_child(
+    member: EtcdMember, members: tuple[EtcdMember, ...], config: ClusterConfig, run_dir: Path
+) -> Child:
+    """An etcd member of ``coordination.etcd.members``: Debian's ``etcd``, its data in
+    ``<storage.dir>/etcd-<name>``, ready once its ``/health`` says so."""
+    binary = shutil.which("etcd")
+    if binary is None:
+        raise ConfigError(
+            f"{config.path or 'config'}: coordination.etcd.members asks zkv up to run etcd, and "
+            "there is no etcd binary on PATH (apt-get install etcd-server)"
+        )
+    cluster = ",".join(f"{m.name}={m.peer}" for m in members)
+    argv = [
+        binary,
+        f"--name={member.name}",
+        f"--data-dir={config.storage.dir.resolve() / f'etcd-{member.name}'}",
+        f"--listen-client-urls={member.client}",
+        f"--advertise-client-urls={member.client}",
+        f"--listen-peer-urls={member.peer}",
+        f"--initial-advertise-peer-urls={member.peer}",
+        f"--initial-cluster={cluster}",
+        f"--initial-cluster-token=zkv-{config.cluster}",
+        "--log-level=warn",
+    ]
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(member.client + "/health", timeout=0.5) as reply:
+                return bool(json.loads(reply.read()).get("health") == "true")
+        except (OSError, ValueError):
+            return False
+
+    return Child(
+        f"etcd-{member.name}",
+        argv,
+        run_dir / f"etcd-{member.name}.json",
+        ready_check=healthy,
+        reloads=False,
+    )

@@ -161,7 +161,7 @@ def _http(args: argparse.Namespace) -> int:
     async def main() -> None:
         task = asyncio.ensure_future(
             serve(
-                config.broker.clients,
+                ",".join(b.clients for b in config.broker_list()),
                 host,
                 config.http.port,
                 timeout_s=config.defaults.timeout_s,

@@ -211,7 +211,7 @@ def config_defaults(
     kwargs.setdefault("max_request_bytes", config.limits.max_request_bytes)
     kwargs.setdefault("max_keys_per_request", config.limits.max_keys_per_request)
     kwargs.setdefault("max_reply_bytes", protocol.max_reply_frame_bytes(config.limits))
-    return config.broker.clients
+    return ",".join(b.clients for b in config.broker_list())  # every broker of the cluster
 
 
 @dataclass(frozen=True, slots=True)
