@@ -8,6 +8,7 @@ brokers are killed; every acknowledged write reads back afterwards.
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 import threading
@@ -294,4 +295,89 @@ def test_the_controller_killed_during_a_failover_leaves_one_promotion(ha: Broker
     assert promotions == 1
     print(f"{load.count} writes acknowledged, {len(load.errors)} failed (retried out)")
     assert not load.lost(kv.mget(list(load.acked)))
+    kv.close()
+
+
+def test_a_history_through_both_brokers_is_linearizable_across_faults(ha: Brokers) -> None:
+    """Three clients read, write and compare-and-swap two keys through both brokers while
+    the broker that is not the controller and then the primary are killed; each key's
+    history must be linearizable (tests/linearizability.py)."""
+    import random
+
+    from linearizability import Op, linearizable
+
+    kv = ha.client()
+    wait_until(lambda: kv.put("x", 0) is None and kv.put("y", 0) is None, "serving", ha)
+    wait_until(
+        lambda: all(ha.status(b)["shards"]["s0"]["primary"] for b in ("b1", "b2")),
+        "both brokers know the primary",
+        ha,
+    )
+    histories: dict[str, list[Op]] = {"x": [Op(-2, -1, "write", 0)], "y": [Op(-2, -1, "write", 0)]}
+    lock = threading.Lock()
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def client(me: int) -> None:
+        rng = random.Random(me)
+        seen: dict[str, Any] = {"x": 0, "y": 0}
+        n = 0
+        with ha.client(connect_timeout_s=None) as c:
+            while not stop.is_set():
+                n += 1
+                key = rng.choice(["x", "y"])
+                kind = rng.choice(["read", "write", "cas"])
+                value = f"{me}-{n}"
+                call = time.monotonic() - start
+                try:
+                    if kind == "read":
+                        arg, result = None, c.get(key)
+                        seen[key] = result
+                    elif kind == "write":
+                        arg, result = value, c.put(key, value)
+                    else:
+                        arg = (seen[key], value)
+                        result = c.cas(key, seen[key], value)
+                    ret = time.monotonic() - start
+                except zkv.ZkvError:
+                    arg = (
+                        value if kind == "write" else (seen[key], value) if kind == "cas" else None
+                    )
+                    result, ret = None, math.inf
+                with lock:
+                    histories[key].append(Op(call, ret, kind, arg, result, me))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+
+    def more_ops(count: int) -> None:
+        with lock:
+            target = sum(len(h) for h in histories.values()) + count
+        wait_until(
+            lambda: sum(len(h) for h in histories.values()) >= target, f"{count} more ops", ha
+        )
+
+    try:
+        more_ops(300)
+        controller = ha.controller()
+        other = "b2" if controller == "b1" else "b1"
+        ha.procs[other].signal(signal.SIGKILL)
+        more_ops(300)
+        primary = ha.status(controller)["shards"]["s0"]["primary"]
+        ha.procs[primary].signal(signal.SIGKILL)
+        wait_until(
+            lambda: ha.status(controller)["shards"]["s0"]["primary"] not in (None, primary),
+            "the replica promoted",
+            ha,
+        )
+        more_ops(300)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    for key, history in histories.items():
+        unknown = sum(1 for op in history if not op.known)
+        print(f"{key}: {len(history)} operations, {unknown} of unknown outcome")
+        assert linearizable(history), f"{key}'s history is not linearizable"
     kv.close()
