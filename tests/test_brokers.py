@@ -28,12 +28,13 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.fault]
 
 
 class Brokers:
-    """Two brokers, a shard of two nodes, and one etcd."""
+    """``count`` brokers (two by default), a shard of two nodes, and one etcd."""
 
-    def __init__(self, tmp: Path, etcd: Etcd) -> None:
+    def __init__(self, tmp: Path, etcd: Etcd, count: int = 2) -> None:
         self.tmp = tmp
         self.procs: dict[str, Proc] = {}
-        self.clients = {b: f"tcp://127.0.0.1:{free_port()}" for b in ("b1", "b2")}
+        self.names = [f"b{i + 1}" for i in range(count)]
+        self.clients = {b: f"tcp://127.0.0.1:{free_port()}" for b in self.names}
         doc: dict[str, Any] = {
             "cluster": "ha",
             "storage": {"dir": str(tmp / "data"), "fsync": "no"},
@@ -43,7 +44,7 @@ class Brokers:
             },
             "brokers": [
                 {"name": b, "clients": self.clients[b], "nodes": f"tcp://127.0.0.1:{free_port()}"}
-                for b in ("b1", "b2")
+                for b in self.names
             ],
             "shards": {
                 "s0": [
@@ -54,8 +55,8 @@ class Brokers:
         }
         self.config = tmp / "ha.yaml"
         self.config.write_text(yaml.safe_dump(doc))
-        for args in (["broker", "--name", "b1"], ["broker", "--name", "b2"]):
-            self.start(args[-1], args)
+        for name in self.names:
+            self.start(name, ["broker", "--name", name])
         for node in ("s0a", "s0b"):
             self.start(node, ["node", "--name", node])
 
@@ -78,7 +79,7 @@ class Brokers:
             return kv.cluster_status()
 
     def controller(self) -> str | None:
-        for name in ("b1", "b2"):
+        for name in self.names:
             if self.procs[name].popen is None or self.procs[name].popen.poll() is not None:
                 continue
             try:
@@ -381,3 +382,29 @@ def test_a_history_through_both_brokers_is_linearizable_across_faults(ha: Broker
         print(f"{key}: {len(history)} operations, {unknown} of unknown outcome")
         assert linearizable(history), f"{key}'s history is not linearizable"
     kv.close()
+
+
+def test_any_one_of_three_brokers_can_die(tmp_path: Path, etcd: Etcd) -> None:
+    """Three brokers: each in turn is killed under load and started again; the clients,
+    which list all three, see no failed write and lose nothing."""
+    c = Brokers(tmp_path, etcd, count=3)
+    try:
+        kv = c.client()
+        wait_until(lambda: kv.put("hello", 1) is None, "the cluster serves", c)
+        with Writers(c) as load:
+            for victim in c.names:
+                before = load.count
+                c.procs[victim].signal(signal.SIGKILL)
+                wait_until(
+                    lambda before=before: load.count > before + 100,  # type: ignore[misc]
+                    f"writes go on without {victim}",
+                    c,
+                )
+                c.start(victim, [])
+                wait_until(lambda: c.controller() is not None, "a controller", c)
+        print(f"{load.count} writes acknowledged, {len(load.errors)} failed (retried out)")
+        assert not load.errors
+        assert not load.lost(kv.mget(list(load.acked)))
+        kv.close()
+    finally:
+        c.stop()
