@@ -8,9 +8,11 @@ everysec. Prints, medians of ``--rounds`` runs of ``zkv bench`` taken in turns:
 
 1. ops/s of 8 client threads (gets, then puts) against 1 broker and against 2 brokers (the
    clients list both and spread their requests);
-2. a broker killed (SIGKILL) under load, twice: one that is not the controller, then the
-   controller: requests that failed (goal 0: the clients retry), the longest request, and
-   acknowledged writes lost (goal 0).
+2. on a cluster of 2 brokers and one shard of 2 nodes (heartbeat 0.1 s): a broker killed
+   (SIGKILL) under load: one that is not the controller, then the controller, then the
+   shard's primary and, in the middle of the failover that follows, the controller:
+   requests that failed (goal 0: the clients retry), the longest request, and acknowledged
+   writes lost (goal 0).
 
 Needs Debian's ``etcd-server`` (``/usr/bin/etcd``). Every process is stopped through
 ``zkv up`` (SIGTERM to it, by its PID).
@@ -47,8 +49,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def cluster(work: Path, brokers: int) -> Iterator[dict[str, Any]]:
-    """``zkv up`` of one etcd member, ``brokers`` brokers and 3 single-node shards."""
+def cluster(
+    work: Path, brokers: int, shards: int = 3, nodes: int = 1, heartbeat_s: float = 0.5
+) -> Iterator[dict[str, Any]]:
+    """``zkv up`` of one etcd member, ``brokers`` brokers and ``shards`` shards of
+    ``nodes`` nodes."""
     work.mkdir(parents=True)
 
     def tcp() -> str:
@@ -57,6 +62,7 @@ def cluster(work: Path, brokers: int) -> Iterator[dict[str, Any]]:
     doc: dict[str, Any] = {
         "cluster": "bench",
         "storage": {"dir": str(work / "data"), "fsync": "everysec"},
+        "heartbeat": {"interval_s": heartbeat_s, "liveness": 3},
         "http": {"listen": f"127.0.0.1:{free_port()}"},
         "coordination": {
             "etcd": {
@@ -74,7 +80,11 @@ def cluster(work: Path, brokers: int) -> Iterator[dict[str, Any]]:
             {"name": f"b{i + 1}", "clients": tcp(), "nodes": tcp()} for i in range(brokers)
         ],
         "shards": {
-            f"s{i}": [{"name": f"s{i}a", "publish": tcp(), "sync": tcp()}] for i in range(3)
+            f"s{i}": [
+                {"name": f"s{i}{chr(97 + j)}", "publish": tcp(), "sync": tcp()}
+                for j in range(nodes)
+            ]
+            for i in range(shards)
         },
     }
     config = work / "cluster.yaml"
@@ -126,8 +136,9 @@ def pid_of(work: Path, name: str) -> int:
     return int(state["processes"][name]["pid"])
 
 
-def kill_under_load(c: dict[str, Any], victim: str) -> dict[str, Any]:
-    """Writers on their own client while ``victim`` is killed; what they saw."""
+def kill_under_load(c: dict[str, Any], victim: str, *then: str) -> dict[str, Any]:
+    """Writers on their own client while ``victim`` is killed (then each of ``then``, as
+    soon as the controller sees the one before down); what they saw."""
     stop = threading.Event()
     acked: dict[str, int] = {}
     maybe: dict[str, int] = {}
@@ -154,7 +165,10 @@ def kill_under_load(c: dict[str, Any], victim: str) -> dict[str, Any]:
         t.start()
     time.sleep(1.0)  # a steady load before the kill
     os.kill(pid_of(c["work"], victim), signal.SIGKILL)
-    time.sleep(4.0)  # through the controller's lease TTL and the restart
+    for name in then:  # e.g. the controller, in the middle of the failover it started
+        time.sleep(0.4)  # detection (0.1 s x 3 heartbeats), into the wait for the lease
+        os.kill(pid_of(c["work"], name), signal.SIGKILL)
+    time.sleep(6.0)  # through the controller's lease TTL, the promotion and the restarts
     stop.set()
     for t in threads:
         t.join(60)
@@ -166,6 +180,11 @@ def kill_under_load(c: dict[str, Any], victim: str) -> dict[str, Any]:
         if final.get(k) != v and not (maybe.get(k, -1) > v and final.get(k) == maybe[k])
     ]
     return {"failed": failures[0], "longest_s": worst[0], "lost": len(lost), "acked": len(acked)}
+
+
+def primary_of(c: dict[str, Any]) -> str:
+    with zkv.Client(c["endpoints"], timeout_s=5.0) as kv:
+        return str(kv.cluster_status()["shards"]["s0"]["primary"])
 
 
 def controller(c: dict[str, Any]) -> str:
@@ -191,13 +210,18 @@ def main() -> None:
                         ops = bench(c["endpoints"], workload, args.seconds)
                         runs.setdefault((n, workload), []).append(ops)
                 print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
-            boss = controller(two)
+        with cluster(Path(tmp) / "ha", 2, shards=1, nodes=2, heartbeat_s=0.1) as ha:
+            boss = controller(ha)
             follower = "b2" if boss == "b1" else "b1"
             kills = {
-                f"{follower} (not the controller)": kill_under_load(two, follower),
+                f"{follower} (not the controller)": kill_under_load(ha, follower),
             }
-            boss = controller(two)  # the follower came back; the controller may be either
-            kills[f"{boss} (the controller)"] = kill_under_load(two, boss)
+            boss = controller(ha)  # the follower came back; the controller may be either
+            kills[f"{boss} (the controller)"] = kill_under_load(ha, boss)
+            boss, primary = controller(ha), primary_of(ha)
+            kills[f"{primary} (the primary), then {boss} during its failover"] = kill_under_load(
+                ha, primary, boss
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"1. 8 client threads, medians of {args.rounds} runs of {args.seconds:g} s, in turns")
@@ -208,7 +232,7 @@ def main() -> None:
             f"   {workload}: 1 broker {one_ops:,.0f} ops/s, 2 brokers {two_ops:,.0f} ops/s "
             f"({two_ops / one_ops:.2f} x)"
         )
-    print("2. a broker killed (SIGKILL) under 4 writers, then restarted by zkv up")
+    print("2. processes killed (SIGKILL) under 4 writers, then restarted by zkv up")
     for victim, seen in kills.items():
         print(
             f"   {victim}: {seen['failed']} failed requests, longest {seen['longest_s']:.2f} s, "
