@@ -30,11 +30,20 @@ from zkv.security import CurveKeys, generate_config_keys
 START_TIMEOUT_S = 15.0
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port that was free a moment ago (for `zkv up`, which takes fixed ports)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port that was free a moment ago (for `zkv up`, which takes fixed ports), and
+    never one this test process was given before: a config asking for the same port twice
+    is refused, and the system may well give a port just released out again."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def ttl_left(ttl: float | None, seconds: float, since: float) -> bool:

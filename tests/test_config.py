@@ -895,7 +895,8 @@ def _coordinated(etcd: Any = None, brokers: Any = None, **overrides: Any) -> dic
         (_coordinated(etcd={}), "coordination.etcd.endpoints: is required"),
         (
             _coordinated(etcd={**ETCD, "ttl": 2}),
-            "coordination.etcd.ttl: unknown key (known: endpoints, lease_ttl_s, members, prefix, timeout_s)",
+            "coordination.etcd.ttl: unknown key "
+            "(known: endpoints, lease_ttl_s, members, prefix, timeout_s)",
         ),
         (_coordinated(etcd={"endpoints": []}), "coordination.etcd.endpoints: must be a non-empty"),
         (
