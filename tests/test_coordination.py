@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port
 
 from zkv.coordination import (
     ControllerLease,
@@ -43,12 +44,6 @@ DOC: dict[str, Any] = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Etcd:
     """One etcd member on loopback, started and stopped by PID."""
 
@@ -56,8 +51,8 @@ class Etcd:
         assert ETCD is not None
         self.data_dir = data_dir
         self.log_path = data_dir.parent / "etcd.log"
-        self.client_port = _free_port()
-        self.peer_port = _free_port()
+        self.client_port = free_port()
+        self.peer_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -321,7 +316,7 @@ def test_partitioned_controller_deposes_itself_before_another_takes_over(
 
 
 def test_unreachable_etcd_fails_fast_and_clearly(etcd: Etcd, blackhole: str) -> None:
-    refused = f"http://127.0.0.1:{_free_port()}"
+    refused = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
     with pytest.raises(CoordinationError, match="etcd unreachable") as info:
         EtcdState(EtcdDriver([refused], TIMEOUT_S), "/zkv/x").load()
