@@ -111,6 +111,7 @@ class Node:
         self.keyring: Keyring | None = None
         #: Each broker's routing id on the node socket.
         self._brokers = [f"broker:{b.name}".encode() for b in config.broker_list()]
+        self._single_broker = len(self._brokers) == 1
         #: With several brokers, a primary serves strong operations only until this time
         #: (monotonic), which each lease the controller grants in its heartbeat extends.
         self._lease_until = 0.0 if len(self._brokers) > 1 else math.inf
@@ -225,17 +226,21 @@ class Node:
                 sock.close(linger=0)
 
     def _broker_socket(self) -> zmq.Socket[bytes]:
-        """A ROUTER connected to every broker's node endpoint, known there as this node.
+        """The socket to the brokers, known there as this node.
 
-        Each broker's socket carries its name (``broker:NAME``) as its routing id, so the
-        node addresses each broker by name: a reply goes back to the broker that sent the
-        request, READY and heartbeats go to every broker. Without CURVE the node's own
-        identity says who it is (``node:NAME``); with CURVE it proves its key instead, and
-        the broker names the connection after the key.
+        One broker: a DEALER (the common case, one frame less each way). Several: a ROUTER
+        connected to every broker's node endpoint, each broker's socket carrying its name
+        (``broker:NAME``) as its routing id, so the node addresses each broker by name: a
+        reply goes back to the broker that sent the request, READY and heartbeats go to
+        every broker. Without CURVE the node's own identity says who it is (``node:NAME``);
+        with CURVE it proves its key instead, and the broker names the connection after the
+        key.
         """
-        sock: zmq.Socket[bytes] = self.context.socket(zmq.ROUTER)
+        kind = zmq.DEALER if self._single_broker else zmq.ROUTER
+        sock: zmq.Socket[bytes] = self.context.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a broker not connected yet: EHOSTUNREACH
+        if not self._single_broker:  # a broker not connected yet: EHOSTUNREACH
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if self.keyring is None:
             sock.setsockopt(zmq.IDENTITY, f"node:{self.me.name}".encode())
         else:
@@ -246,8 +251,15 @@ class Node:
 
     def _to_brokers(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
         """Send ``frames`` to every broker (those not connected yet are skipped)."""
+        if self._single_broker:
+            self._send(sock, frames)
+            return
         for broker in self._brokers:
             self._send(sock, [broker, *frames])
+
+    def _to_broker(self, frames: list[bytes]) -> None:
+        """Send ``[broker, *frames]`` (a reply) to the broker it names."""
+        self._send(self._broker, frames[1:] if self._single_broker else frames)
 
     def _new_replica(self) -> Replica:
         replica = Replica(
@@ -327,7 +339,9 @@ class Node:
                         frames = recv_frames(sock)
                     except zmq.Again:
                         break
-                    name = _serving_primary_in(frames[1:] if frames else None, self.me.name)
+                    if frames and not self._single_broker:
+                        frames = frames[1:]  # [broker, ...]
+                    name = _serving_primary_in(frames, self.me.name)
                     if name is not None:
                         return name
         finally:
@@ -464,7 +478,10 @@ class Node:
         if self._sync_sock in ready:
             turn.primary_sync = self._read(self._sync_sock)
         if self._broker in ready:
+            single = self._single_broker
             for frames in self._read(self._broker):
+                if single:
+                    frames.insert(0, b"")  # [broker, ...] as from several
                 try:  # [broker, header, ...]
                     kind, epoch = protocol.decode_node_header(frames[1])
                 except (ZkvError, IndexError) as exc:
@@ -534,7 +551,7 @@ class Node:
         for reply, strong in turn.replies:
             if strong and primary is not None and primary.hold(self.store.seq, reply, now) is None:
                 continue  # released by the replicas' acks, or by the ack timeout
-            self._send(self._broker, reply)
+            self._to_broker(reply)
 
     def _timers(self, turn: _Turn, now: float) -> None:
         """Compaction, the broker's role decisions, the storage check and our heartbeat."""
@@ -625,7 +642,7 @@ class Node:
         if role == Role.PRIMARY and self.primary is not None:
             # the broker's record of the in-sync set: replies a dropped replica held go now
             for reply in self.primary.replicas.confirm(in_sync):
-                self._send(self._broker, reply)
+                self._to_broker(reply)
         if self.replica is not None and isinstance(primary, dict):
             try:
                 target = (str(primary["name"]), str(primary["publish"]), str(primary["sync"]))
