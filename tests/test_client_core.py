@@ -81,8 +81,13 @@ def core(clock: FakeClock) -> ClientCore:
 def _start(call: Call) -> tuple[Send, Request]:
     send = next(call)
     assert isinstance(send, Send)
+    # [head, body]: the 31-byte header then the key, and the msgpack arguments
+    assert len(send.frames) == 2
+    assert all(type(f) is bytes for f in send.frames)
     request = protocol.decode_request(send.frames)
     assert request.seq == send.seq
+    assert send.frames[0][protocol.REQUEST_HEADER.size :] == request.key
+    assert send.frames == protocol.encode_request(request)  # byte for byte the protocol's
     return send, request
 
 
@@ -141,6 +146,10 @@ def test_get(core: ClientCore) -> None:
     request, result = _exchange(core.get("key"), stored)
     assert (request.op, request.key, request.args) == (Op.GET, b"key", [])
     assert result == [1, "two"]  # the core decodes the stored bytes
+    # the stored bytes came as the reply's body itself (form 1), no msgpack around them
+    reply = protocol.encode_reply(1, stored)
+    assert protocol.decode_reply_header(reply[0])[2] == protocol.FORM_VALUE
+    assert reply[1] == stored
     assert _exchange(core.get("key"), None)[1] is None
     assert _exchange(core.get("key", "dflt"), None)[1] == "dflt"
 
@@ -465,11 +474,19 @@ def test_ttl_missing_key(core: ClientCore) -> None:
         call.send(protocol.encode_error(send.seq, KeyNotFound("nope", key=b"gone")))
 
 
+def test_get_reply_of_unknown_form(core: ClientCore) -> None:
+    call = core.get("k")
+    send, _ = _start(call)
+    frames = [protocol.REPLY_HEADER.pack(protocol.VERSION, 0, 2, send.seq), protocol.packb(None)]
+    with pytest.raises(RemoteProtocolError, match="unknown form 2"):
+        call.send(frames)
+
+
 def test_unknown_error_code(core: ClientCore) -> None:
     call = core.get("k")
     send, _ = _start(call)
     frames = [
-        protocol.REPLY_HEADER.pack(protocol.VERSION, 77, send.seq),
+        protocol.REPLY_HEADER.pack(protocol.VERSION, 77, protocol.FORM_MSGPACK, send.seq),
         protocol.packb(["?", None]),
     ]
     with pytest.raises(RequestError, match="error code 77"):
@@ -481,6 +498,22 @@ def test_malformed_reply(core: ClientCore) -> None:
     _start(call)
     with pytest.raises(RemoteProtocolError):
         call.send([b"\x01\x00", b"\xc0"])
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        [b"\x01\x00" + (1).to_bytes(8, "big"), b"\xc0"],  # version 1's 10-byte header
+        [protocol.REPLY_HEADER.pack(1, 0, 0, 1), b"\xc0"],
+        [protocol.REPLY_HEADER.pack(protocol.VERSION, 0, 0, 1), b"\xc1"],
+    ],
+)
+def test_malformed_reply_v2(core: ClientCore, reply: list[bytes]) -> None:
+    call = core.get("k")
+    send, _ = _start(call)
+    assert send.seq == 1
+    with pytest.raises(RemoteProtocolError):
+        call.send(reply)
 
 
 WRITES = [
@@ -724,7 +757,9 @@ def test_reply_seq() -> None:
     assert ClientCore.reply_seq([b"only one"]) is None
     assert ClientCore.reply_seq([b"short", b""]) is None
     assert ClientCore.reply_seq([*protocol.encode_reply(1, None), b""]) is None
-    assert ClientCore.reply_seq([protocol.REPLY_HEADER.pack(9, 0, 1), b""]) is None
+    assert ClientCore.reply_seq(protocol.encode_reply(14, b"a value")) == 14
+    assert ClientCore.reply_seq([protocol.REPLY_HEADER.pack(9, 0, 0, 1), b""]) is None
+    assert ClientCore.reply_seq([b"\x01\x00" + (1).to_bytes(8, "big"), b""]) is None  # v1
 
 
 def test_result() -> None:
@@ -782,20 +817,27 @@ def test_key_out(wire: bytes, expected: Any) -> None:
     assert type(out) is type(expected)
 
 
+def _first_step_with_ttl(core: ClientCore, method: str, ttl: Any) -> Send:
+    """Make a ``method`` call with ``ttl`` and take its first step (a bad TTL is refused
+    before anything is sent: when the call is made or at that step)."""
+    call = core.mput({"k": 1}, ttl) if method == "mput" else getattr(core, method)("k", 1, ttl)
+    step = next(call)
+    assert isinstance(step, Send)
+    return step
+
+
 @pytest.mark.parametrize("ttl", [0, -1, -0.001, math.nan, math.inf, -math.inf])
 @pytest.mark.parametrize("method", ["put", "create", "mput"])
 def test_ttl_values_rejected(core: ClientCore, method: str, ttl: float) -> None:
-    call = core.mput({"k": 1}, ttl) if method == "mput" else getattr(core, method)("k", 1, ttl)
     with pytest.raises(InvalidRequest, match="ttl must be a positive number"):
-        next(call)
+        _first_step_with_ttl(core, method, ttl)
 
 
 @pytest.mark.parametrize("ttl", ["5", True, [5], b"5"])
 @pytest.mark.parametrize("method", ["put", "create", "mput"])
 def test_ttl_types_rejected(core: ClientCore, method: str, ttl: Any) -> None:
-    call = core.mput({"k": 1}, ttl) if method == "mput" else getattr(core, method)("k", 1, ttl)
     with pytest.raises(TypeError, match="ttl must be a number"):
-        next(call)
+        _first_step_with_ttl(core, method, ttl)
 
 
 # --------------------------------------------------------------------------- check_ttl

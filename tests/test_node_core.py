@@ -30,7 +30,13 @@ def core(**limits: int) -> NodeCore:
 def ask(node: NodeCore, request: Request, epoch: int | None = 3) -> tuple[int, Any, bool]:
     """(error code, result or error message, strong) of one request."""
     reply, strong = node.handle(protocol.encode_request(request), epoch)
-    _seq, code = protocol.decode_reply_header(reply[0])
+    assert len(reply) == 2
+    seq, code, form = protocol.decode_reply_header(reply[0])
+    assert seq == request.seq
+    if code == 0 and form == protocol.FORM_VALUE:
+        assert request.op is Op.GET  # only a stored value is sent as it is
+        return code, reply[1], strong
+    assert form == protocol.FORM_MSGPACK
     body = msgpack.unpackb(reply[1])
     return code, body if code == 0 else body[0], strong
 
@@ -56,6 +62,37 @@ def test_strong_writes_say_so_and_reads_are_never_held() -> None:
     assert ask(node, put(b"k", 1, 1))[2] is True
     assert ask(node, put(b"k", 1, 2, consistency=Consistency.EVENTUAL))[2] is False
     assert ask(node, Request(Op.GET, b"k", [], CLIENT, 3))[1:] == (msgpack.packb(1), False)
+
+
+def test_a_get_replies_with_the_stored_value_itself() -> None:
+    node = core()
+    value = msgpack.packb({"a": [1, b"\xff"]})
+    ask(node, Request(Op.PUT, b"k", [value, None], CLIENT, 1))
+    reply, strong = node.handle(protocol.encode_request(Request(Op.GET, b"k", [], CLIENT, 2)), 3)
+    assert reply[0] == protocol.REPLY_HEADER.pack(protocol.VERSION, 0, protocol.FORM_VALUE, 2)
+    assert reply[1] == value and not strong
+    assert protocol.decode_reply(reply) == (2, value)
+    # a missing key is a msgpack nil, not an empty value
+    reply, _ = node.handle(protocol.encode_request(Request(Op.GET, b"no", [], CLIENT, 3)), 3)
+    assert reply[0] == protocol.REPLY_HEADER.pack(protocol.VERSION, 0, protocol.FORM_MSGPACK, 3)
+    assert protocol.decode_reply(reply) == (3, None)
+    # an empty stored value is still a value
+    ask(node, Request(Op.PUT, b"e", [b"", None], CLIENT, 4))
+    reply, _ = node.handle(protocol.encode_request(Request(Op.GET, b"e", [], CLIENT, 5)), 3)
+    assert protocol.decode_reply_header(reply[0]) == (5, 0, protocol.FORM_VALUE)
+    assert protocol.decode_reply(reply) == (5, b"")
+
+
+def test_a_retried_writes_first_outcome_has_a_v2_reply_header() -> None:
+    node = core()
+    create = Request(Op.CREATE, b"k", [msgpack.packb(1), None], CLIENT, 9)
+    first, _ = node.handle(protocol.encode_request(create), 3)
+    seq = node.store.seq
+    again, strong = node.handle(protocol.encode_request(create), 3)
+    assert node.store.seq == seq  # not applied again: the remembered outcome
+    assert again == first and strong
+    assert len(again[0]) == protocol.REPLY_HEADER.size == 11
+    assert protocol.decode_reply_header(again[0]) == (9, 0, protocol.FORM_MSGPACK)
 
 
 def test_a_write_stamped_with_another_epoch_is_refused() -> None:
@@ -128,13 +165,27 @@ def test_a_batch_runs_in_order_with_errors_in_place() -> None:
     assert results[4] == [0, False]
 
 
+GOOD_HEAD = protocol.encode_request(Request(Op.GET, b"k", [], CLIENT, 6))[0]
+
+
 @pytest.mark.parametrize(
     "frames",
-    [[], [b"x"], [b"\x00" * 31, b"k", b"\xc1"], [b"\xff" * 31, b"k", b"\x90"]],
+    [
+        [],
+        [b"x"],
+        [b"x", protocol.NO_ARGS],  # a head shorter than the header
+        [b"\x00" * 31 + b"k", b"\xc1"],
+        [b"\xff" * 31 + b"k", protocol.NO_ARGS],
+        [GOOD_HEAD, b"\xc1"],  # a good head, a body that is not msgpack
+        [GOOD_HEAD[:31], b"k", protocol.NO_ARGS],  # version 1's three frames
+        [GOOD_HEAD, protocol.NO_ARGS, b""],
+    ],
 )
 def test_malformed_requests_are_answered_with_an_error(frames: list[bytes]) -> None:
     node = core()
     reply, strong = node.handle(frames, 3)
-    _seq, code = protocol.decode_reply_header(reply[0])
+    assert len(reply) == 2
+    _seq, code, form = protocol.decode_reply_header(reply[0])
     assert code != 0 and not strong
+    assert form == protocol.FORM_MSGPACK
     assert node.errors == 1 and node.requests == 1

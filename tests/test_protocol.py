@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import struct
 import time
 from typing import Any
 
@@ -37,6 +38,7 @@ from zkv.protocol import (
     MAX_SEQ,
     MAX_TIMEOUT_MS,
     MOVE_OPS,
+    NO_ARGS,
     REPLY_HEADER,
     REQUEST_HEADER,
     VERSION,
@@ -149,10 +151,14 @@ def test_request_round_trip(op: Op, args: list[Any], consistency: Consistency) -
         timeout_ms=2500,
     )
     frames = protocol.encode_request(request)
-    assert len(frames) == 3
+    assert len(frames) == 2
     assert all(type(f) is bytes for f in frames)
-    assert len(frames[0]) == REQUEST_HEADER.size == 31
-    assert frames[1] == _key_for(op)
+    # the head is the fixed header followed by the key's bytes (none for multi-key ops)
+    assert REQUEST_HEADER.size == 31
+    assert len(frames[0]) == REQUEST_HEADER.size + len(_key_for(op))
+    assert frames[0][REQUEST_HEADER.size :] == _key_for(op)
+    assert protocol.request_key(frames[0]) == _key_for(op)
+    assert frames[1] == (msgpack.packb(args) if args else NO_ARGS)
 
     decoded = protocol.decode_request(frames, allowed=ALL_OPS)
     assert decoded == request
@@ -178,10 +184,26 @@ def test_request_round_trip_extremes() -> None:
 
 def test_request_header_layout() -> None:
     frames = _frames(Op.PUT, [b"v", None], seq=7, consistency=Consistency.EVENTUAL)
-    assert frames[0] == bytes([VERSION, Op.PUT, 1]) + CLIENT_ID + (7).to_bytes(8, "big") + (
-        1500
-    ).to_bytes(4, "big")
-    assert msgpack.unpackb(frames[2]) == [b"v", None]
+    assert len(frames) == 2
+    fixed = (
+        bytes([VERSION, Op.PUT, 1]) + CLIENT_ID + (7).to_bytes(8, "big") + (1500).to_bytes(4, "big")
+    )
+    assert len(fixed) == REQUEST_HEADER.size
+    assert frames[0] == fixed + b"some-key"
+    assert msgpack.unpackb(frames[1]) == [b"v", None]
+    # a multi-key op's head is the fixed header alone; no arguments is an empty array
+    head, body = _frames(Op.COUNT, [], seq=7)
+    assert len(head) == REQUEST_HEADER.size
+    assert body == NO_ARGS == msgpack.packb([])
+
+
+def test_decode_request_no_args_body() -> None:
+    request = protocol.decode_request([_header(seq=3) + b"k", NO_ARGS])
+    assert (request.op, request.key, request.args, request.seq) == (Op.GET, b"k", [], 3)
+    # NO_ARGS still goes through the arguments check
+    with pytest.raises(InvalidRequest, match="takes 2 arguments") as info:
+        protocol.decode_request([_header(op=Op.PUT, seq=4) + b"k", NO_ARGS])
+    assert info.value.seq == 4
 
 
 def test_new_client_id_is_random_16_bytes() -> None:
@@ -208,25 +230,43 @@ def test_encode_request_rejects_unencodable(request_: Request) -> None:
         protocol.encode_request(request_)
 
 
-@pytest.mark.parametrize("count", [0, 1, 2, 4, 5])
+@pytest.mark.parametrize("count", [0, 1, 3, 4])
 def test_decode_request_wrong_frame_count(count: int) -> None:
     frames = _frames(Op.GET, [])
     frames = [*frames, b"", b""][:count]
-    with pytest.raises(RemoteProtocolError, match=f"3 frames, got {count}"):
+    with pytest.raises(RemoteProtocolError, match=f"a request has 2 frames, got {count}"):
         protocol.decode_request(frames)
 
 
-@pytest.mark.parametrize("size", [0, 1, 30, 32, 100])
-def test_decode_request_wrong_header_length(size: int) -> None:
-    frames = [b"\x01" * size, b"k", msgpack.packb([])]
+def test_decode_request_old_three_frame_layout_is_refused() -> None:
+    # version 1's [header, key, body] is refused, whatever the header says
+    frames = [_header(seq=5), b"k", msgpack.packb([])]
+    with pytest.raises(RemoteProtocolError, match="a request has 2 frames, got 3"):
+        protocol.decode_request(frames)
+
+
+@pytest.mark.parametrize("size", [0, 1, 10, 30])
+def test_decode_request_short_header(size: int) -> None:
+    frames = [_header(seq=7)[:size], msgpack.packb([])]
     with pytest.raises(RemoteProtocolError, match=f"header is {size} bytes") as info:
         protocol.decode_request(frames)
     assert info.value.seq is None  # the header could not be read
 
 
-@pytest.mark.parametrize("version", [0, 2, 255])
+@pytest.mark.parametrize("size", [32, 100])
+def test_decode_request_head_past_the_header_is_the_key(size: int) -> None:
+    key = b"k" * (size - REQUEST_HEADER.size)
+    request = protocol.decode_request([_header(seq=8) + key, msgpack.packb([])])
+    assert request.key == key
+    assert request.seq == 8
+    # garbage of that length is read as a header of another version, and refused
+    with pytest.raises(RemoteProtocolError, match="protocol version 1"):
+        protocol.decode_request([b"\x01" * size, msgpack.packb([])])
+
+
+@pytest.mark.parametrize("version", [0, 1, 3, 255])
 def test_decode_request_wrong_version(version: int) -> None:
-    frames = [_header(version=version, seq=31337), b"k", msgpack.packb([])]
+    frames = [_header(version=version, seq=31337) + b"k", msgpack.packb([])]
     with pytest.raises(RemoteProtocolError, match=f"protocol version {version}") as info:
         protocol.decode_request(frames)
     assert info.value.seq == 31337
@@ -234,7 +274,7 @@ def test_decode_request_wrong_version(version: int) -> None:
 
 @pytest.mark.parametrize("op", [0, 9, 19, 26, 31, 43, 54, 255])
 def test_decode_request_unknown_op_code(op: int) -> None:
-    frames = [_header(op=op, seq=5), b"", msgpack.packb([])]
+    frames = [_header(op=op, seq=5), msgpack.packb([])]
     with pytest.raises(RemoteProtocolError, match=f"unknown op {op}") as info:
         protocol.decode_request(frames, allowed=ALL_OPS)
     assert info.value.seq == 5
@@ -242,7 +282,7 @@ def test_decode_request_unknown_op_code(op: int) -> None:
 
 @pytest.mark.parametrize("code", [2, 3, 255])
 def test_decode_request_unknown_consistency(code: int) -> None:
-    frames = [_header(consistency=code, seq=6), b"k", msgpack.packb([])]
+    frames = [_header(consistency=code, seq=6) + b"k", msgpack.packb([])]
     with pytest.raises(RemoteProtocolError, match=f"consistency {code}") as info:
         protocol.decode_request(frames)
     assert info.value.seq == 6
@@ -250,29 +290,35 @@ def test_decode_request_unknown_consistency(code: int) -> None:
 
 def test_decode_request_consistency_codes() -> None:
     for code, level in [(0, Consistency.STRONG), (1, Consistency.EVENTUAL)]:
-        frames = [_header(consistency=code), b"k", msgpack.packb([])]
+        frames = [_header(consistency=code) + b"k", msgpack.packb([])]
         assert protocol.decode_request(frames).consistency is level
 
 
 @pytest.mark.parametrize("op", sorted(ALL_OPS - protocol.SINGLE_KEY_OPS), ids=lambda o: Op(o).name)
-def test_decode_request_key_frame_on_multi_key_op(op: Op) -> None:
+def test_decode_request_key_on_multi_key_op(op: Op) -> None:
     frames = _frames(op, VALID_ARGS[op][0], key=b"oops", seq=8)
-    with pytest.raises(RemoteProtocolError, match="takes no key frame") as info:
+    assert frames[0].endswith(b"oops")
+    with pytest.raises(RemoteProtocolError, match=f"{op.name} takes no key") as info:
         protocol.decode_request(frames, allowed=ALL_OPS)
     assert info.value.seq == 8
 
 
-def test_decode_request_oversize_key_frame() -> None:
+def test_decode_request_oversize_key() -> None:
     ok = _frames(Op.GET, [], key=b"k" * MAX_KEY_FRAME_BYTES)
     assert protocol.decode_request(ok).key == b"k" * MAX_KEY_FRAME_BYTES
     frames = _frames(Op.GET, [], key=b"k" * (MAX_KEY_FRAME_BYTES + 1), seq=9)
-    with pytest.raises(RemoteProtocolError, match=f"{MAX_KEY_FRAME_BYTES + 1} bytes") as info:
+    assert len(frames[0]) == REQUEST_HEADER.size + MAX_KEY_FRAME_BYTES + 1
+    with pytest.raises(
+        RemoteProtocolError, match=f"key of {MAX_KEY_FRAME_BYTES + 1} bytes"
+    ) as info:
         protocol.decode_request(frames)
     assert info.value.seq == 9
 
 
 def test_decode_request_empty_key_on_single_key_op_is_allowed() -> None:
-    assert protocol.decode_request(_frames(Op.GET, [], key=b"")).key == b""
+    frames = _frames(Op.GET, [], key=b"")
+    assert len(frames[0]) == REQUEST_HEADER.size
+    assert protocol.decode_request(frames).key == b""
 
 
 @pytest.mark.parametrize(
@@ -290,7 +336,7 @@ def test_decode_request_empty_key_on_single_key_op_is_allowed() -> None:
     ],
 )
 def test_decode_request_body_not_msgpack(body: bytes) -> None:
-    frames = [_header(seq=10), b"k", body]
+    frames = [_header(seq=10) + b"k", body]
     with pytest.raises(RemoteProtocolError, match="invalid msgpack body") as info:
         protocol.decode_request(frames)
     assert info.value.seq == 10  # the header was read, so the error can be answered
@@ -298,7 +344,7 @@ def test_decode_request_body_not_msgpack(body: bytes) -> None:
 
 @pytest.mark.parametrize("body", [b"\xc1", b"", b"\x91" * 100_000 + b"\x90"])
 def test_body_decode_errors_carry_seq(body: bytes) -> None:
-    frames = [_header(op=Op.MGET, seq=10), b"", body]
+    frames = [_header(op=Op.MGET, seq=10), body]
     with pytest.raises(RemoteProtocolError) as info:
         protocol.decode_request(frames)
     assert info.value.seq == 10
@@ -306,7 +352,7 @@ def test_body_decode_errors_carry_seq(body: bytes) -> None:
 
 @pytest.mark.parametrize("body", [None, 1, "str", b"bin", {"a": 1}, 1.5, True])
 def test_decode_request_body_not_array(body: Any) -> None:
-    frames = [_header(seq=11), b"k", msgpack.packb(body, use_bin_type=True)]
+    frames = [_header(seq=11) + b"k", msgpack.packb(body, use_bin_type=True)]
     with pytest.raises(RemoteProtocolError, match="not an array") as info:
         protocol.decode_request(frames)
     assert info.value.seq == 11
@@ -409,14 +455,14 @@ def test_deep_nesting_is_refused() -> None:
     with pytest.raises(RemoteProtocolError, match="invalid msgpack"):
         protocol.unpackb(b"\x91" * 100_000 + b"\x90")
     # decodable but deep: refused by the field-by-field shape check, never walked
-    frames = [_header(op=Op.MGET, seq=14), b"", msgpack.packb([_nested(1000)])]
+    frames = [_header(op=Op.MGET, seq=14), msgpack.packb([_nested(1000)])]
     with pytest.raises(InvalidRequest, match="keys must be") as info:
         protocol.decode_request(frames)
     assert info.value.seq == 14
     deep_map: Any = {}
     for _ in range(500):
         deep_map = {"a": deep_map}
-    frames = [_header(op=Op.PUT, seq=15), b"k", msgpack.packb([deep_map, None])]
+    frames = [_header(op=Op.PUT, seq=15) + b"k", msgpack.packb([deep_map, None])]
     with pytest.raises(InvalidRequest, match="value must be bytes"):
         protocol.decode_request(frames)
 
@@ -443,6 +489,40 @@ def test_decode_request_allowed_restricts() -> None:
     with pytest.raises(RemoteProtocolError, match="unknown operation PUT"):
         protocol.decode_request(frames, allowed=frozenset({Op.GET}))
     assert protocol.decode_request(frames, allowed=frozenset({Op.PUT})).op is Op.PUT
+
+
+# --------------------------------------------------------------------------- peek_request
+
+
+def test_peek_request_reads_the_header_in_place() -> None:
+    head, _body = _frames(Op.PUT, [b"v", None], seq=MAX_SEQ, consistency=Consistency.EVENTUAL)
+    assert protocol.peek_request(head) == (Op.PUT, 1, MAX_SEQ, 1500)
+    assert protocol.request_key(head) == b"some-key"
+    head, _body = _frames(Op.COUNT, [], seq=3)
+    assert protocol.peek_request(head) == (Op.COUNT, 0, 3, 1500)
+    assert protocol.request_key(head) == b""
+
+
+def test_peek_request_does_not_check_codes() -> None:
+    # the broker checks op and consistency codes itself; peek only reads them
+    head = _header(op=255, consistency=9, seq=4, timeout_ms=0) + b"key"
+    assert protocol.peek_request(head) == (255, 9, 4, 0)
+
+
+@pytest.mark.parametrize("size", [0, 1, 10, REQUEST_HEADER.size - 1])
+def test_peek_request_short_head(size: int) -> None:
+    with pytest.raises(RemoteProtocolError, match=f"header is {size} bytes") as info:
+        protocol.peek_request(_header(seq=6)[:size])
+    assert info.value.seq is None  # the seq could not be read
+
+
+@pytest.mark.parametrize("version", [0, 1, 3, 255])
+@pytest.mark.parametrize("key", [b"", b"k"])
+def test_peek_request_wrong_version_carries_seq(version: int, key: bytes) -> None:
+    head = _header(version=version, seq=31337) + key
+    with pytest.raises(RemoteProtocolError, match=f"protocol version {version}") as info:
+        protocol.peek_request(head)
+    assert info.value.seq == 31337  # so the error can be answered
 
 
 def test_op_sets() -> None:
@@ -503,12 +583,61 @@ def test_check_items() -> None:
 def test_reply_round_trip(result: Any) -> None:
     frames = protocol.encode_reply(77, result)
     assert len(frames) == 2
-    assert len(frames[0]) == REPLY_HEADER.size == 10
-    assert protocol.decode_reply_header(frames[0]) == (77, ErrorCode.OK)
+    assert len(frames[0]) == REPLY_HEADER.size == 11
+    form = protocol.FORM_VALUE if type(result) is bytes else protocol.FORM_MSGPACK
+    assert protocol.decode_reply_header(frames[0]) == (77, ErrorCode.OK, form)
+    assert protocol.reply_seq(frames[0]) == 77
     seq, decoded = protocol.decode_reply(frames)
     assert seq == 77
     assert decoded == result
     assert type(decoded) is type(result)
+
+
+def test_reply_header_layout() -> None:
+    header, body = protocol.encode_reply(7, [1])
+    assert header == bytes([VERSION, ErrorCode.OK, protocol.FORM_MSGPACK]) + (7).to_bytes(8, "big")
+    assert msgpack.unpackb(body) == [1]
+    header, _body = protocol.encode_error(8, KeyNotFound("no", key=b"k"))
+    assert header == bytes([VERSION, ErrorCode.KEY_NOT_FOUND, protocol.FORM_MSGPACK]) + (
+        8
+    ).to_bytes(8, "big")
+
+
+@pytest.mark.parametrize(
+    "value", [b"", b"v", b"\xc1\x00\xff", msgpack.packb({"a": [1, 2]}), b"x" * 100_000]
+)
+def test_bytes_reply_is_sent_as_it_is(value: bytes) -> None:
+    # a stored value (a GET's result) is the body itself, form 1: no msgpack wrapping
+    frames = protocol.encode_reply(MAX_SEQ, value)
+    assert len(frames) == 2
+    assert frames[0] == bytes([VERSION, ErrorCode.OK, protocol.FORM_VALUE]) + MAX_SEQ.to_bytes(
+        8, "big"
+    )
+    assert protocol.FORM_VALUE == 1
+    assert frames[1] is value  # not copied
+    assert protocol.decode_reply_header(frames[0]) == (MAX_SEQ, ErrorCode.OK, protocol.FORM_VALUE)
+    seq, decoded = protocol.decode_reply(frames)
+    assert seq == MAX_SEQ
+    assert decoded == value
+    assert type(decoded) is bytes
+    # only a bytes result itself: bytes inside a result, or a bytearray, stay msgpack
+    for result in ([value], bytearray(value)):
+        header, _body = protocol.encode_reply(1, result)
+        assert protocol.decode_reply_header(header)[2] == protocol.FORM_MSGPACK
+
+
+@pytest.mark.parametrize("form", [2, 3, 255])
+def test_unknown_reply_form_is_refused(form: int) -> None:
+    frames = [REPLY_HEADER.pack(VERSION, ErrorCode.OK, form, 5), msgpack.packb(None)]
+    assert protocol.decode_reply_header(frames[0]) == (5, ErrorCode.OK, form)
+    with pytest.raises(RemoteProtocolError, match=f"unknown form {form}"):
+        protocol.decode_reply(frames)
+
+
+def test_reply_seq_reads_any_reply_header() -> None:
+    assert protocol.reply_seq(protocol.encode_reply(12, None)[0]) == 12
+    assert protocol.reply_seq(protocol.encode_reply(13, b"value")[0]) == 13
+    assert protocol.reply_seq(protocol.encode_error(MAX_SEQ, KeyNotFound("x"))[0]) == MAX_SEQ
 
 
 @pytest.mark.parametrize("code", [c for c in ErrorCode if c is not ErrorCode.OK])
@@ -516,7 +645,7 @@ def test_reply_round_trip(result: Any) -> None:
 def test_error_round_trip_every_code(code: ErrorCode, key: bytes | None) -> None:
     cls = ERROR_CLASSES[code]
     frames = protocol.encode_error(MAX_SEQ, cls(f"boom {code.name}", key=key))
-    assert protocol.decode_reply_header(frames[0]) == (MAX_SEQ, code)
+    assert protocol.decode_reply_header(frames[0]) == (MAX_SEQ, code, protocol.FORM_MSGPACK)
     with pytest.raises(ZkvError) as info:
         protocol.decode_reply(frames)
     err = info.value
@@ -553,7 +682,7 @@ def test_error_subclasses_map_to_their_wire_class(exc: ZkvError, expected: type)
 
 @pytest.mark.parametrize("code", [15, 99, 255])
 def test_unknown_error_code_is_plain_request_error(code: int) -> None:
-    frames = [REPLY_HEADER.pack(VERSION, code, 5), msgpack.packb(["weird", b"k"])]
+    frames = [REPLY_HEADER.pack(VERSION, code, 0, 5), msgpack.packb(["weird", b"k"])]
     with pytest.raises(RequestError) as info:
         protocol.decode_reply(frames)
     assert type(info.value) is RequestError
@@ -568,7 +697,7 @@ def test_unknown_error_code_is_plain_request_error(code: int) -> None:
 )
 def test_malformed_error_body(body: Any) -> None:
     frames = [
-        REPLY_HEADER.pack(VERSION, ErrorCode.KEY_NOT_FOUND, 5),
+        REPLY_HEADER.pack(VERSION, ErrorCode.KEY_NOT_FOUND, 0, 5),
         msgpack.packb(body, use_bin_type=True),
     ]
     with pytest.raises(RemoteProtocolError, match="malformed error reply"):
@@ -579,13 +708,18 @@ def test_malformed_error_body(body: Any) -> None:
     "frames",
     [
         [],
-        [REPLY_HEADER.pack(VERSION, 0, 1)],
-        [REPLY_HEADER.pack(VERSION, 0, 1), b"\xc0", b""],
-        [b"\x01" * 9, b"\xc0"],
-        [b"\x01" * 11, b"\xc0"],
-        [REPLY_HEADER.pack(2, 0, 1), b"\xc0"],
-        [REPLY_HEADER.pack(VERSION, 0, 1), b"\xc1"],
-        [REPLY_HEADER.pack(VERSION, 0, 1), b""],
+        [REPLY_HEADER.pack(VERSION, 0, 0, 1)],
+        [REPLY_HEADER.pack(VERSION, 0, 0, 1), b"\xc0", b""],
+        [REPLY_HEADER.pack(VERSION, 0, 1, 1), b"v", b""],
+        [b"\x02" * 10, b"\xc0"],
+        [b"\x02" * 12, b"\xc0"],
+        [b"\x02\x00\x00" + b"\x00" * 7, b"\xc0"],  # version 1's 10-byte header
+        [REPLY_HEADER.pack(1, 0, 0, 1), b"\xc0"],
+        [REPLY_HEADER.pack(3, 0, 1, 1), b"v"],
+        [REPLY_HEADER.pack(VERSION, 0, 0, 1), b"\xc1"],
+        [REPLY_HEADER.pack(VERSION, 0, 0, 1), b""],
+        [REPLY_HEADER.pack(VERSION, 0, 2, 1), b"\xc0"],
+        [REPLY_HEADER.pack(VERSION, ErrorCode.KEY_NOT_FOUND, 1, 1), b"not msgpack \xc1"],
     ],
 )
 def test_decode_reply_malformed(frames: list[bytes]) -> None:
@@ -664,11 +798,45 @@ def test_node_header() -> None:
         protocol.BROKER_HEARTBEAT,
     ):
         frame = protocol.node_header(kind, 2**63)
-        assert len(frame) == 9
+        assert len(frame) == protocol.NODE_HEADER.size == 10
+        assert frame == kind + (2**63).to_bytes(8, "big") + b"\x00"  # no envelope
         assert protocol.decode_node_header(frame) == (kind, 2**63)
-    for bad in (b"", b"Q", b"Q" * 8, b"Q" * 10):
-        with pytest.raises(RemoteProtocolError):
+        assert protocol.split_node_frame(frame) == (kind, 2**63, b"", b"")
+    for bad in (b"", b"Q", b"Q" * 9):
+        with pytest.raises(RemoteProtocolError, match=f"node header is {len(bad)} bytes"):
             protocol.decode_node_header(bad)
+
+
+@pytest.mark.parametrize("envelope", [b"", b"C" + b"i" * 5, b"e" * 255])
+def test_node_frame_round_trip(envelope: bytes) -> None:
+    head, _body = _frames(Op.PUT, [b"v", None], seq=9)
+    frame = protocol.node_frame(protocol.NODE_REQUEST, 2**64 - 1, envelope, head)
+    assert frame == b"Q" + b"\xff" * 8 + bytes([len(envelope)]) + envelope + head
+    assert protocol.split_node_frame(frame) == (protocol.NODE_REQUEST, 2**64 - 1, envelope, head)
+    assert protocol.decode_node_header(frame) == (protocol.NODE_REQUEST, 2**64 - 1)
+    reply_header, _body = protocol.encode_reply(9, b"v")
+    frame = protocol.node_frame(protocol.NODE_REPLY, 3, envelope, reply_header)
+    assert protocol.split_node_frame(frame) == (protocol.NODE_REPLY, 3, envelope, reply_header)
+    # an envelope longer than its one-byte length is refused, not cut short
+    with pytest.raises(struct.error):
+        protocol.node_frame(protocol.NODE_REQUEST, 0, b"e" * 256, head)
+
+
+@pytest.mark.parametrize("size", [0, 1, 9])
+def test_split_node_frame_short_frame(size: int) -> None:
+    frame = protocol.node_frame(protocol.NODE_REQUEST, 1, b"env", b"head")[:size]
+    with pytest.raises(RemoteProtocolError, match=f"node header is {size} bytes"):
+        protocol.split_node_frame(frame)
+
+
+@pytest.mark.parametrize(("claimed", "actual"), [(1, 0), (5, 4), (255, 0), (255, 254)])
+def test_split_node_frame_envelope_longer_than_frame(claimed: int, actual: int) -> None:
+    frame = protocol.NODE_HEADER.pack(protocol.NODE_REQUEST, 1, claimed) + b"e" * actual
+    with pytest.raises(RemoteProtocolError, match=f"has an envelope of {claimed}"):
+        protocol.split_node_frame(frame)
+    # exactly as long as it claims: an empty head
+    full = protocol.NODE_HEADER.pack(protocol.NODE_REQUEST, 1, claimed) + b"e" * claimed
+    assert protocol.split_node_frame(full) == (protocol.NODE_REQUEST, 1, b"e" * claimed, b"")
 
 
 # --------------------------------------------------------------------------- values
@@ -815,19 +983,19 @@ def test_fuzz_decode_request_only_raises_protocol_errors() -> None:
         if mode == 0:  # random frame lists
             frames = [
                 rng.randbytes(rng.choice([0, 1, 10, 30, 31, 32, 50]))
-                for _ in range(rng.randrange(5))
+                for _ in range(rng.randrange(4))
             ]
-        elif mode == 1:  # a valid header with a random (but well-formed) msgpack body
+        elif mode == 1:  # a valid head with a random (but well-formed) msgpack body
             base = rng.choice(valid)
             body = msgpack.packb(_random_msgpack(rng), use_bin_type=True)
-            frames = [base[0], base[1], body]
+            frames = [base[0], body]
         else:  # mutations of valid frames
             frames = list(rng.choice(valid))
             for _ in range(rng.randint(1, 3)):
-                j = rng.randrange(3)
+                j = rng.randrange(2)
                 frames[j] = _mutate(rng, frames[j])
             if rng.random() < 0.05:
-                frames = frames[: rng.randrange(3)] + [b""] * rng.randrange(2)
+                frames = frames[: rng.randrange(2)] + [b""] * rng.randrange(3)
         allowed = ALL_OPS if rng.random() < 0.5 else CLIENT_OPS
         error: ZkvError | None = None
         try:
@@ -853,12 +1021,27 @@ def test_fuzz_decode_reply_and_node_info_only_raise_zkv_errors() -> None:
     valid_replies = [
         protocol.encode_reply(1, [b"a", None]),
         protocol.encode_reply(2, {"k": 1}),
+        protocol.encode_reply(4, b"a stored value"),
         protocol.encode_error(3, KeyNotFound("nope", key=b"k")),
     ]
     node = protocol.encode_node_info(protocol.NODE_READY, NodeInfo("n", "s"))[1]
+    head = _frames(Op.PUT, [b"v", None])[0]
+    node_frames = [
+        protocol.node_frame(protocol.NODE_REQUEST, 7, b"C" + b"i" * 5, head),
+        protocol.node_frame(protocol.NODE_REPLY, 7, b"F" * 13, valid_replies[0][0]),
+        protocol.node_header(protocol.NODE_HEARTBEAT, 7),
+    ]
     for _ in range(3000):
         frames = [_mutate(rng, f) if rng.random() < 0.6 else f for f in rng.choice(valid_replies)]
         with contextlib.suppress(ZkvError):  # anything else fails the test
             protocol.decode_reply(frames)
         with contextlib.suppress(RemoteProtocolError):
             protocol.decode_node_info(_mutate(rng, node))
+        with contextlib.suppress(RemoteProtocolError):
+            protocol.peek_request(_mutate(rng, head))
+        frame = _mutate(rng, rng.choice(node_frames))
+        try:
+            kind, epoch, envelope, rest = protocol.split_node_frame(frame)
+        except RemoteProtocolError:
+            continue
+        assert protocol.node_frame(kind, epoch, envelope, rest) == frame  # nothing lost

@@ -1,0 +1,91 @@
+"""zkv.runtime's socket helpers: whole messages out and in, bounded reads, never blocking."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+from zkv import protocol
+from zkv.protocol import Op, Request
+from zkv.runtime import MAX_FRAMES, drain, readable, recv_frames, send_frames
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
+    ctx = zmq.Context()
+    a: zmq.Socket[bytes] = ctx.socket(zmq.PAIR)
+    b: zmq.Socket[bytes] = ctx.socket(zmq.PAIR)
+    for sock in (a, b):
+        sock.setsockopt(zmq.LINGER, 0)
+    a.bind("inproc://zkv-runtime-test")
+    b.connect("inproc://zkv-runtime-test")
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+        ctx.term()
+
+
+def test_send_frames_sends_each_list_as_one_message(pair: tuple[Any, Any]) -> None:
+    a, b = pair
+    request = protocol.encode_request(Request(Op.GET, b"k", [], b"c" * 16, 1))
+    send_frames(a, request)
+    send_frames(a, [b"one"])
+    send_frames(a, [b"", b"x", b""])
+    assert b.poll(2000)
+    assert b.recv_multipart() == request
+    assert b.recv_multipart() == [b"one"]
+    assert b.recv_multipart() == [b"", b"x", b""]
+
+
+def test_send_frames_never_blocks() -> None:
+    ctx = zmq.Context()
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        with pytest.raises(zmq.Again):  # no peer to take it: refused at once
+            send_frames(sock, [b"head", b"body"])
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def test_readable_says_whether_a_message_waits(pair: tuple[Any, Any]) -> None:
+    a, b = pair
+    assert not readable(b)
+    send_frames(a, [b"head", b"body"])
+    assert b.poll(2000)
+    assert readable(b)
+    assert recv_frames(b) == [b"head", b"body"]
+    assert not readable(b)
+
+
+def test_drain_reads_at_most_its_bound_and_ends_when_none_is_left(
+    pair: tuple[Any, Any],
+) -> None:
+    a, b = pair
+    assert list(drain(b, 10)) == []  # nothing waiting: no wait, no error
+    for i in range(5):
+        send_frames(a, [b"h%d" % i, b"b%d" % i])
+    assert b.poll(2000)
+    assert list(drain(b, 3)) == [[b"h0", b"b0"], [b"h1", b"b1"], [b"h2", b"b2"]]
+    assert list(drain(b, 10)) == [[b"h3", b"b3"], [b"h4", b"b4"]]
+    assert list(drain(b, 10)) == []
+
+
+def test_too_many_frames_are_read_to_the_end_and_dropped(pair: tuple[Any, Any]) -> None:
+    a, b = pair
+    send_frames(a, [b"f"] * MAX_FRAMES)
+    send_frames(a, [b"x"] * (MAX_FRAMES + 1))
+    send_frames(a, [b"x"] * 1000)
+    send_frames(a, [b"after"])
+    assert b.poll(2000)
+    # the oversized messages are None; the next one is whole, not their leftovers
+    assert list(drain(b, 10)) == [[b"f"] * MAX_FRAMES, None, None, [b"after"]]
+    send_frames(a, [b"1", b"2", b"3"])
+    assert b.poll(2000)
+    assert recv_frames(b, max_frames=2) is None
