@@ -86,11 +86,11 @@ def cluster(tree: Path, work: Path, **extra: Any) -> Iterator[str]:
             flags = ["--config", str(config), "--log-level", "WARNING", "--ready-file", str(ready)]
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "zkv", *args, *flags],
+                    [sys.executable, "-P", "-m", "zkv", *args, *flags],
                     env=env,
                     cwd=work,
                     stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    stderr=open(work / f"{args[-1]}.log", "wb"),  # noqa: SIM115
                 )
             )
             deadline = time.monotonic() + 30
@@ -112,15 +112,17 @@ def cluster(tree: Path, work: Path, **extra: Any) -> Iterator[str]:
 
 
 def bench(tree: Path, endpoint: str, args: list[str], seconds: float) -> dict[str, Any]:
-    command = [sys.executable, "-m", "zkv", "bench", "--connect", endpoint, "--json"]
+    # -P: the current folder (this repository) must not shadow PYTHONPATH's tree
+    command = [sys.executable, "-P", "-m", "zkv", "bench", "--connect", endpoint, "--json"]
     out = subprocess.run(
         [*command, "--seconds", str(seconds), *args],
         env={**os.environ, "PYTHONPATH": str(tree)},
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
     )
+    if out.returncode != 0:
+        raise RuntimeError(f"zkv bench from {tree} failed: {out.stderr.strip()[-800:]}")
     result: dict[str, Any] = json.loads(out.stdout)["result"]
     return result
 

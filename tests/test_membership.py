@@ -137,6 +137,18 @@ def test_election_after_the_wait_among_those_that_reported(tmp_path: Path) -> No
     assert m.candidate("s0", now=10.0 + m.election_wait_s + 0.01) is m.members["b"]
 
 
+def test_election_wait_counts_from_the_shards_first_report(tmp_path: Path) -> None:
+    # nodes slow to start (a loaded machine): the wait starts when the first of them reports,
+    # so the node that started first does not win by default
+    routing = RoutingTable(config(tmp_path, THREE), tmp_path / "routing.json")
+    m = Membership(config(tmp_path, THREE), routing, now=10.0)
+    report(m, "b", now=100.0, epoch=0, seq=0)
+    assert m.candidate("s0", now=100.0 + m.election_wait_s - 0.01) is None
+    report(m, "a", now=100.5, epoch=0, seq=0)
+    report(m, "c", now=100.6, epoch=0, seq=0)
+    assert m.candidate("s0", now=100.7) is m.members["a"]  # all reported: config order
+
+
 def test_routing_table_round_trip_and_only_forward_epochs(tmp_path: Path) -> None:
     cfg = config(tmp_path, THREE)
     path = tmp_path / "broker" / "routing.json"

@@ -4,28 +4,35 @@ Nothing here touches a socket; the client, broker, node and the fuzz tests share
 
 Client <-> broker (client DEALER, broker ROUTER; the ROUTER's identity frame is not shown)::
 
-    request:  [header, key, body]
-        header  REQUEST_HEADER (31 bytes): version u8, op u8, consistency u8,
-                client_id 16 bytes, seq u64, timeout_ms u32
-        key     the key's bytes (empty for multi-key and cluster-wide ops); the broker
-                hashes it to a slot and never looks at the body of a single-key request
+    request:  [head, body]
+        head    REQUEST_HEADER (31 bytes): version u8, op u8, consistency u8,
+                client_id 16 bytes, seq u64, timeout_ms u32; then the key's bytes (none for
+                multi-key and cluster-wide ops). The broker reads the fixed header in place
+                and hashes the key to a slot; it never decodes the body of a single-key
+                request.
         body    msgpack array of the op's arguments (see ``ARG_SPECS``); values inside it
                 are opaque bin blobs, themselves msgpack produced by the client
     reply:    [header, body]
-        header  REPLY_HEADER (10 bytes): version u8, code u8 (0 = OK), seq u64
-        body    msgpack: the result when code is 0, else [message, key or nil]
+        header  REPLY_HEADER (11 bytes): version u8, code u8 (0 = OK), form u8, seq u64
+        body    code 0, form 0 (``FORM_MSGPACK``): the msgpack-encoded result;
+                code 0, form 1 (``FORM_VALUE``): the result is ``body`` itself, a stored
+                value's bytes sent as they are (a GET: no bin wrapping, no second decode);
+                else msgpack [message, key or nil]
 
 ``(client_id, seq)`` names a request uniquely cluster-wide: ``client_id`` is random and fixed
 for the life of a client, ``seq`` counts up per client.
 
-Broker <-> node (broker ROUTER, node DEALER)::
+Broker <-> node (broker ROUTER, node DEALER; a ROUTER to every broker with several)::
 
-    broker -> node: [NODE_HEADER(b"Q", epoch), envelope, header, key, body]   a request
-                    [NODE_HEADER(b"B", epoch), msgpack map]                    broker heartbeat
-    node -> broker: [NODE_HEADER(b"A", epoch), envelope, reply header, body]   a reply
-                    [NODE_HEADER(b"R", epoch), msgpack NodeInfo]               READY
-                    [NODE_HEADER(b"H", epoch), msgpack NodeInfo]               heartbeat
+    broker -> node: [NODE_HEADER(b"Q", epoch, n) + envelope + request head, body]  a request
+                    [NODE_HEADER(b"B", epoch, 0), msgpack map]                   heartbeat
+    node -> broker: [NODE_HEADER(b"A", epoch, n) + envelope + reply header, body]  a reply
+                    [NODE_HEADER(b"R", epoch, 0), msgpack NodeInfo]              READY
+                    [NODE_HEADER(b"H", epoch, 0), msgpack NodeInfo]              heartbeat
 
+NODE_HEADER (10 bytes) is kind u8, epoch u64 and the envelope's length n u8; node header,
+envelope and request (or reply) header share one frame, so a request is two frames on every
+hop and the body (a value) is never copied into another frame.
 ``envelope`` is the broker's return address, echoed untouched by the node. The epoch is 0
 until replication bumps it on promotion.
 
@@ -63,17 +70,24 @@ from zkv.errors import show_key as show_key  # its home is errors: every layer m
 if TYPE_CHECKING:
     from zkv.config import LimitsConfig
 
-VERSION: Final = 1
+#: Version 2: a request's key shares its header's frame, node header and envelope share the
+#: request's, and a reply says in what form its body is (``FORM_*``).
+VERSION: Final = 2
 REQUEST_HEADER: Final = struct.Struct(">BBB16sQI")
-REPLY_HEADER: Final = struct.Struct(">BBQ")
-NODE_HEADER: Final = struct.Struct(">cQ")
+REPLY_HEADER: Final = struct.Struct(">BBBQ")
+NODE_HEADER: Final = struct.Struct(">cQB")
+#: A reply body's form: msgpack of the result, or the result itself (a stored value's bytes).
+FORM_MSGPACK: Final = 0
+FORM_VALUE: Final = 1
+#: The msgpack body of a request without arguments (an empty array).
+NO_ARGS: Final = b"\x90"
 CLIENT_ID_BYTES: Final = 16
 MAX_SEQ: Final = 2**64 - 1
 MAX_TIMEOUT_MS: Final = 2**32 - 1
 #: How long a switch-over (FAILOVER) may take by default: the client's wait, from which the
 #: broker derives its own deadline so that its answer arrives before the client gives up.
 FAILOVER_TIMEOUT_S: Final = 10.0
-#: A hard ceiling on any key frame, whatever the config says (keys are small by design).
+#: A hard ceiling on any key on the wire, whatever the config says (keys are small by design).
 MAX_KEY_FRAME_BYTES: Final = 64 * 1024
 #: The most keys one KEYS/SCAN page may ask for.
 MAX_PAGE: Final = 10_000
@@ -125,7 +139,7 @@ CONSISTENCY_CODES: Final = {Consistency.STRONG: 0, Consistency.EVENTUAL: 1}
 CONSISTENCY_BY_CODE: Final = {v: k for k, v in CONSISTENCY_CODES.items()}
 _OP_BY_CODE: Final = {int(op): op for op in Op}  # a dict lookup: Op(code) is slow
 
-#: Ops that carry one key in the key frame and go to that key's shard.
+#: Ops that carry one key in their head and go to that key's shard.
 SINGLE_KEY_OPS: Final = frozenset(
     {Op.GET, Op.PUT, Op.DELETE, Op.CREATE, Op.EXISTS, Op.CAS, Op.EXPIRE, Op.TTL}
 )
@@ -348,16 +362,40 @@ def encode_request(request: Request) -> list[bytes]:
         request.seq,
         request.timeout_ms,
     )
-    return [header, request.key, packb(request.args)]
+    return [header + request.key, packb(request.args) if request.args else NO_ARGS]
 
 
-def decode_request_header(frame: bytes) -> Request:
-    """The header fields of a request, with empty key and args."""
-    if len(frame) != REQUEST_HEADER.size:
+def peek_request(head: bytes) -> tuple[int, int, int, int]:
+    """``(op code, consistency code, seq, timeout_ms)`` read in place from a request's head,
+    without building a ``Request``: what the broker needs to route one it forwards untouched.
+    ``RemoteProtocolError`` (with ``.seq`` when it could be read) for a short head or another
+    protocol version; the codes are not checked here."""
+    if len(head) < REQUEST_HEADER.size:
         raise RemoteProtocolError(
-            f"request header is {len(frame)} bytes; expected {REQUEST_HEADER.size}"
+            f"request header is {len(head)} bytes; expected at least {REQUEST_HEADER.size}"
         )
-    version, op_code, consistency_code, client_id, seq, timeout_ms = REQUEST_HEADER.unpack(frame)
+    version, op_code, consistency_code, _client, seq, timeout_ms = REQUEST_HEADER.unpack_from(head)
+    if version != VERSION:
+        err = RemoteProtocolError(f"protocol version {version}; this server speaks {VERSION}")
+        err.seq = seq
+        raise err
+    return op_code, consistency_code, seq, timeout_ms
+
+
+def request_key(head: bytes) -> bytes:
+    """The key a request's head carries after its fixed header."""
+    return head[REQUEST_HEADER.size :]
+
+
+def decode_request_header(head: bytes) -> Request:
+    """The header fields and key of a request, with empty args."""
+    if len(head) < REQUEST_HEADER.size:
+        raise RemoteProtocolError(
+            f"request header is {len(head)} bytes; expected at least {REQUEST_HEADER.size}"
+        )
+    version, op_code, consistency_code, client_id, seq, timeout_ms = REQUEST_HEADER.unpack_from(
+        head
+    )
     op = _OP_BY_CODE.get(op_code)
     consistency = CONSISTENCY_BY_CODE.get(consistency_code)
     request = Request(
@@ -367,34 +405,38 @@ def decode_request_header(frame: bytes) -> Request:
         raise _malformed(request, f"protocol version {version}; this server speaks {VERSION}")
     if op is None or consistency is None:
         raise _malformed(request, f"unknown op {op_code} or consistency {consistency_code}")
+    if len(head) > REQUEST_HEADER.size:
+        if len(head) - REQUEST_HEADER.size > MAX_KEY_FRAME_BYTES:
+            raise _malformed(request, f"key of {len(head) - REQUEST_HEADER.size} bytes")
+        request.key = head[REQUEST_HEADER.size :]
     return request
 
 
 def decode_request(frames: Sequence[bytes], allowed: frozenset[Op] = CLIENT_OPS) -> Request:
-    """A validated ``Request`` from ``[header, key, body]``.
+    """A validated ``Request`` from ``[head, body]``.
 
     Raises ``RemoteProtocolError`` for malformed frames and ``InvalidRequest`` for arguments
     of the wrong shape; either carries ``.seq`` when the header could be read, so the error
     can be answered.
     """
-    if len(frames) != 3:
-        raise RemoteProtocolError(f"a request has 3 frames, got {len(frames)}")
+    if len(frames) != 2:
+        raise RemoteProtocolError(f"a request has 2 frames, got {len(frames)}")
     request = decode_request_header(frames[0])
     if request.op not in allowed:
         raise _malformed(request, f"unknown operation {request.op.name}")
-    key = frames[1]
-    if len(key) > MAX_KEY_FRAME_BYTES:
-        raise _malformed(request, f"key frame of {len(key)} bytes")
-    if request.op not in SINGLE_KEY_OPS and key:
-        raise _malformed(request, f"{request.op.name} takes no key frame")
-    request.key = key
-    try:
-        args = unpackb(frames[2])
-    except RemoteProtocolError as exc:
-        exc.seq = request.seq
-        raise
-    if type(args) is not list:
-        raise _malformed(request, "request body is not an array")
+    if request.op not in SINGLE_KEY_OPS and request.key:
+        raise _malformed(request, f"{request.op.name} takes no key")
+    body = frames[1]
+    if body == NO_ARGS:
+        args: Any = []
+    else:
+        try:
+            args = unpackb(body)
+        except RemoteProtocolError as exc:
+            exc.seq = request.seq
+            raise
+        if type(args) is not list:
+            raise _malformed(request, "request body is not an array")
     request.args = args
     check_args(request)
     return request
@@ -498,34 +540,46 @@ def check_items(items: list[list[bytes]], max_key_bytes: int, max_value_bytes: i
 
 
 def encode_reply(seq: int, result: Any) -> list[bytes]:
-    """A success reply to request ``seq``."""
-    return [REPLY_HEADER.pack(VERSION, ErrorCode.OK, seq), packb(result)]
+    """A success reply to request ``seq``; a ``bytes`` result (a stored value) goes as it is
+    (``FORM_VALUE``), anything else as msgpack."""
+    if type(result) is bytes:
+        return [REPLY_HEADER.pack(VERSION, ErrorCode.OK, FORM_VALUE, seq), result]
+    return [REPLY_HEADER.pack(VERSION, ErrorCode.OK, FORM_MSGPACK, seq), packb(result)]
 
 
 def encode_error(seq: int, exc: ZkvError) -> list[bytes]:
     """An error reply to request ``seq`` carrying ``exc``'s code, message and key."""
     body = packb([exc.message, exc.key])
-    return [REPLY_HEADER.pack(VERSION, code_of(exc), seq), body]
+    return [REPLY_HEADER.pack(VERSION, code_of(exc), FORM_MSGPACK, seq), body]
 
 
-def decode_reply_header(frame: bytes) -> tuple[int, int]:
-    """``(seq, code)`` from a reply header."""
+def decode_reply_header(frame: bytes) -> tuple[int, int, int]:
+    """``(seq, code, form)`` from a reply header."""
     if len(frame) != REPLY_HEADER.size:
         raise RemoteProtocolError(f"reply header is {len(frame)} bytes")
-    version, code, seq = REPLY_HEADER.unpack(frame)
+    version, code, form, seq = REPLY_HEADER.unpack(frame)
     if version != VERSION:
         raise RemoteProtocolError(f"reply of protocol version {version}")
-    return seq, code
+    return seq, code, form
+
+
+def reply_seq(frame: bytes) -> int:
+    """The request sequence number a reply header answers (not validated)."""
+    return int(REPLY_HEADER.unpack(frame)[3])
 
 
 def decode_reply(frames: Sequence[bytes]) -> tuple[int, Any]:
     """``(seq, result)`` for a success reply; for an error reply, the typed error is raised."""
     if len(frames) != 2:
         raise RemoteProtocolError(f"a reply has 2 frames, got {len(frames)}")
-    seq, code = decode_reply_header(frames[0])
-    body = unpackb(frames[1])
+    seq, code, form = decode_reply_header(frames[0])
     if code == ErrorCode.OK:
-        return seq, body
+        if form == FORM_VALUE:
+            return seq, frames[1]
+        if form != FORM_MSGPACK:
+            raise RemoteProtocolError(f"reply body of unknown form {form}")
+        return seq, unpackb(frames[1])
+    body = unpackb(frames[1])
     if not (
         type(body) is list and len(body) == 2 and type(body[0]) is str and _is_opt_bytes(body[1])
     ):
@@ -634,7 +688,7 @@ _NODE_INFO_TYPES: Final = {
 
 def encode_node_info(kind: bytes, info: NodeInfo) -> list[bytes]:
     """READY or heartbeat frames from a node."""
-    return [NODE_HEADER.pack(kind, info.epoch), packb(asdict(info))]
+    return [node_header(kind, info.epoch), packb(asdict(info))]
 
 
 def decode_node_info(frame: bytes) -> NodeInfo:
@@ -659,15 +713,32 @@ def decode_node_info(frame: bytes) -> NodeInfo:
 
 def decode_node_header(frame: bytes) -> tuple[bytes, int]:
     """``(kind, epoch)`` from the first frame of a node message."""
-    if len(frame) != NODE_HEADER.size:
+    if len(frame) < NODE_HEADER.size:
         raise RemoteProtocolError(f"node header is {len(frame)} bytes")
-    kind, epoch = NODE_HEADER.unpack(frame)
+    kind, epoch, _n = NODE_HEADER.unpack_from(frame)
     return kind, epoch
 
 
 def node_header(kind: bytes, epoch: int) -> bytes:
-    """The first frame of a node message."""
-    return NODE_HEADER.pack(kind, epoch)
+    """The first frame of a node message without an envelope (READY, heartbeats)."""
+    return NODE_HEADER.pack(kind, epoch, 0)
+
+
+def node_frame(kind: bytes, epoch: int, envelope: bytes, head: bytes) -> bytes:
+    """The first frame of a request or reply between broker and node: node header, the
+    broker's ``envelope`` (at most 255 bytes) and the request's head or reply's header."""
+    return NODE_HEADER.pack(kind, epoch, len(envelope)) + envelope + head
+
+
+def split_node_frame(frame: bytes) -> tuple[bytes, int, bytes, bytes]:
+    """``(kind, epoch, envelope, head)`` of a request's or reply's first frame."""
+    if len(frame) < NODE_HEADER.size:
+        raise RemoteProtocolError(f"node header is {len(frame)} bytes")
+    kind, epoch, n = NODE_HEADER.unpack_from(frame)
+    end = NODE_HEADER.size + n
+    if len(frame) < end:
+        raise RemoteProtocolError(f"node message of {len(frame)} bytes has an envelope of {n}")
+    return kind, epoch, frame[NODE_HEADER.size : end], frame[end:]
 
 
 # --------------------------------------------------------------------------- msgpack

@@ -18,7 +18,7 @@ it is only evidence for them:
   data), the in-sync replica that is following with the highest sequence number; none if
   no replica was in sync, since promoting one could lose acknowledged writes.
 - **Election** (no routing file): once every configured node of the shard has reported,
-  or ``election_wait_s`` after the broker started, the reporting node with the highest
+  or ``election_wait_s`` after the first of them reported, the reporting node with the highest
   logged sequence (then the highest epoch, then config order). This trusts what nodes
   report about their own data; CURVE (the security issue) authenticates who reports it.
 """
@@ -71,6 +71,8 @@ class Membership:
         self.expiry_s = config.heartbeat.expiry_s
         #: Without a routing file, how long to wait for a shard's nodes before electing.
         self.election_wait_s = max(1.0, 4 * self.expiry_s)
+        #: When each shard's first node reported (the election wait starts there).
+        self._first_report: dict[str, float] = {}
         self.started = now
         self.members: dict[str, Member] = {
             node.name: Member(node.name, node.shard) for node in config.nodes()
@@ -110,6 +112,7 @@ class Membership:
             return f"unknown node {info.name!r} (not in the config)"
         if info.shard != member.shard:
             return f"node {info.name!r} says shard {info.shard!r}; the config says {member.shard!r}"
+        self._first_report.setdefault(member.shard, now)
         if not member.alive:
             log.info(
                 "node %s (shard %s, pid %d) is up; publish %s, sync %s",
@@ -242,7 +245,12 @@ class Membership:
             return None
         members = [self.members[n] for n in self.shards[shard]]
         reported = [m for m in members if m.alive and m.info is not None]
-        if len(reported) < len(members) and now - self.started < self.election_wait_s:
+        if not reported:
+            return None
+        # counted from the shard's first report, not the broker's start: nodes that are slow
+        # to start (a loaded machine) still all get their say
+        first = max(self.started, self._first_report.get(shard, now))
+        if len(reported) < len(members) and now - first < self.election_wait_s:
             return None  # wait for the others: one of them may hold more
         order = {name: i for i, name in enumerate(self.shards[shard])}
         usable = [m for m in reported if m.usable and m.info is not None]

@@ -114,6 +114,10 @@ class SlotMoves:
             return any(slot_of(k, self.slots) in self.holding for k in keys)
         return False
 
+    def holds_key(self, key: bytes) -> bool:
+        """Whether a single-key request on ``key`` must wait for a switch to end."""
+        return slot_of(key, self.slots) in self.holding
+
     def hold(self, frames: list[bytes], user: str) -> None:
         """Keep a client message (with its identity frame) until the switch ends; refuse it
         with a retryable error if too many wait."""

@@ -5,7 +5,7 @@ Two ROUTER sockets: ``clients`` (client DEALERs) and ``nodes`` (node DEALERs, id
 listed client keys reach ``clients``, only node keys reach ``nodes``, and a node is known by
 the name of the key it proved, not by an identity it chose.
 
-A single-key request is routed by its key frame alone (``slot_of(key) -> shard -> primary``)
+A single-key request is routed by the key in its head alone (``slot_of(key) -> shard -> primary``)
 and forwarded untouched, wrapped in an envelope naming the client; the node's reply is
 unwrapped and sent back. The broker never decodes
 a single-key request's body, and never decodes a value. Multi-key and cluster-wide
@@ -20,8 +20,8 @@ logged.
 
 from __future__ import annotations
 
-import errno
 import logging
+import math
 import os
 import struct
 import time
@@ -57,9 +57,11 @@ from zkv.protocol import Consistency, Op, Request, Role
 from zkv.runtime import (
     MAX_FRAMES,
     Throttle,
+    Waiter,
     bind_endpoint,
     recv_frames,
     recv_frames_with_user,
+    send_frames,
     write_ready_file,
 )
 from zkv.slots import SlotMap
@@ -78,6 +80,14 @@ _DIRECT: Final = b"C"
 _GATHER: Final = b"F"
 _GATHER_ENVELOPE: Final = struct.Struct(">cQI")
 _REQUEST_SEQ: Final = struct.Struct(">Q")
+_NODE_REQUEST: Final = protocol.NODE_REQUEST
+_NODE_REPLY: Final = protocol.NODE_REPLY
+#: Plain ints, for the per-request checks of the routing fast path.
+_SINGLE_KEY_CODES: Final = frozenset(int(op) for op in protocol.SINGLE_KEY_OPS)
+_WRITE_CODES: Final = frozenset(int(op) for op in protocol.WRITE_OPS)
+_CONSISTENCY_CODES: Final = frozenset(protocol.CONSISTENCY_BY_CODE)
+_EVENTUAL: Final = protocol.CONSISTENCY_CODES[Consistency.EVENTUAL]
+_KEY_AT: Final = protocol.REQUEST_HEADER.size
 #: A controller promotes only this many primary leases after it last granted one to the
 #: down primary: the margin covers a heartbeat still in flight when the lease was counted.
 LEASE_MARGIN: Final = 1.5
@@ -128,6 +138,7 @@ class Broker:
         #: Who each message comes from and what they may do (CURVE keys, client grants).
         self.gate = Gate(config, self.context)
         self._reload = False
+        self._waiter: Waiter | None = None
         #: A running reshard, and the requests held while slots switch shards.
         self.moves = SlotMoves(
             config.slots,
@@ -143,6 +154,9 @@ class Broker:
     def stop(self) -> None:
         """Ask the loop to finish its turn and exit (safe from a signal handler)."""
         self._stopping = True
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.wake()
 
     @property
     def slot_map(self) -> SlotMap:
@@ -153,6 +167,9 @@ class Broker:
         """Ask the loop to read the config file again at its next turn (safe from a signal
         handler: SIGHUP): see ``_reload_config``."""
         self._reload = True
+        waiter = self._waiter
+        if waiter is not None:
+            waiter.wake()
 
     # ------------------------------------------------------------------ loop
 
@@ -217,35 +234,33 @@ class Broker:
 
     def _loop(self) -> None:
         interval = self.config.heartbeat.interval_s
-        poller = zmq.Poller()
-        poller.register(self.clients, zmq.POLLIN)
-        poller.register(self.nodes, zmq.POLLIN)
+        waiter = self._waiter = Waiter([self.clients, self.nodes])
         next_tick = time.monotonic() + interval
-        while not self._stopping:
-            wake = min(next_tick, self.moves.wake_at())  # a paced slot move's next step
-            try:
-                ready = dict(poller.poll(int(max(0.0, wake - time.monotonic()) * 1000)))
-            except zmq.ZMQError as exc:
-                if exc.errno != errno.EINTR:
-                    raise
-                continue
-            if self._reload:
-                self._reload = False
-                self._reload_config()
-            if self.nodes in ready:
-                self._drain(self.nodes, self._on_node)
-            if self.clients in ready:
-                self._drain(self.clients, self._on_client)
-            now = time.monotonic()
-            if now >= next_tick:
-                self._tick(now)
-                next_tick = now + interval
-            elif now >= self.moves.wake_at():
-                self.moves.drive(now)
+        try:
+            while not self._stopping:
+                wake = min(next_tick, self.moves.wake_at())  # a paced slot move's next step
+                ready = waiter.wait(math.ceil(max(0.0, wake - time.monotonic()) * 1000))
+                if self._reload:
+                    self._reload = False
+                    self._reload_config()
+                if self.nodes in ready:
+                    self._drain(self.nodes, self._on_node)
+                if self.clients in ready:
+                    self._drain(self.clients, self._on_client)
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick = now + interval
+                elif now >= self.moves.wake_at():
+                    self.moves.drive(now)
+        finally:
+            self._waiter = None
+            waiter.close()
 
     def _drain(self, sock: zmq.Socket[bytes], handle: Any) -> None:
-        """Handle every message ready on ``sock`` (up to ``DRAIN_MAX``): ``handle(frames,
-        user)``, ``user`` being the key the message came with (CURVE; else empty)."""
+        """Handle every message ready on ``sock`` (up to ``DRAIN_MAX``, then the waiter is
+        told to look again): ``handle(frames, user)``, ``user`` being the key the message
+        came with (CURVE; else empty)."""
         secure = self.gate.secure
         for _ in range(DRAIN_MAX):
             try:
@@ -264,6 +279,8 @@ class Broker:
                 self._bad.warning("dropped a malformed message: %s", exc)
             except Exception:
                 log.exception("failed to handle a message of %d frames", len(frames))
+        if self._waiter is not None:
+            self._waiter.check(sock)
 
     def _reload_config(self) -> None:
         """Read the config file again (SIGHUP): its ``security`` section (keys, clients,
@@ -423,8 +440,11 @@ class Broker:
         member = self.membership.primary(shard)
         if member is None:
             return None
-        header = protocol.node_header(protocol.NODE_REQUEST, self.routing.epochs[shard])
-        return member.name if self._to_node(member, [header, *frames]) else None
+        envelope, head, body = frames
+        first = protocol.node_frame(
+            protocol.NODE_REQUEST, self.routing.epochs[shard], envelope, head
+        )
+        return member.name if self._to_node(member, [first, body]) else None
 
     def _serving_primary(self, shard: str) -> str | None:
         member = self.membership.primary(shard)
@@ -442,41 +462,49 @@ class Broker:
     # ------------------------------------------------------------------ clients
 
     def _on_client(self, frames: list[bytes], user: str = "") -> None:
+        """One client message ``[identity, head, body]``. A single-key request is routed
+        from its head, read in place (``protocol.peek_request``): its body goes to the node
+        untouched. The rest are decoded whole."""
         self.requests += 1
         client = frames[0]
-        if len(frames) != 4:
+        if len(frames) != 3:
             self._fail(
                 client,
                 0,
                 RemoteProtocolError(
-                    f"a request has 3 frames after the identity, got {len(frames) - 1}"
+                    f"a request has 2 frames after the identity, got {len(frames) - 1}"
                 ),
             )
             return
         seq = 0
         try:
-            request = protocol.decode_request_header(frames[1])
-            seq, op = request.seq, request.op
-            grant = self.gate.grant_of(user) if self.gate.secure else None
-            if op in protocol.SINGLE_KEY_OPS:
-                if grant is not None:
-                    grant.check_op(op, frames[2])
-                if self.moves.holding and self.moves.holds(request, frames[2]):
+            head = frames[1]
+            op_code, consistency, seq, timeout_ms = protocol.peek_request(head)
+            if op_code in _SINGLE_KEY_CODES and consistency in _CONSISTENCY_CODES:
+                key = head[_KEY_AT:]
+                if self.gate.secure:
+                    key_grant = self.gate.grant_of(user)
+                    if key_grant is not None:
+                        key_grant.check_op(protocol.Op(op_code), key)
+                if self.moves.holding and self.moves.holds_key(key):
                     self.moves.hold(frames, user)  # its slot is switching shards
                     return
-                self._admit(client, request)
-                self._route(client, request, frames[1:])
+                self._admit(client, seq, timeout_ms, op_code)
+                self._route(client, op_code, consistency, key, frames)
                 return
+            request = protocol.decode_request_header(head)
+            op = request.op
             if op not in fanout.FANOUT_OPS and op not in (Op.STATUS, Op.FAILOVER, Op.RESHARD):
                 raise RemoteProtocolError(f"unknown operation {op.name}")
             full = protocol.decode_request(frames[1:])
+            grant = self.gate.grant_of(user) if self.gate.secure else None
             if grant is not None:  # every key and operation inside it, before any is applied
                 grant.check(full)
             if op in fanout.FANOUT_OPS:
                 if self.moves.holding and self.moves.holds(full, b""):
                     self.moves.hold(frames, user)
                     return
-                self._admit(client, request)
+                self._admit(client, seq, request.timeout_ms, op)
                 self._fan_out(client, full)
             elif op is Op.STATUS:
                 self._reply(client, protocol.encode_reply(request.seq, self.status()))
@@ -500,15 +528,15 @@ class Broker:
             log.exception("failed to handle a client request")
             self._fail(client, seq, ServerError(f"broker error: {type(exc).__name__}: {exc}"))
 
-    def _admit(self, client: bytes, request: Request) -> None:
-        """Count ``request`` against its client's ``limits.max_inflight_per_client``.
+    def _admit(self, client: bytes, seq: int, timeout_ms: int, op_code: int) -> None:
+        """Count request ``seq`` against its client's ``limits.max_inflight_per_client``.
 
         Past the limit it is answered ``TooManyRequests`` at once and changes nothing. The
         count is released when the broker answers the request, or after its timeout (the
         node that had it may have died).
         """
-        timeout_s = min(request.timeout_ms / 1000 or MAX_GATHER_S, MAX_GATHER_S)
-        if self._inflight.acquire(client, request.seq, time.monotonic() + timeout_s + 1.0):
+        timeout_s = min(timeout_ms / 1000 or MAX_GATHER_S, MAX_GATHER_S)
+        if self._inflight.acquire(client, seq, time.monotonic() + timeout_s + 1.0):
             return
         self.errors += 1
         self._bad.warning(
@@ -517,29 +545,36 @@ class Broker:
             self._inflight.limit,
         )
         error = TooManyRequests(
-            f"{request.op.name}: {self._inflight.limit} requests of this client are in flight "
+            f"{Op(op_code).name}: {self._inflight.limit} requests of this client are in flight "
             "(limits.max_inflight_per_client); read their replies before sending more"
         )
-        self._send_client(client, protocol.encode_error(request.seq, error))
+        self._send_client(client, protocol.encode_error(seq, error))
         raise _Refused
 
-    def _route(self, client: bytes, request: Request, frames: list[bytes]) -> None:
-        key = frames[1]
+    def _route(
+        self, client: bytes, op_code: int, consistency: int, key: bytes, frames: list[bytes]
+    ) -> None:
+        """Send a single-key request ``[identity, head, body]`` to the node that serves its
+        key: the shard's primary, or one of its replicas for an eventual read."""
         if len(key) > protocol.MAX_KEY_FRAME_BYTES:
-            raise RemoteProtocolError(f"key frame of {len(key)} bytes")
+            raise RemoteProtocolError(f"key of {len(key)} bytes")
         shard = self.slot_map.shard_of(key)
-        member = self._target(shard, request)
-        if member is None:
-            raise self._unavailable(shard, request)
-        if not self._to_node(
+        if consistency == _EVENTUAL and op_code not in _WRITE_CODES:
+            member = self.membership.reader(shard)
+        else:
+            member = self.membership.primary(shard)
+        if member is None or not self._to_node(
             member,
             [
-                protocol.node_header(protocol.NODE_REQUEST, self.routing.epochs[member.shard]),
-                _DIRECT + client,
-                *frames,
+                protocol.node_frame(
+                    _NODE_REQUEST, self.routing.epochs[shard], _DIRECT + client, frames[1]
+                ),
+                frames[2],
             ],
         ):
-            raise self._unavailable(shard, request)
+            raise Unavailable(
+                f"{Op(op_code).name}: shard {shard} has no live node; try again once it is back"
+            )
 
     def _fan_out(self, client: bytes, request: Request) -> None:
         limits = self.config.limits
@@ -570,11 +605,9 @@ class Broker:
         )
         for index, (part, member) in enumerate(zip(parts, members, strict=True)):
             envelope = _GATHER_ENVELOPE.pack(_GATHER, gid, index)
-            frames = [
-                protocol.node_header(protocol.NODE_REQUEST, self.routing.epochs[member.shard]),
-                envelope,
-                *protocol.encode_request(part.request),
-            ]
+            head, body = protocol.encode_request(part.request)
+            epoch = self.routing.epochs[member.shard]
+            frames = [protocol.node_frame(_NODE_REQUEST, epoch, envelope, head), body]
             if not self._to_node(member, frames):
                 self._gathers.drop(gid)
                 raise self._unavailable(part.shard, request)
@@ -796,22 +829,22 @@ class Broker:
         if len(frames) < 3:
             self._bad.warning("dropped a %d-frame message from %r", len(frames), identity[:32])
             return
-        kind, epoch = protocol.decode_node_header(frames[1])
-        if kind == protocol.NODE_REPLY and len(frames) == 5:
+        kind, epoch, envelope, header = protocol.split_node_frame(frames[1])
+        if kind == _NODE_REPLY and len(frames) == 3:
             member = self.membership.by_identity(identity)
             if member is None or epoch != self.routing.epochs[member.shard]:
                 # fencing: a node that lost its role at an older epoch (or claims one the
                 # broker never gave) acknowledges nothing
                 self._bad.warning("dropped a reply from %r at epoch %d", identity[:32], epoch)
                 return
-            envelope = frames[2]
+            reply = [header, frames[2]]
             if envelope[:1] == _DIRECT:
-                self._reply(envelope[1:], frames[3:])
+                self._reply(envelope[1:], reply)
             elif is_move_envelope(envelope):
-                self.moves.answered(envelope, frames[3:], time.monotonic())
+                self.moves.answered(envelope, reply, time.monotonic())
             elif envelope[:1] == _GATHER and len(envelope) == _GATHER_ENVELOPE.size:
                 _, gid, index = _GATHER_ENVELOPE.unpack(envelope)
-                self._gathered(gid, index, frames[3:])
+                self._gathered(gid, index, reply)
             else:
                 self._bad.warning("dropped a reply with a bad envelope from %r", identity[:32])
         elif kind in (protocol.NODE_READY, protocol.NODE_HEARTBEAT) and len(frames) == 3:
@@ -867,8 +900,10 @@ class Broker:
         if address is None:
             self.membership.lost(member.name)
             return False
+        if self._waiter is not None:  # a send may take the socket's wake-up signal
+            self._waiter.check(self.nodes)
         try:
-            self.nodes.send_multipart([address, *frames], zmq.NOBLOCK)
+            send_frames(self.nodes, [address, *frames])
         except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (full)
             if exc.errno == zmq.EHOSTUNREACH:
                 self.gate.forget_node(member.identity)
@@ -884,15 +919,17 @@ class Broker:
         """Send ``frames`` (a reply) to ``client``; the request it answers is no longer in
         flight."""
         if len(self._inflight) and len(frames[0]) == protocol.REPLY_HEADER.size:
-            self._inflight.release(client, protocol.REPLY_HEADER.unpack(frames[0])[2])
+            self._inflight.release(client, protocol.reply_seq(frames[0]))
         self._send_client(client, frames)
 
     def _send_client(self, client: bytes, frames: list[bytes]) -> None:
         """Send ``frames`` to ``client`` without waiting (dropped if its queue is full)."""
         try:
-            self.clients.send_multipart([client, *frames], zmq.NOBLOCK)
+            send_frames(self.clients, [client, *frames])
         except zmq.ZMQError as exc:
             log.warning("could not reply to a client: %s", exc)
+        if self._waiter is not None:  # a send may have taken the socket's wake-up signal
+            self._waiter.check(self.clients)
 
     def _fail(self, client: bytes, seq: int, exc: ZkvError) -> None:
         self.errors += 1

@@ -28,6 +28,7 @@ from zkv.config import ClusterConfig, load_config
 from zkv.errors import (
     ConfigError,
     InvalidRequest,
+    LocalProtocolError,
     RemoteProtocolError,
     Timeout,
     Unavailable,
@@ -35,7 +36,7 @@ from zkv.errors import (
     ZkvError,
     error_from_code,
 )
-from zkv.protocol import Consistency, Op, Request
+from zkv.protocol import Consistency, Op
 
 if TYPE_CHECKING:
     from zkv.security import CurveKeys
@@ -289,6 +290,8 @@ def _batch_result(operation: Operation, result: Any) -> Any:
     return error_from_code(result[0], message, key)
 
 
+_pack_header: Final = protocol.REQUEST_HEADER.pack
+
 #: The requests whose first argument lists keys (or operations): ``limits.max_keys_per_request``.
 _MULTI_KEY_OPS: Final = frozenset({Op.MGET, Op.MPUT, Op.BATCH})
 
@@ -314,11 +317,21 @@ class ClientCore:
         self.client_id = protocol.new_client_id()
         self.clock = clock
         self.timeout_s = timeout_s
-        self.consistency = Consistency(consistency)
+        self.consistency = consistency  # the setter converts
         self.max_request_bytes = max_request_bytes
         #: The most keys an mget, mput or pipeline may carry (``limits.max_keys_per_request``).
         self.max_keys_per_request = max_keys_per_request
         self._seq = 0
+
+    @property
+    def consistency(self) -> Consistency:
+        """The consistency of a call that names none."""
+        return self._consistency
+
+    @consistency.setter
+    def consistency(self, value: Consistency | str) -> None:
+        self._consistency = Consistency(value)
+        self._consistency_code = protocol.CONSISTENCY_CODES[self._consistency]
 
     # ------------------------------------------------------------------ one exchange
 
@@ -330,8 +343,10 @@ class ClientCore:
         *,
         timeout: float | None = None,
         consistency: Consistency | str | None = None,
+        decode: Callable[[Any], Any] | None = None,
     ) -> Call:
-        """Send one request and return its result, raising the reply's error.
+        """Send one request and return its result (``decode(result)`` if ``decode`` is
+        given), raising the reply's error.
 
         Retries until the call's timeout: a request no broker connection would take (the
         broker is down or restarting) and a request answered ``Unavailable`` (no live node
@@ -350,7 +365,7 @@ class ClientCore:
             raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
         timeout_s = min(timeout_s, protocol.MAX_TIMEOUT_MS / 1000)  # inf: about 49 days
         deadline = self.clock() + timeout_s
-        arguments = list(args)
+        arguments = args if type(args) is list else list(args)
         if op in _MULTI_KEY_OPS and arguments and isinstance(arguments[0], list | dict):
             protocol.check_key_count(
                 op.name,
@@ -359,17 +374,20 @@ class ClientCore:
                 "operations" if op is Op.BATCH else "keys",
             )
         self._seq += 1
-        request = Request(
-            op,
-            key,
-            arguments,
-            client_id=self.client_id,
-            seq=self._seq,
-            consistency=self.consistency if consistency is None else Consistency(consistency),
-            timeout_ms=min(protocol.MAX_TIMEOUT_MS, math.ceil(timeout_s * 1000)),
-        )
-        frames = protocol.encode_request(request)
-        size = sum(map(len, frames))
+        seq = self._seq
+        if consistency is None:
+            level = self._consistency_code
+        else:
+            level = protocol.CONSISTENCY_CODES[Consistency(consistency)]
+        if len(key) > protocol.MAX_KEY_FRAME_BYTES:
+            raise LocalProtocolError(f"a key of {len(key)} bytes cannot be sent")
+        timeout_ms = min(protocol.MAX_TIMEOUT_MS, math.ceil(timeout_s * 1000))
+        # the frames as ``protocol.encode_request`` makes them, without building a Request
+        frames = [
+            _pack_header(protocol.VERSION, op, level, self.client_id, seq, timeout_ms) + key,
+            protocol.packb(arguments) if arguments else protocol.NO_ARGS,
+        ]
+        size = len(frames[0]) + len(frames[1])
         if size > self.max_request_bytes:
             raise ValueTooLarge(
                 f"{op.name} request is {size} bytes; the limit is {self.max_request_bytes} "
@@ -380,7 +398,7 @@ class ClientCore:
         last: ZkvError | None = None
         while True:
             wait_until = min(deadline, self.clock() + attempt_s)
-            reply = yield Send(frames, request.seq, wait_until)
+            reply = yield Send(frames, seq, wait_until)
             if reply is None:
                 if self.clock() >= deadline:
                     if write:  # the write went out: its outcome is unknown
@@ -395,9 +413,11 @@ class ClientCore:
                 last = Unavailable(f"no broker connection to {op.name} within {timeout_s:g} s")
             else:
                 try:
-                    return self.result(reply)
+                    result = protocol.decode_reply(reply)[1]
                 except Unavailable as exc:
                     last = exc
+                else:
+                    return result if decode is None else decode(result)
             left = deadline - self.clock()
             if left <= MIN_ATTEMPT_S:  # too late for another attempt to be answered
                 raise last
@@ -422,9 +442,8 @@ class ClientCore:
     # ------------------------------------------------------------------ operations
 
     def run(self, operation: Operation, **kw: Any) -> Call:
-        """One single-key operation."""
-        raw = yield from self.call(operation.op, operation.key, operation.args, **kw)
-        return operation.decode(raw)
+        """One single-key operation (the call itself: no generator around it)."""
+        return self.call(operation.op, operation.key, operation.args, decode=operation.decode, **kw)
 
     def batch(self, operations: list[Operation], **kw: Any) -> Call:
         """Many single-key operations in one request per shard; each one's result, or the
@@ -439,35 +458,35 @@ class ClientCore:
 
     def get(self, key: Key, default: Any = None, **kw: Any) -> Call:
         """The value of ``key``, or ``default``."""
-        return (yield from self.run(get_op(key, default), **kw))
+        return self.run(get_op(key, default), **kw)
 
     def put(self, key: Key, value: Any, ttl: float | None, **kw: Any) -> Call:
         """Set ``key``."""
-        return (yield from self.run(put_op(key, value, ttl), **kw))
+        return self.run(put_op(key, value, ttl), **kw)
 
     def create(self, key: Key, value: Any, ttl: float | None, **kw: Any) -> Call:
         """Set ``key`` only if absent (``KeyExists`` otherwise)."""
-        return (yield from self.run(create_op(key, value, ttl), **kw))
+        return self.run(create_op(key, value, ttl), **kw)
 
     def delete(self, key: Key, **kw: Any) -> Call:
         """Remove ``key``; whether it was there."""
-        return (yield from self.run(delete_op(key), **kw))
+        return self.run(delete_op(key), **kw)
 
     def exists(self, key: Key, **kw: Any) -> Call:
         """Whether ``key`` is present."""
-        return (yield from self.run(exists_op(key), **kw))
+        return self.run(exists_op(key), **kw)
 
     def cas(self, key: Key, expected: Any, new: Any, **kw: Any) -> Call:
         """Compare-and-swap; whether it swapped."""
-        return (yield from self.run(cas_op(key, expected, new), **kw))
+        return self.run(cas_op(key, expected, new), **kw)
 
     def expire(self, key: Key, seconds: float, **kw: Any) -> Call:
         """Set a TTL; whether the key was there."""
-        return (yield from self.run(expire_op(key, seconds), **kw))
+        return self.run(expire_op(key, seconds), **kw)
 
     def ttl(self, key: Key, **kw: Any) -> Call:
         """Seconds left, or None without a TTL (``KeyNotFound`` when absent)."""
-        return (yield from self.run(ttl_op(key), **kw))
+        return self.run(ttl_op(key), **kw)
 
     def mget(self, keys: Iterable[Key], **kw: Any) -> Call:
         """``{key: value}`` for the keys present, keyed as passed."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import select
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
@@ -38,8 +39,14 @@ from zkv.client._core import (
 )
 from zkv.client._pipeline import Pipeline
 from zkv.errors import ClientClosed, InvalidRequest, KeyNotFound, Unavailable
-from zkv.protocol import Consistency
+from zkv.protocol import REPLY_HEADER, Consistency, reply_seq
+from zkv.runtime import send_frames
 from zkv.security import CurveKeys
+
+_POLLIN: Final = int(zmq.POLLIN)
+_EVENTS: Final = int(zmq.EVENTS)
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_REPLY_HEADER_BYTES: Final = REPLY_HEADER.size
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT_S", "Client", "parse_endpoint", "parse_endpoints"]
 
@@ -195,6 +202,9 @@ class Client(MutableMapping[Key, Any]):
         sock: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
         configure_socket(sock, self.max_reply_bytes, self.curve)
         connect_socket(sock, self.endpoint)
+        #: Sleeps until the socket's ZMQ_FD signals (see ``_exchange``).
+        self._fd_poll = select.poll()
+        self._fd_poll.register(int(sock.get(zmq.FD)), select.POLLIN)
         return sock
 
     # ------------------------------------------------------------------ lifecycle
@@ -278,17 +288,30 @@ class Client(MutableMapping[Key, Any]):
                     result = self._run(step)
 
     def _exchange(self, sock: zmq.Socket[bytes], send: Send) -> list[bytes] | None:
+        """Send a request and wait for its reply: asks the socket's ``ZMQ_EVENTS`` once (the
+        send may have taken its wake-up signal), then sleeps in ``poll(2)`` on its ``ZMQ_FD``
+        (``zmq.poll`` would ask ``ZMQ_EVENTS`` before and after, a syscall each)."""
         try:
-            sock.send_multipart(send.frames, zmq.NOBLOCK)
+            send_frames(sock, send.frames)
         except zmq.Again:
             return NOT_SENT
         self.reached = True
+        clock, seq, fd_poll = self._core.clock, send.seq, self._fd_poll
         while True:
-            left_ms = (send.deadline - self._core.clock()) * 1000
-            if left_ms <= 0 or not sock.poll(max(1, int(left_ms)), zmq.POLLIN):
-                return None
-            frames = sock.recv_multipart()
-            if ClientCore.reply_seq(frames) == send.seq:
+            if not int(sock.get(_EVENTS)) & _POLLIN:
+                left_ms = (send.deadline - clock()) * 1000
+                woke = left_ms > 0 and fd_poll.poll(max(1, int(left_ms)))
+                if not woke and not int(sock.get(_EVENTS)) & _POLLIN:
+                    return None
+            try:
+                frames = sock.recv_multipart(_NOBLOCK)
+            except zmq.Again:  # the FD signalled a command, not a message
+                continue
+            if (
+                len(frames) == 2
+                and len(frames[0]) == _REPLY_HEADER_BYTES
+                and reply_seq(frames[0]) == seq
+            ):
                 return frames
             # a late reply to an earlier call that timed out: drop it
 

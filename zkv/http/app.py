@@ -89,7 +89,7 @@ _OPERATIONS: Final = web.AppKey("zkv_operations", dict)
 #: Largest request body accepted (bytes); larger bodies get 413 ``RequestTooLarge``.
 MAX_BODY_BYTES: Final = 64 * 1024 * 1024
 #: Longest request line accepted (aiohttp's default is 8190 bytes): room for a key of the
-#: largest key frame, percent-encoded, in the path or the query.
+#: largest key on the wire, percent-encoded, in the path or the query.
 MAX_LINE_BYTES: Final = 3 * MAX_KEY_FRAME_BYTES + 4096
 #: Keys per page of ``GET /api/kv`` when ``limit`` is not given, and the largest ``limit``.
 DEFAULT_LIMIT: Final = 100

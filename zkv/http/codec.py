@@ -156,9 +156,9 @@ def value_to_json(value: Any) -> Any:
 def key_from_json(doc: Any, where: str) -> str:
     """A key given in a request: a non-empty string (``InvalidRequest`` otherwise).
 
-    A key too long for any key frame (64 KiB) raises ``KeyTooLarge`` here, as the store
+    A key too long for the wire (64 KiB) raises ``KeyTooLarge`` here, as the store
     would for a key over its ``limits.max_key_bytes`` (usually far lower); the broker would
-    only drop such a frame as malformed.
+    only drop such a request as malformed.
     """
     if not isinstance(doc, str):
         raise InvalidRequest(f"{where} must be a string, not {json_type(doc)}")

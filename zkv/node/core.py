@@ -45,6 +45,11 @@ REQUEST_ID_SEQ: Final = struct.Struct(">Q")
 _ANY_NODE: Final = frozenset({Op.SCAN, Op.COUNT})
 
 
+def _ok_header(seq: int) -> bytes:
+    """The header of a success reply whose body is msgpack (a remembered write outcome)."""
+    return protocol.REPLY_HEADER.pack(protocol.VERSION, 0, protocol.FORM_MSGPACK, seq)
+
+
 class NodeCore:
     """Answers the requests the broker forwards to one node."""
 
@@ -85,7 +90,7 @@ class NodeCore:
         }
 
     def handle(self, frames: list[bytes], epoch: int | None = None) -> tuple[list[bytes], bool]:
-        """The reply frames for one request's ``[header, key, body]``, and whether it is a
+        """The reply frames for one request's ``[head, body]``, and whether it is a
         ``strong`` write (whose reply waits for the in-sync replicas).
 
         ``epoch`` is the shard epoch the broker stamped on the request: a write stamped with
@@ -128,7 +133,7 @@ class NodeCore:
             rid = request.client_id + REQUEST_ID_SEQ.pack(request.seq)
             first = self.store.results.get(rid)
             if first is not None:  # a retry of a write applied before: its first outcome
-                return [protocol.REPLY_HEADER.pack(protocol.VERSION, 0, request.seq), first], strong
+                return [_ok_header(request.seq), first], strong
             before = self.store.seq
             reply = protocol.encode_reply(request.seq, self._handlers[request.op](request))
             if self.store.seq != before:  # it changed something: remember the outcome

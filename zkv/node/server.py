@@ -20,7 +20,6 @@ and an unexpected exception while handling one is logged and answered with ``Ser
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -45,7 +44,16 @@ from zkv.node.core import NodeCore
 from zkv.node.primary import Primary
 from zkv.node.replica import Replica
 from zkv.protocol import NodeInfo, NodeState, Role
-from zkv.runtime import MAX_FRAMES, Throttle, bind_endpoint, recv_frames, write_ready_file
+from zkv.runtime import (
+    MAX_FRAMES,
+    Throttle,
+    Waiter,
+    bind_endpoint,
+    drain,
+    recv_frames,
+    send_frames,
+    write_ready_file,
+)
 from zkv.security import Keyring, shard_domain
 from zkv.storage.engine import Store
 from zkv.storage.lock import lock_folder
@@ -60,6 +68,7 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL_S: Final = 0.1
 #: The most messages handled per socket per loop turn before timers get a look-in.
 DRAIN_MAX: Final = 1000
+NODE_HEADER_BYTES: Final = protocol.NODE_HEADER.size
 
 
 @dataclass(slots=True)
@@ -103,6 +112,8 @@ class Node:
         self.publish = self.sync = ""
         self.limits = config.limits
         self._stopping = False
+        #: What the loop waits on (``_poller()`` makes it when the sockets change).
+        self._poll: Waiter | None = None
         self._reload = False
         #: Warnings any peer can trigger at will are throttled.
         self._bad = Throttle(log)
@@ -121,11 +132,17 @@ class Node:
     def stop(self) -> None:
         """Ask the loop to finish its turn and exit (safe from a signal handler)."""
         self._stopping = True
+        waiter = self._poll
+        if waiter is not None:
+            waiter.wake()
 
     def request_reload(self) -> None:
         """Ask the loop to read its shard's public keys again from the config file's key
         folder (a replaced node key, SIGHUP; safe from a signal handler)."""
         self._reload = True
+        waiter = self._poll
+        if waiter is not None:
+            waiter.wake()
 
     def _reload_keys(self) -> None:
         if self.keyring is None or self.config.path is None:
@@ -453,20 +470,22 @@ class Node:
     # the whole turn: the broker's heartbeats are read in ``receive`` and acted on in
     # ``timers``, at the turn's end.
 
-    def _wait(self) -> dict[Any, int] | None:
-        """Poll until a socket is ready or a timer is due; None to look at ``_stopping``."""
+    def _wait(self) -> list[zmq.Socket[bytes]] | None:
+        """Wait until a socket may be ready or a timer is due: the sockets to read (see
+        ``runtime.Waiter``)."""
         now = time.monotonic()
         wait_s = max(0.0, min(self._next_heartbeat, self._next_sweep) - now)
-        if self.persistence.compacting or (self.primary is not None and self.primary.transferring):
+        waiter = self._poll
+        assert waiter is not None  # made before the loop starts
+        primary, replica = self.primary, self.replica
+        if self.persistence.compacting or (primary is not None and primary.transferring):
             wait_s = 0.0  # a compaction step or snapshot chunk goes out each turn
-        try:
-            return dict(self._poll.poll(int(wait_s * 1000)))
-        except zmq.ZMQError as exc:  # EINTR from a signal: loop to check _stopping
-            if exc.errno != errno.EINTR:
-                raise
-            return None
+            waiter.check(self._sync_sock)
+        if replica is not None and replica.dealer is not None:
+            waiter.check(replica.dealer)  # it sends HELLO, SNAP and acks on any turn
+        return waiter.wait(math.ceil(wait_s * 1000))
 
-    def _receive(self, ready: dict[Any, int]) -> _Turn:
+    def _receive(self, ready: list[zmq.Socket[bytes]]) -> _Turn:
         """Read every ready message (bounded per socket) into the turn."""
         turn = _Turn()
         replica = self.replica
@@ -482,14 +501,15 @@ class Node:
             for frames in self._read(self._broker):
                 if single:
                     frames.insert(0, b"")  # [broker, ...] as from several
-                try:  # [broker, header, ...]
-                    kind, epoch = protocol.decode_node_header(frames[1])
-                except (ZkvError, IndexError) as exc:
-                    self._bad.warning("dropped a malformed message from a broker: %s", exc)
-                    continue
-                if kind == protocol.NODE_REQUEST and len(frames) == 6:
-                    turn.requests.append((epoch, frames[0], frames[2], frames[3:]))
-                elif kind == protocol.BROKER_HEARTBEAT and len(frames) == 3:
+                kind = frames[1][:1] if len(frames) == 3 else b""
+                if kind == protocol.NODE_REQUEST:  # [broker, node header + envelope + head, body]
+                    try:
+                        _kind, epoch, envelope, head = protocol.split_node_frame(frames[1])
+                    except ZkvError as exc:
+                        self._bad.warning("dropped a malformed request from a broker: %s", exc)
+                        continue
+                    turn.requests.append((epoch, frames[0], envelope, [head, frames[2]]))
+                elif kind == protocol.BROKER_HEARTBEAT and len(frames[1]) == NODE_HEADER_BYTES:
                     turn.beats.append(frames[2])
                 else:
                     self._bad.warning(
@@ -510,10 +530,11 @@ class Node:
         core.replica_state = replica.state if replica is not None else None
         core.refusal = None if self.persistence.writable else self.persistence.refusal()
         core.lease_ok = now <= self._lease_until
-        header = protocol.node_header(protocol.NODE_REPLY, self.epoch)
+        node_frame, reply_kind, my_epoch = protocol.node_frame, protocol.NODE_REPLY, self.epoch
         for epoch, broker, envelope, request in turn.requests:
-            reply, strong = core.handle(request, epoch)
-            turn.replies.append(([broker, header, envelope, *reply], strong))
+            (header, body), strong = core.handle(request, epoch)
+            frames = [broker, node_frame(reply_kind, my_epoch, envelope, header), body]
+            turn.replies.append((frames, strong))
         if now >= self._next_sweep:
             self.store.sweep()
             self._next_sweep = now + SWEEP_INTERVAL_S
@@ -537,6 +558,8 @@ class Node:
         primary, replica = self.primary, self.replica
         if primary is not None:
             primary.publish(now)
+            if turn.primary_sync and self._poll is not None:  # answers go out on sync
+                self._poll.check(self._sync_sock)
             released: list[list[bytes]] = []
             self._each(turn.primary_sync, lambda f: released.extend(primary.on_sync(f, now)))
             released += primary.tick(now)
@@ -585,22 +608,26 @@ class Node:
         retry = Unavailable(f"node {self.me.name} could not log this request ({exc}); retry")
         answered = []
         for frames, _strong in replies:
+            kind, epoch, envelope, header = protocol.split_node_frame(frames[1])
             try:
-                seq = protocol.decode_reply_header(frames[2])[0]
+                seq = protocol.decode_reply_header(header)[0]
             except ZkvError:
                 seq = 0
-            answered.append(([frames[0], frames[1], *protocol.encode_error(seq, retry)], False))
+            error_header, body = protocol.encode_error(seq, retry)
+            first = protocol.node_frame(kind, epoch, envelope, error_header)
+            answered.append(([frames[0], first, body], False))
         return answered
 
-    def _poller(self) -> zmq.Poller:
-        poller = zmq.Poller()
-        poller.register(self._broker, zmq.POLLIN)
-        poller.register(self._sync_sock, zmq.POLLIN)
+    def _poller(self) -> Waiter:
+        """A waiter for the sockets the node reads now (the one it replaces is closed)."""
+        sockets = [self._broker, self._sync_sock]
         if self.replica is not None:
-            for sock in (self.replica.sub, self.replica.dealer):
-                if sock is not None:
-                    poller.register(sock, zmq.POLLIN)
-        return poller
+            sockets += [s for s in (self.replica.sub, self.replica.dealer) if s is not None]
+        old, waiter = self._poll, Waiter(sockets)
+        self._poll = waiter
+        if old is not None:
+            old.close()
+        return waiter
 
     def _on_broker_heartbeat(self, body: bytes, now: float) -> bool:
         """Take the role and epoch the broker names, and follow the primary it names.
@@ -655,15 +682,15 @@ class Node:
     def _read(self, sock: zmq.Socket[bytes], max_frames: int = MAX_FRAMES) -> list[list[bytes]]:
         """Up to ``DRAIN_MAX`` ready messages from ``sock`` (oversized ones dropped)."""
         messages: list[list[bytes]] = []
-        for _ in range(DRAIN_MAX):
-            try:
-                frames = recv_frames(sock, max_frames)
-            except zmq.Again:
-                break
+        read = 0
+        for frames in drain(sock, DRAIN_MAX, max_frames):
+            read += 1
             if frames is None:
                 self._bad.warning("dropped a message with too many frames")
                 continue
             messages.append(frames)
+        if read == DRAIN_MAX and self._poll is not None:  # more may wait, unannounced
+            self._poll.check(sock)
         return messages
 
     def _each(self, messages: list[list[bytes]], handle: Callable[[list[bytes]], Any]) -> None:
@@ -674,10 +701,11 @@ class Node:
             except Exception as exc:
                 self._bad.warning("dropped a replication message: %s: %s", type(exc).__name__, exc)
 
-    @staticmethod
-    def _send(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    def _send(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        if self._poll is not None:
+            self._poll.check(sock)  # a send may take the socket's wake-up signal
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(sock, frames)
         except zmq.Again:
             log.warning("broker connection is full or down; dropped an outgoing message")
         except zmq.ZMQError as exc:  # EHOSTUNREACH: that broker is not connected (yet)
@@ -687,7 +715,7 @@ class Node:
     # ------------------------------------------------------------------ requests
 
     def handle(self, frames: list[bytes], epoch: int | None = None) -> tuple[list[bytes], bool]:
-        """Answer one request's ``[header, key, body]`` (see ``NodeCore.handle``)."""
+        """Answer one request's ``[head, body]`` (see ``NodeCore.handle``)."""
         return self.core.handle(frames, epoch)
 
 
