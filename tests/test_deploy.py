@@ -265,6 +265,23 @@ def test_docker_compose_config_accepts_the_file() -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.timeout(10)
+def test_readme_ports_table_is_the_config(config: ClusterConfig) -> None:
+    """The README's table of ports per role says what deploy/cluster.yaml binds."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Deploying across machines", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (broker|node|gateway|etcd) \| (\d+) \| `?([^|`]+)`? \|", section, re.M)
+    table = {key.strip(): int(port) for _role, port, key in rows}
+    assert config.coordination is not None
+    etcd_ports = {int(url.rsplit(":", 1)[1]) for url in config.coordination.etcd.endpoints}
+    assert etcd_ports == {table["coordination.etcd.endpoints"]}
+    assert {port_of(b.clients) for b in config.broker_list()} == {table["brokers[].clients"]}
+    assert {port_of(b.nodes) for b in config.broker_list()} == {table["brokers[].nodes"]}
+    assert {port_of(n.publish) for n in config.nodes()} == {table["shards.S[].publish"]}
+    assert {port_of(n.sync) for n in config.nodes()} == {table["shards.S[].sync"]}
+    assert config.http.port == table["http.listen"]
+
+
 # --------------------------------------------------------------------------- keys
 
 
