@@ -1,11 +1,14 @@
 """AsyncClient: the asyncio zkv client, many requests in flight on one socket.
 
-It drives the same ``ClientCore`` call generators as ``Client``, with a
-``zmq.asyncio.Socket``: each call registers a future under its sequence number, sends, and
-awaits; one receiver task reads every reply and resolves the future of its sequence number
-(a reply nobody waits for any more, late after a timeout, is dropped). Its operations are
-``Client``'s, awaitable (``keys()``, ``items()`` and ``values()`` are async iterators), and
-a test keeps their names and signatures in step. It is not a mapping.
+It drives the same ``ClientCore`` call generators as ``Client``, with one DEALER socket
+watched by the event loop (``loop.add_reader`` on its ``ZMQ_FD``): each call registers a
+future under its sequence number, sends without blocking, and awaits; when the socket
+signals, every waiting reply is read in one go and resolves the future of its sequence
+number (a reply nobody waits for any more, late after a timeout, is dropped). No task, no
+``zmq.asyncio`` future per message: 64 calls in flight cost one wake-up per batch of
+replies. Its operations are ``Client``'s, awaitable (``keys()``, ``items()`` and
+``values()`` are async iterators), and a test keeps their names and signatures in step. It
+is not a mapping.
 """
 
 from __future__ import annotations
@@ -15,10 +18,9 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import zmq
-import zmq.asyncio
 
 from zkv.client._core import (
     DEFAULT_TIMEOUT_S,
@@ -42,10 +44,20 @@ from zkv.client._sync import (
     unreachable,
 )
 from zkv.errors import ClientClosed
-from zkv.protocol import Consistency
+from zkv.protocol import REPLY_HEADER, Consistency, reply_seq
+from zkv.runtime import send_frames
 from zkv.security import CurveKeys
 
 __all__ = ["AsyncClient"]
+
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_REPLY_HEADER_BYTES: Final = REPLY_HEADER.size
+
+
+def _expire(future: asyncio.Future[list[bytes] | None]) -> None:
+    """A call's wait ran out: it gets None (no reply)."""
+    if not future.done():
+        future.set_result(None)
 
 
 class AsyncClient:
@@ -67,7 +79,7 @@ class AsyncClient:
         max_request_bytes: int = 64 * 1024 * 1024,
         max_keys_per_request: int = 10_000,
         max_reply_bytes: int | None = None,
-        context: zmq.asyncio.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
         curve: CurveKeys | None = None,
     ) -> None:
@@ -87,10 +99,13 @@ class AsyncClient:
         #: ``MAXMSGSIZE`` of the connection: the largest reply frame the cluster can send
         #: (``protocol.max_reply_frame_bytes``; ``from_config`` sets it; None: no limit).
         self.max_reply_bytes = max_reply_bytes
-        self._context = context or zmq.asyncio.Context.instance()
-        self._socket: zmq.asyncio.Socket | None = self._connect()
-        self._pending: dict[int, asyncio.Future[list[bytes]]] = {}
-        self._receiver: asyncio.Task[None] | None = None
+        self._context: zmq.Context[Any] = context or zmq.Context.instance()
+        self._socket: zmq.Socket[bytes] | None = self._connect()
+        self._pending: dict[int, asyncio.Future[list[bytes] | None]] = {}
+        #: The loop whose reader watches the socket, and that socket's ZMQ_FD there.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd: int | None = None
+        self._read_soon = False
 
     @classmethod
     def from_config(
@@ -100,31 +115,61 @@ class AsyncClient:
         ``Client.from_config``, ``client=NAME`` names its key in a secured cluster."""
         return cls(config_defaults(path, kwargs, client, CurveKeys.for_client), **kwargs)
 
-    def _connect(self) -> zmq.asyncio.Socket:
-        sock = self._context.socket(zmq.DEALER)
+    def _connect(self) -> zmq.Socket[bytes]:
+        # a plain socket even on a zmq.asyncio context: the loop watches its ZMQ_FD itself
+        sock: zmq.Socket[bytes] = zmq.Socket(self._context, zmq.DEALER)
         configure_socket(sock, self.max_reply_bytes, self.curve)
         connect_socket(sock, self.endpoint)
         return sock
 
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read replies whenever the socket signals on ``loop`` (the running one)."""
+        self._unwatch()
+        assert self._socket is not None
+        self._loop, self._fd = loop, int(self._socket.get(zmq.FD))
+        loop.add_reader(self._fd, self._read_replies)
+
+    def _unwatch(self) -> None:
+        if self._loop is not None and self._fd is not None:
+            with contextlib.suppress(Exception):  # a loop closed since
+                self._loop.remove_reader(self._fd)
+        self._loop = self._fd = None
+
+    def _read_replies(self) -> None:
+        """Hand every waiting reply to the call waiting for it (until ``zmq.Again``, so that
+        the socket signals again at the next one)."""
+        self._read_soon = False
+        sock, pending = self._socket, self._pending
+        if sock is None:
+            return
+        while True:
+            try:
+                frames = sock.recv_multipart(_NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:  # closed meanwhile
+                return
+            if len(frames) == 2 and len(frames[0]) == _REPLY_HEADER_BYTES:
+                future = pending.get(reply_seq(frames[0]))
+                if future is not None and not future.done():
+                    future.set_result(frames)
+
     def _renew_socket(self) -> None:
         """A new connection: ZeroMQ never retries a CURVE handshake the server refused (a
         key not admitted yet), so a client that never got through starts afresh."""
-        if self._receiver is not None:
-            self._receiver.cancel()
-            self._receiver = None
+        loop = self._loop
+        self._unwatch()
         old, self._socket = self._socket, self._connect()
         if old is not None:
             old.close(linger=0)
+        if loop is not None:
+            self._watch(loop)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def aclose(self) -> None:
         """Close the connection; later calls raise ``ClientClosed``. Safe to call twice."""
-        if self._receiver is not None:
-            self._receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._receiver
-            self._receiver = None
+        self._unwatch()
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
@@ -158,8 +203,9 @@ class AsyncClient:
         if self._socket is None:
             call.close()
             raise ClientClosed("this client was closed")
-        if self._receiver is None:
-            self._receiver = asyncio.get_running_loop().create_task(self._receive())
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._watch(loop)
         started = self._core.clock()
         try:
             action = next(call)
@@ -202,34 +248,28 @@ class AsyncClient:
                     result = await self._run(step)
 
     async def _exchange(self, send: Send) -> list[bytes] | None:
-        sock = self._socket
-        if sock is None:
+        sock, loop = self._socket, self._loop
+        if sock is None or loop is None:
             raise ClientClosed("this client was closed")
-        future: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[bytes] | None] = loop.create_future()
         self._pending[send.seq] = future
         try:
             try:
-                await sock.send_multipart(send.frames, flags=zmq.NOBLOCK)
+                send_frames(sock, send.frames)
             except zmq.Again:
                 return NOT_SENT
             self.reached = True
-            left = send.deadline - self._core.clock()
+            if not self._read_soon:  # the send may have taken the socket's wake-up signal
+                self._read_soon = True
+                loop.call_soon(self._read_replies)
+            timer = loop.call_later(max(send.deadline - self._core.clock(), 0.0), _expire, future)
             try:
-                return await asyncio.wait_for(future, max(left, 0.0))
-            except TimeoutError:
-                return None
+                return await future
+            finally:
+                timer.cancel()
         finally:
             if self._pending.get(send.seq) is future:
                 del self._pending[send.seq]
-
-    async def _receive(self) -> None:
-        sock = self._socket
-        assert sock is not None
-        while True:
-            frames = await sock.recv_multipart()
-            future = self._pending.get(ClientCore.reply_seq(frames) or -1)
-            if future is not None and not future.done():
-                future.set_result(frames)
 
     # ------------------------------------------------------------------ operations
 
