@@ -512,9 +512,13 @@ def test_a_replica_killed_under_load_catches_up_without_a_snapshot(cluster_facto
         stop.set()
         thread.join(30)
     c.wait_for(lambda: in_step(c), "the replica to be in step")
+    # the primary's counters arrive with its heartbeat
+    c.wait_for(
+        lambda: c.node("s0a")["resync_partial"] > before["resync_partial"],
+        "the primary to report the catch-up",
+    )
     after = c.node("s0a")
     assert after["resync_full"] == before["resync_full"]  # no snapshot
-    assert after["resync_partial"] > before["resync_partial"]
     print(f"resync bytes {after['resync_bytes'] - before['resync_bytes']}")
     assert "requesting the records after seq" in c.procs["s0b"].log_file.read_text()
     keys = sorted(acked)
@@ -538,6 +542,10 @@ def test_a_replica_behind_the_backlog_gets_a_snapshot_with_the_data_intact(
         kv.put(f"after{i}", i)
     c.start("s0b")
     c.wait_for(lambda: in_step(c), "the replica to resync")
+    c.wait_for(
+        lambda: c.node("s0a")["resync_full"] > before["resync_full"],
+        "the primary to report the snapshot",
+    )
     after = c.node("s0a")
     assert after["resync_full"] == before["resync_full"] + 1
     assert after["resync_partial"] == before["resync_partial"]
