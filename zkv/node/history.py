@@ -128,7 +128,7 @@ class HistoryFile:
 
     def set(self, history: History) -> None:
         """Make ``history`` this node's, durably (a no-op if it already is)."""
-        if history == self.history and self.path.exists():
+        if history == self.history and (history == EMPTY or self.path.exists()):
             return
         tmp = self.path.with_suffix(".json.tmp")
         body = json.dumps({"current": history.current, "past": [list(p) for p in history.past]})
