@@ -69,6 +69,7 @@ class Proc:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
+                cwd=self.folder,  # not ours: `-m` puts the working folder first on the path
             )
         deadline = time.monotonic() + 60
         while not (ready.exists() and ready.read_text().strip()):
