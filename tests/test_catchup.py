@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import zmq
+from test_replica_core import FakeContext
 
 from zkv.node import wire
 from zkv.node.catchup import Backlog, CatchUps, plan
@@ -34,9 +35,11 @@ from zkv.node.follower import (
 )
 from zkv.node.history import EMPTY, MAX_PAST, History, HistoryFile
 from zkv.node.primary import Primary
+from zkv.node.replica import Replica as ReplicaDriver
 from zkv.node.replication import Sent
 from zkv.protocol import NodeState
 from zkv.storage.engine import RecordOp, Store
+from zkv.storage.persistence import Persistence
 from zkv.storage.records import encode_record
 
 # --------------------------------------------------------------------------- the history rule
@@ -460,6 +463,64 @@ def test_a_replica_ahead_of_a_new_primary_gets_a_snapshot_not_its_records() -> N
     link.until_following(writes=0)
     assert (link.primary.resync_full, link.primary.resync_partial) == (1, 0)
     assert link.equal() and link.rstore.get(b"k6") == b"new6"
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _driver(folder: Path) -> tuple[ReplicaDriver, Store, Persistence, FakeContext, Backlog]:
+    store = Store(16)
+    store.primary = False
+    persistence = Persistence(folder, "no")
+    persistence.recover(store)
+    backlog = Backlog(1 << 20)
+    persistence.tap = backlog.append
+    replica = ReplicaDriver(
+        "s0b",
+        store,
+        persistence,
+        FakeContext(),  # type: ignore[arg-type]
+        hwm=1000,
+        heartbeat_s=0.5,
+        histories=HistoryFile(folder),
+        backlog=backlog,
+    )
+    return replica, store, persistence, replica.context, backlog  # type: ignore[return-value]
+
+
+def test_the_driver_keeps_the_history_across_a_restart_and_catches_up(tmp_path: Path) -> None:
+    replica, store, persistence, context, backlog = _driver(tmp_path)
+    replica.follow(*P, epoch=1, now=0.0)
+    replica.on_stream(wire.encode_heartbeat(1, 3, C), now=0.1)
+    _sub, dealer = context.sockets
+    assert dealer.sent[-1] == wire.encode_snap()  # no history yet
+    backlog.append(1, b"from a history given up")
+    for frames in (
+        wire.encode_begin(3, History(C)),
+        wire.encode_chunk([b"a", b"1", None]),
+        wire.encode_results([]),
+        wire.encode_end(1),
+    ):
+        replica.on_sync(frames, now=0.2)
+    assert json.loads((tmp_path / "history.json").read_text())["current"] == C
+    assert store.seq == 3 and len(backlog) == 0  # emptied by the snapshot
+    replica.close()
+    persistence.close()
+    # restarted: it still knows its history, so it asks for the records it missed
+    replica, store, persistence, context, backlog = _driver(tmp_path)
+    assert store.seq == 3 and replica.core.history == History(C)
+    replica.follow(*P, epoch=1, now=1.0)
+    replica.on_stream(wire.encode_heartbeat(1, 5, C), now=1.1)
+    _sub, dealer = context.sockets
+    assert dealer.sent[-1] == wire.encode_catchup(3, C)
+    records = [encode_record(s, put(s)) for s in (4, 5)]
+    replica.on_sync(wire.encode_continue(3, 5, History(C)), now=1.2)
+    replica.on_sync(wire.encode_catchup_records(4, records), now=1.2)
+    assert replica.state == NodeState.FOLLOWING and store.seq == 5
+    assert store.get(b"k5") == b"v5" and backlog.since(3, 5) == records
+    assert replica.catchups == 1 and replica.resyncs == 0
+    replica.close()
+    persistence.close()
 
 
 # --------------------------------------------------------------------------- a real cluster
