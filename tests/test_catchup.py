@@ -107,7 +107,7 @@ def test_the_history_file_survives_a_restart_and_a_bad_one_is_ignored(tmp_path: 
 
 
 def test_the_backlog_holds_its_last_records_within_its_bound() -> None:
-    backlog = Backlog(max_bytes=10)
+    backlog = Backlog(max_bytes=10, overhead_bytes=0)
     for seq in range(1, 6):
         backlog.append(seq, b"%03d" % seq)  # 3 bytes each: 3 fit
     assert (backlog.first_seq, backlog.last_seq, backlog.bytes) == (3, 5, 9)

@@ -204,8 +204,9 @@ class ReplicationConfig:
     #: Stream messages queued per replica before the primary drops some (the replica then
     #: sees a gap and resyncs).
     hwm: int = 100_000
-    #: Bytes of recent records each node keeps in memory, so that a replica that missed
-    #: fewer than that gets only those (a partial resync) instead of a snapshot; 0: none.
+    #: Memory for recent records each node keeps (payloads plus about 48 bytes each), so
+    #: that a replica that missed fewer gets only those (a partial resync) instead of a
+    #: snapshot; 0: none.
     backlog_bytes: int = 16 * 1024 * 1024
 
 

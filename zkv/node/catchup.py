@@ -50,6 +50,7 @@ __all__ = [
     "CHUNKS_PER_TURN",
     "CHUNK_BYTES",
     "CHUNK_RECORDS",
+    "RECORD_OVERHEAD_BYTES",
     "Backlog",
     "CatchUp",
     "CatchUps",
@@ -65,15 +66,20 @@ CHUNK_BYTES: Final = 1 << 20
 #: RECORDS messages sent per replica per loop turn (the socket's high-water mark may stop
 #: it sooner).
 CHUNKS_PER_TURN: Final = 4
+#: What a record costs the backlog beyond its payload (the bytes object and its slot).
+RECORD_OVERHEAD_BYTES: Final = 48
 
 
 class Backlog:
-    """The payloads of a node's last records, contiguous, at most ``max_bytes`` of them."""
+    """The payloads of a node's last records, contiguous, taking at most ``max_bytes``
+    (each record counted as its payload plus ``overhead_bytes``)."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, overhead_bytes: int = RECORD_OVERHEAD_BYTES) -> None:
         self.max_bytes = max_bytes
+        self.overhead_bytes = overhead_bytes
         self._payloads: deque[bytes] = deque()
         self._first = 0  # the sequence number of the first payload held
+        #: What the records held take, by that count.
         self.bytes = 0
 
     @property
@@ -99,15 +105,15 @@ class Backlog:
         if not self._payloads:
             self._first = seq
         self._payloads.append(payload)
-        self.bytes += len(payload)
+        self.bytes += len(payload) + self.overhead_bytes
         while self.bytes > self.max_bytes and self._payloads:
-            self.bytes -= len(self._payloads.popleft())
+            self.bytes -= len(self._payloads.popleft()) + self.overhead_bytes
             self._first += 1
 
     def truncate(self, seq: int) -> None:
         """Forget the records after ``seq`` (they were rolled back)."""
         while self._payloads and self._first + len(self._payloads) - 1 > seq:
-            self.bytes -= len(self._payloads.pop())
+            self.bytes -= len(self._payloads.pop()) + self.overhead_bytes
 
     def clear(self) -> None:
         """Forget every record (the node's history was replaced by a snapshot)."""
