@@ -390,7 +390,7 @@ class Follower:
     # ------------------------------------------------------------------ sync channel
 
     def on_sync(self, message: wire.ToReplica, seq: int, now: float) -> list[Action]:
-        """Handle a snapshot message from the primary; the store is at ``seq``."""
+        """Handle a snapshot or catch-up message from the primary; the store is at ``seq``."""
         self._start(seq)
         if self.state != NodeState.SYNCING:
             return []

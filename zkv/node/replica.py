@@ -180,7 +180,7 @@ class Replica:
         self._run(self.core.on_stream(message, self.store.seq, self._now(now)), now)
 
     def on_sync(self, frames: list[bytes], now: float | None = None) -> None:
-        """Handle a snapshot message from the primary."""
+        """Handle a snapshot or catch-up message from the primary."""
         try:
             message = wire.decode_to_replica(frames)
         except RemoteProtocolError as exc:
