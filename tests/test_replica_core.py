@@ -14,6 +14,7 @@ from zkv.node import wire
 from zkv.node.follower import (
     STALL_S,
     Action,
+    Adopt,
     Apply,
     Connect,
     Disconnect,
@@ -26,6 +27,7 @@ from zkv.node.follower import (
     SnapshotEnd,
     SnapshotResults,
 )
+from zkv.node.history import EMPTY, History
 from zkv.node.replica import Replica
 from zkv.protocol import NodeState
 from zkv.storage.engine import Record, RecordOp, Store
@@ -38,24 +40,36 @@ HELLO_AT = wire.encode_hello
 SNAP = Send(wire.encode_snap())
 
 
+def catchup(seq: int, history: int = 0x5EED) -> Send:
+    """The CATCHUP a replica of history ``history`` at ``seq`` sends."""
+    return Send(wire.encode_catchup(seq, history))
+
+
 def put(seq: int, key: bytes = b"k") -> Record:
     return (RecordOp.SET, key, b"v%d" % seq, None)
 
 
-def records(seq: int, n: int = 1, epoch: int = 1) -> wire.StreamRecords:
-    return wire.StreamRecords(epoch, seq, [put(seq + i, b"k%d" % (seq + i)) for i in range(n)])
+#: The primary's history (``zkv.node.history``) the simulated replica shares.
+H = 0x5EED
+HIST = History(H)
 
 
-def beat(seq: int, epoch: int = 1) -> wire.StreamHeartbeat:
-    return wire.StreamHeartbeat(epoch, seq)
+def records(seq: int, n: int = 1, epoch: int = 1, history: int = H) -> wire.StreamRecords:
+    return wire.StreamRecords(
+        epoch, seq, [put(seq + i, b"k%d" % (seq + i)) for i in range(n)], history
+    )
+
+
+def beat(seq: int, epoch: int = 1, history: int = H) -> wire.StreamHeartbeat:
+    return wire.StreamHeartbeat(epoch, seq, history)
 
 
 class Sim:
     """A Follower and a Store its actions are carried out on, as ``Replica`` does with its
     sockets and files; the clock moves only when the test moves it."""
 
-    def __init__(self, seq: int = 0, name: str = "s0b") -> None:
-        self.follower = Follower(name, heartbeat_s=0.5)
+    def __init__(self, seq: int = 0, name: str = "s0b", history: History = HIST) -> None:
+        self.follower = Follower(name, heartbeat_s=0.5, history=history)
         self.store = Store(16)
         self.store.primary = False
         self.store.seq = seq
@@ -64,6 +78,7 @@ class Sim:
         self.connected: PrimaryAddress | None = None
         self.writing: int | None = None  # the snapshot being written
         self.adopted: list[int] = []
+        self.history = history  # as the driver records it
 
     def run(self, actions: list[Action]) -> list[Action]:
         for action in actions:
@@ -72,6 +87,8 @@ class Sim:
                 self.store.replicate(action.seq, action.record)
             elif isinstance(action, Send):
                 self.sent.append(action.frames)
+            elif isinstance(action, Adopt):
+                self.history = action.history
             elif isinstance(action, Connect):
                 assert self.connected is None
                 self.connected = action.primary
@@ -123,7 +140,7 @@ class Sim:
         flat: list[Any] = []
         for key, value in data.items():
             flat += [key, value, None]
-        out = self.sync(wire.Begin(seq))
+        out = self.sync(wire.Begin(seq, HIST))
         out += self.sync(wire.Chunk(flat))
         out += self.sync(wire.Results([[b"r" * 24, b"reply"]]))
         return out + self.sync(wire.End(len(data)))
@@ -156,11 +173,11 @@ def test_the_next_record_first_means_following_and_it_is_applied() -> None:
     assert sim.store.seq == 7 and sim.store.get(b"k7") == b"v7"
 
 
-def test_waiting_behind_the_primary_asks_for_a_snapshot_and_queues() -> None:
+def test_waiting_behind_the_primary_asks_to_catch_up_and_queues() -> None:
     sim = Sim(seq=5)
     sim.follow()
-    assert sim.stream(records(9)) == [SNAP]
-    assert sim.state == NodeState.SYNCING and sim.follower.resyncs == 1
+    assert sim.stream(records(9)) == [catchup(5)]
+    assert sim.state == NodeState.SYNCING and sim.follower.catchups == 1
     assert sim.stream(records(10)) == []  # queued, not applied
     assert sim.store.seq == 5
 
@@ -187,15 +204,15 @@ def test_messages_of_another_epoch_are_ignored() -> None:
 def test_a_record_past_the_next_seq_is_a_gap() -> None:
     sim = Sim().following(0)
     sim.stream(records(1))
-    assert sim.stream(records(3)) == [SNAP]
-    assert sim.state == NodeState.SYNCING and sim.follower.resyncs == 1
+    assert sim.stream(records(3)) == [catchup(1)]
+    assert sim.state == NodeState.SYNCING and sim.follower.catchups == 1
     assert not sim.follower.force_snapshot  # only missing records: its history is the same
     assert sim.follower.lag(sim.store.seq) == 2
 
 
 def test_a_heartbeat_ahead_is_a_gap() -> None:
     sim = Sim().following(0)
-    assert sim.stream(beat(1)) == [SNAP]
+    assert sim.stream(beat(1)) == [catchup(0)]
     assert sim.state == NodeState.SYNCING
     assert not sim.follower.force_snapshot
 
@@ -218,7 +235,7 @@ def test_a_record_already_held_means_another_history() -> None:
 def test_records_in_one_message_after_a_gap_are_queued() -> None:
     sim = Sim().following(0)
     out = sim.stream(records(2, 3))  # 1 is missing
-    assert out == [SNAP]
+    assert out == [catchup(0)]  # answered by a snapshot here (the primary's choice)
     out = sim.snapshot(1, {b"k1": b"v1"})
     assert [a for a in out if isinstance(a, Apply)] == [
         Apply(2, put(2, b"k2")),
@@ -238,15 +255,20 @@ def test_snapshot_then_the_queued_records_above_it() -> None:
     sim.follow()
     sim.stream(records(9))  # behind: asks
     sim.stream(records(10, 2))  # 10, 11 queued
-    out = sim.sync(wire.Begin(10))
-    assert out == [SnapshotBegin(10)] and sim.writing == 10
+    out = sim.sync(wire.Begin(10, HIST))
+    assert out == [Adopt(EMPTY), SnapshotBegin(10)] and sim.writing == 10
     assert sim.sync(wire.Chunk([b"a", b"1", None, b"b", b"2", 5e9])) == [
         SnapshotChunk([b"a", b"1", None, b"b", b"2", 5e9])
     ]
     assert sim.sync(wire.Results([[b"r" * 24, b"ok"]])) == [SnapshotResults([[b"r" * 24, b"ok"]])]
     sim.stream(records(12))  # still queued while syncing
     out = sim.sync(wire.End(2))
-    assert out == [SnapshotEnd(10), Apply(11, put(11, b"k11")), Apply(12, put(12, b"k12"))]
+    assert out == [
+        SnapshotEnd(10),
+        Adopt(HIST),
+        Apply(11, put(11, b"k11")),
+        Apply(12, put(12, b"k12")),
+    ]
     assert sim.state == NodeState.FOLLOWING
     assert sim.adopted == [10] and sim.store.seq == 12
     assert sim.store.get(b"stale") is None and sim.store.get(b"b") == b"2"
@@ -261,12 +283,12 @@ def test_a_gap_among_the_queued_records_asks_again() -> None:
     sim.stream(records(8))
     sim.stream(records(10))  # 9 never came
     out = sim.snapshot(7, {b"a": b"1"})
-    assert out[-3:] == [SnapshotEnd(7), Apply(8, put(8, b"k8")), SNAP]
-    assert sim.state == NodeState.SYNCING and sim.follower.resyncs == 2
+    assert out[-4:] == [SnapshotEnd(7), Adopt(HIST), Apply(8, put(8, b"k8")), catchup(8)]
+    assert sim.state == NodeState.SYNCING and sim.follower.catchups == 2
     assert sim.store.seq == 8
     sim.stream(records(11))  # queued for the next snapshot
     out = sim.snapshot(10, {b"a": b"2"})
-    assert out[-2:] == [SnapshotEnd(10), Apply(11, put(11, b"k11"))]
+    assert out[-3:] == [SnapshotEnd(10), Adopt(HIST), Apply(11, put(11, b"k11"))]
     assert sim.state == NodeState.FOLLOWING
 
 

@@ -14,8 +14,11 @@ import pytest
 
 from zkv.errors import LocalProtocolError, RemoteProtocolError
 from zkv.node import wire
+from zkv.node.history import History
 from zkv.storage.engine import RecordOp
 from zkv.storage.records import RecordError, decode_record, encode_record
+
+HIST = History(9, ((3, 4),))
 
 RECORDS: list[tuple[Any, ...]] = [
     (RecordOp.SET, b"k", b"v", None),
@@ -89,6 +92,61 @@ def test_stream_records_round_trip() -> None:
     assert message == wire.StreamRecords(3, 10, RECORDS)
 
 
+def test_stream_messages_carry_the_history_id() -> None:
+    payloads = [encode_record(10, RECORDS[0])]
+    assert wire.decode_stream(wire.encode_records(3, 10, payloads, 2**63 - 1)).history == 2**63 - 1
+    assert wire.decode_stream(wire.encode_heartbeat(3, 10, 77)) == wire.StreamHeartbeat(3, 10, 77)
+    bad = [b"H", struct.pack(">QQQ", 1, 5, 2**64 - 1)]  # past MAX_ID
+    with pytest.raises(RemoteProtocolError, match="history id"):
+        wire.decode_stream(bad)
+
+
+def test_catchup_messages_round_trip() -> None:
+    payloads = [encode_record(10 + i, r) for i, r in enumerate(RECORDS)]
+    pairs = [
+        (wire.encode_begin(9, HIST), wire.Begin(9, HIST), wire.decode_begin),
+        (wire.encode_continue(4, 6, HIST), wire.Continue(4, 6, HIST), wire.decode_continue),
+        (wire.encode_continue(4, 4, HIST), wire.Continue(4, 4, HIST), wire.decode_continue),
+        (
+            wire.encode_catchup_records(10, payloads),
+            wire.CatchUpRecords(10, RECORDS),
+            wire.decode_catchup_records,
+        ),
+    ]
+    for frames, message, decode in pairs:
+        assert decode(frames) == message
+        assert wire.decode_to_replica(frames) == message
+    frames = wire.encode_catchup(41, 2**63 - 1)
+    assert wire.decode_catchup(frames) == wire.CatchUp(41, 2**63 - 1)
+    assert wire.decode_to_primary(frames) == wire.CatchUp(41, 2**63 - 1)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"CATCHUP", struct.pack(">Q", 1)],
+        [b"CATCHUP", struct.pack(">Q", 1), struct.pack(">Q", 2**64 - 1)],
+        [b"CONTINUE", struct.pack(">Q", 5), struct.pack(">Q", 4), msgpack.packb([9, []])],
+        [b"CONTINUE", struct.pack(">Q", 4), struct.pack(">Q", 5), msgpack.packb([0, []])],
+        [b"CONTINUE", struct.pack(">Q", 4), struct.pack(">Q", 5), msgpack.packb([9, [[0, 1]]])],
+        [b"CONTINUE", struct.pack(">Q", 4), struct.pack(">Q", 5), msgpack.packb([9, [[1]]])],
+        [b"CONTINUE", struct.pack(">Q", 4), struct.pack(">Q", 5), msgpack.packb([9, [[1, -1]]])],
+        [b"CONTINUE", struct.pack(">Q", 4), struct.pack(">Q", 5), msgpack.packb([9] * 2 + [1])],
+        [b"CONTINUE", struct.pack(">Q", 4), struct.pack(">Q", 5), msgpack.packb([9, [[1, 2]] * 8])],
+        [b"CONTINUE", struct.pack(">Q", 4), struct.pack(">Q", 5), b"\x92" + b"\xc0" * 400],
+        [b"BEGIN", struct.pack(">Q", 4), msgpack.packb({"current": 9})],
+        [b"RECORDS", struct.pack(">Q", 4)],
+        [b"RECORDS", struct.pack(">Q", 4), encode_record(5, RECORDS[0])],  # numbered 5, not 4
+        [b"RECORDS", struct.pack(">Q", 4), *[encode_record(4, RECORDS[0])] * 5000],
+    ],
+)
+def test_malformed_catchup_messages_are_refused(frames: list[bytes]) -> None:
+    with pytest.raises(RemoteProtocolError):
+        wire.decode_to_replica(frames) if frames[0] != b"CATCHUP" else wire.decode_to_primary(
+            frames
+        )
+
+
 def test_stream_heartbeat_round_trip() -> None:
     frames = wire.encode_heartbeat(2, 2**64 - 1)
     assert wire.decode_stream(frames) == wire.StreamHeartbeat(2, 2**64 - 1)
@@ -123,7 +181,18 @@ def test_the_frames_are_as_documented() -> None:
     assert wire.encode_ack(5, "r") == [b"ACK", struct.pack(">Q", 5), b"r"]
     assert wire.encode_begin(5) == [b"BEGIN", struct.pack(">Q", 5)]
     assert wire.encode_end(2) == [b"END", struct.pack(">Q", 2)]
-    assert wire.encode_heartbeat(1, 5) == [b"H", struct.pack(">QQ", 1, 5)]
+    assert wire.encode_heartbeat(1, 5) == [b"H", struct.pack(">QQQ", 1, 5, 0)]
+    assert wire.encode_heartbeat(1, 5, 9) == [b"H", struct.pack(">QQQ", 1, 5, 9)]
+    assert wire.encode_catchup(5, 9) == [b"CATCHUP", struct.pack(">Q", 5), struct.pack(">Q", 9)]
+    assert wire.encode_begin(5, HIST)[2] == msgpack.packb([9, [[3, 4]]])
+    assert wire.encode_continue(4, 6, HIST) == [
+        b"CONTINUE",
+        struct.pack(">Q", 4),
+        struct.pack(">Q", 6),
+        msgpack.packb([9, [[3, 4]]]),
+    ]
+    payload = encode_record(5, RECORDS[0])
+    assert wire.encode_catchup_records(5, [payload]) == [b"RECORDS", struct.pack(">Q", 5), payload]
     kind, body = wire.encode_hello("r", 5)
     assert kind == b"HELLO" and msgpack.unpackb(body) == {"name": "r", "seq": 5}
 
@@ -245,6 +314,9 @@ DECODERS: list[Callable[[Sequence[bytes]], Any]] = [
     wire.decode_chunk,
     wire.decode_results,
     wire.decode_end,
+    wire.decode_catchup,
+    wire.decode_continue,
+    wire.decode_catchup_records,
 ]
 
 
@@ -260,6 +332,10 @@ def _valid_messages() -> list[list[bytes]]:
         wire.encode_chunk([b"k", b"v", None, b"t", b"w", 3.5]),
         wire.encode_results([[b"r" * 24, b"body"]]),
         wire.encode_end(2),
+        wire.encode_catchup(5, 77),
+        wire.encode_begin(5, HIST),
+        wire.encode_continue(4, 7, HIST),
+        wire.encode_catchup_records(5, payloads),
     ]
 
 

@@ -204,6 +204,10 @@ class ReplicationConfig:
     #: Stream messages queued per replica before the primary drops some (the replica then
     #: sees a gap and resyncs).
     hwm: int = 100_000
+    #: Memory for recent records each node keeps (payloads plus about 48 bytes each), so
+    #: that a replica that missed fewer gets only those (a partial resync) instead of a
+    #: snapshot; 0: none.
+    backlog_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,10 +556,17 @@ class _Parser:
             interval_s=self._seconds(h.get("interval_s", 0.5), "heartbeat.interval_s"),
             liveness=self._int(h.get("liveness", 3), "heartbeat.liveness", 1, 1000),
         )
-        r = self._map(top.get("replication", {}), "replication", allowed={"ack_timeout_s", "hwm"})
+        r = self._map(
+            top.get("replication", {}),
+            "replication",
+            allowed={"ack_timeout_s", "hwm", "backlog_bytes"},
+        )
         replication = ReplicationConfig(
             ack_timeout_s=self._seconds(r.get("ack_timeout_s", 1.0), "replication.ack_timeout_s"),
             hwm=self._int(r.get("hwm", 100_000), "replication.hwm", 1, 2**31),
+            backlog_bytes=self._int(
+                r.get("backlog_bytes", 16 * 1024 * 1024), "replication.backlog_bytes", 0, 2**40
+            ),
         )
         w = self._map(top.get("http", {}), "http", allowed={"listen", "client", "tls", "tokens"})
         listen = w.get("listen", "127.0.0.1:7480")

@@ -654,6 +654,11 @@ class NodeInfo:
     max_bytes: int = 0
     evictions: int = 0
     policy: str = "noeviction"
+    #: As a primary: snapshots (full resyncs) and catch-ups from the backlog (partial
+    #: resyncs) it started for its replicas, and the bytes it sent for them.
+    resync_full: int = 0
+    resync_partial: int = 0
+    resync_bytes: int = 0
 
 
 _NODE_INFO_TYPES: Final = {
@@ -683,6 +688,9 @@ _NODE_INFO_TYPES: Final = {
     "max_bytes": int,
     "evictions": int,
     "policy": str,
+    "resync_full": int,
+    "resync_partial": int,
+    "resync_bytes": int,
 }
 
 

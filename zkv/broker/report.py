@@ -31,6 +31,9 @@ _REPORTED = (
     "max_bytes",
     "evictions",
     "policy",
+    "resync_full",
+    "resync_partial",
+    "resync_bytes",
     "publish",
     "sync",
 )

@@ -29,7 +29,10 @@ The cluster (read with ``cluster_status()`` at each scrape)
     limit); counters ``zkv_node_requests_total``,
     ``zkv_node_errors_total``, ``zkv_node_fsyncs_total``, ``zkv_node_compactions_total``,
     ``zkv_node_evictions_total`` (keys its ``memory.policy`` evicted; on a replica, its
-    primary's evictions it applied): cumulative counts kept by the node, so they restart
+    primary's evictions it applied), ``zkv_node_resync_full_total`` and
+    ``zkv_node_resync_partial_total`` (snapshots and catch-ups from its backlog it started
+    for its replicas, as a primary) and ``zkv_node_resync_bytes_total`` (bytes it sent for
+    them): cumulative counts kept by the node, so they restart
     from 0 when the node does, which ``rate()`` allows for. A value the broker does not
     know yet (a node that never reported, free bytes it could not read) is left out rather
     than exported as 0.
@@ -101,6 +104,17 @@ _NODE_COUNTERS: Final[tuple[tuple[str, str, str], ...]] = (
         "zkv_node_evictions",
         "evictions",
         "Keys evicted since the node started (a replica: its primary's evictions it applied).",
+    ),
+    ("zkv_node_resync_full", "resync_full", "Snapshots the node sent its replicas as primary."),
+    (
+        "zkv_node_resync_partial",
+        "resync_partial",
+        "Catch-ups from its backlog the node sent its replicas as primary.",
+    ),
+    (
+        "zkv_node_resync_bytes",
+        "resync_bytes",
+        "Bytes the node sent its replicas for snapshots and catch-ups as primary.",
     ),
 )
 #: The storage states a node reports (``NodeInfo.storage``), each a sample of

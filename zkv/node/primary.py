@@ -6,20 +6,30 @@ snapshots to replicas that ask (walked a few thousand keys per loop turn, and on
 as the replica drains them: the sync socket's small high-water mark pushes back), and holds
 ``strong`` replies until every in-sync replica has acknowledged them.
 
+A replica that asks to catch up from its sequence (CATCHUP) is sent only the records it
+missed, from the node's backlog, when its history is a prefix of this node's, and a
+snapshot otherwise (``catchup.py``: ``plan``, ``CatchUps``). ``resync_full``,
+``resync_partial`` and ``resync_bytes`` count the snapshots, the catch-ups and the bytes
+sent for both.
+
 This is the socket driver: the frames are ``wire.py``'s, the decisions are the pure cores'
 in ``replication.py`` (``ReplicaSet``: the in-sync set and the held replies; ``Transfers``:
-which snapshot message each syncing replica needs next). The clock is the caller's ``now``.
+which snapshot message each syncing replica needs next) and ``catchup.py``. The clock is the
+caller's ``now``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Generator
 
 import zmq
 
 from zkv.errors import RemoteProtocolError
 from zkv.node import wire
+from zkv.node.catchup import Backlog, CatchUps, plan
+from zkv.node.history import EMPTY, History
 from zkv.node.replication import CHUNK_KEYS, CHUNKS_PER_TURN, ReplicaSet, Sent, Transfers
 from zkv.runtime import Throttle
 from zkv.storage.engine import Store
@@ -43,6 +53,8 @@ class Primary:
         heartbeat_s: float,
         in_sync: list[str] | None = None,
         now: float | None = None,
+        history: History = EMPTY,
+        backlog: Backlog | None = None,
     ) -> None:
         self.store = store
         self.pub = pub
@@ -52,6 +64,15 @@ class Primary:
         self.replicas = ReplicaSet(ack_timeout_s)
         self.replicas.seed(in_sync or [], time.monotonic() if now is None else now)
         self.snapshots = Transfers()
+        self.catchups = CatchUps()
+        #: This node's history (``zkv.node.history``): its id goes on the stream.
+        self.history = history
+        #: The records a catch-up is served from (None: every resync is a snapshot).
+        self.backlog = backlog if backlog is not None else Backlog(0)
+        #: Snapshots and catch-ups started, and the bytes sent for them.
+        self.resync_full = 0
+        self.resync_partial = 0
+        self.resync_bytes = 0
         self._outbox: list[bytes] = []
         self._outbox_seq = 0  # the sequence number of the first record in the outbox
         self._last_publish = 0.0
@@ -76,11 +97,17 @@ class Primary:
         the RESULT record that makes its retry exactly-once always travel together.
         """
         if self._outbox:
-            self.pub.send_multipart(wire.encode_records(self.epoch, self._outbox_seq, self._outbox))
+            self.pub.send_multipart(
+                wire.encode_records(
+                    self.epoch, self._outbox_seq, self._outbox, self.history.current
+                )
+            )
             self._outbox.clear()
             self._last_publish = now
         elif now - self._last_publish >= self.heartbeat_s:
-            self.pub.send_multipart(wire.encode_heartbeat(self.epoch, self.store.seq))
+            self.pub.send_multipart(
+                wire.encode_heartbeat(self.epoch, self.store.seq, self.history.current)
+            )
             self._last_publish = now
 
     # ------------------------------------------------------------------ sync channel
@@ -103,14 +130,35 @@ class Primary:
             self.replicas.hello(identity, message.name, now)
             return []
         replica = self.replicas.replicas.get(identity)
-        self.snapshots.start(identity, replica.name if replica else identity.hex(), self.store, now)
+        name = replica.name if replica else identity.hex()
+        if isinstance(message, wire.CatchUp):
+            answer = plan(self.history, self.backlog, message.history, message.seq, self.store.seq)
+            if not isinstance(answer, str):
+                self.snapshots.drop(identity)
+                self.catchups.start(identity, name, message.seq, self.history, answer, now)
+                self.resync_partial += 1
+                return []
+            log.info(
+                "replica %s asks to catch up from seq %d; sending a snapshot: %s",
+                name,
+                message.seq,
+                answer,
+            )
+        self.catchups.drop(identity)
+        self.snapshots.start(identity, name, self.store, now, self.history)
+        self.resync_full += 1
         return []
 
     def stream_snapshots(self, now: float | None = None) -> None:
-        """Send each syncing replica its next messages, as fast as it drains them."""
-        if not self.snapshots:
-            return
-        turn = self.snapshots.turn(self.store, time.monotonic() if now is None else now)
+        """Send each syncing replica its next snapshot or catch-up messages, as fast as it
+        drains them."""
+        now = time.monotonic() if now is None else now
+        if self.snapshots:
+            self._drive(self.snapshots.turn(self.store, now))
+        if self.catchups:
+            self._drive(self.catchups.turn(now))
+
+    def _drive(self, turn: Generator[tuple[bytes, list[bytes]], Sent, None]) -> None:
         try:
             identity, frames = next(turn)
             while True:
@@ -120,8 +168,8 @@ class Primary:
 
     @property
     def transferring(self) -> bool:
-        """Whether a snapshot is being sent."""
-        return bool(self.snapshots)
+        """Whether a snapshot or a catch-up is being sent."""
+        return bool(self.snapshots) or bool(self.catchups)
 
     def _send(self, identity: bytes, frames: list[bytes]) -> Sent:
         try:
@@ -131,6 +179,7 @@ class Primary:
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the replica went away
             log.info("replica connection %s is gone: %s", identity.hex(), exc)
             return Sent.GONE
+        self.resync_bytes += sum(len(f) for f in frames)
         return Sent.OK
 
     # ------------------------------------------------------------------ strong writes

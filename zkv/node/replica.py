@@ -1,11 +1,13 @@
-"""Replica: a shard replica follows its primary's stream, and resyncs by snapshot on a gap.
+"""Replica: a shard replica follows its primary's stream, and on a gap catches up from the
+primary's backlog, or resyncs by snapshot when it cannot.
 
 This is the socket driver of ``follower.Follower`` (the state machine: which state, when to
 ask for a snapshot, what to apply, when to acknowledge, when a stalled sync starts over):
 it decodes the frames its SUB and DEALER sockets receive (``wire.py``), hands them to the
 follower with the store's sequence number and the time, and carries out the actions it
-gets back, in order: frames to send, records to apply, snapshot file operations,
-connecting and disconnecting.
+gets back, in order: frames to send, records to apply, snapshot file operations, the
+node's history to record (``HistoryFile``), connecting and disconnecting. A snapshot also
+empties the node's backlog (``catchup.Backlog``): its records are of the history given up.
 
 Applied records go through the node's ``Store`` and ``Persistence`` like any write, so a
 replica is as durable as its primary; it acknowledges its sequence after each loop turn's
@@ -23,9 +25,11 @@ import zmq
 
 from zkv.errors import RemoteProtocolError
 from zkv.node import wire
+from zkv.node.catchup import Backlog
 from zkv.node.follower import (
     STALL_S,
     Action,
+    Adopt,
     Apply,
     Connect,
     Disconnect,
@@ -38,6 +42,7 @@ from zkv.node.follower import (
     SnapshotEnd,
     SnapshotResults,
 )
+from zkv.node.history import EMPTY, HistoryFile
 from zkv.protocol import NodeState
 from zkv.runtime import Throttle
 from zkv.storage.engine import Store
@@ -64,6 +69,8 @@ class Replica:
         max_frame_bytes: int = -1,
         clock: Callable[[], float] = time.monotonic,
         dial: Callable[[zmq.Socket[Any], str], None] | None = None,
+        histories: HistoryFile | None = None,
+        backlog: Backlog | None = None,
     ) -> None:
         self.name = name
         self.store = store
@@ -75,8 +82,16 @@ class Replica:
         self.heartbeat_s = heartbeat_s
         #: With CURVE: makes a socket prove this node's key to the named primary.
         self.dial = dial
+        #: The node's history, recorded as the follower adopts one (None: not kept).
+        self.histories = histories
+        #: The node's backlog of recent records (emptied by a snapshot).
+        self.backlog = backlog
         #: The follow/sync state machine this drives.
-        self.core = Follower(name, heartbeat_s=heartbeat_s)
+        self.core = Follower(
+            name,
+            heartbeat_s=heartbeat_s,
+            history=histories.history if histories is not None else EMPTY,
+        )
         self.sub: zmq.Socket[bytes] | None = None
         self.dealer: zmq.Socket[bytes] | None = None
         self._clock = clock
@@ -121,6 +136,11 @@ class Replica:
         return self.core.resyncs
 
     @property
+    def catchups(self) -> int:
+        """Catch-ups asked for so far."""
+        return self.core.catchups
+
+    @property
     def lag(self) -> int:
         """Records the primary has that this replica does not (as last heard)."""
         return self.core.lag(self.store.seq)
@@ -160,7 +180,7 @@ class Replica:
         self._run(self.core.on_stream(message, self.store.seq, self._now(now)), now)
 
     def on_sync(self, frames: list[bytes], now: float | None = None) -> None:
-        """Handle a snapshot message from the primary."""
+        """Handle a snapshot or catch-up message from the primary."""
         try:
             message = wire.decode_to_replica(frames)
         except RemoteProtocolError as exc:
@@ -206,8 +226,13 @@ class Replica:
         elif isinstance(action, SnapshotResults):
             self.store.load_results(action.pairs)
             self._snapshot_writer().write_results(action.pairs)
+        elif isinstance(action, Adopt):
+            if self.histories is not None:
+                self.histories.set(action.history)
         elif isinstance(action, SnapshotBegin):
             self._abort()
+            if self.backlog is not None:
+                self.backlog.clear()
             self.store.reset()  # a stale write outcome must not answer a retry later
             self.store.begin()  # a rollback of this turn must not undo across the snapshot
             self._writer = SnapshotWriter(self.persistence.directory, action.seq)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final, Literal, TypeAlias
 
+from zkv.node.history import EMPTY, History
 from zkv.node.wire import (
     ACK,
     BEGIN,
@@ -247,6 +248,7 @@ class Transfer:
     seq: int
     slots: list[int]
     started: float
+    history: History = EMPTY
     step: TransferStep = "begin"
     pos: int = 0
     keys: int = 0
@@ -256,7 +258,7 @@ class Transfer:
     def next_message(self, store: Store, chunk_keys: int) -> list[bytes]:
         """The frames to send next (after ``done``: none to send; do not call)."""
         if self.step == "begin":
-            return encode_begin(self.seq)
+            return encode_begin(self.seq, self.history)
         if self.step == "chunks":
             flat, self._resume = store.walk(self.slots, self.pos, chunk_keys)
             self._pending_keys = len(flat) // 3
@@ -298,9 +300,12 @@ class Transfers:
         self.chunks_per_turn = chunks_per_turn
         self._active: dict[bytes, Transfer] = {}
 
-    def start(self, identity: bytes, name: str, store: Store, now: float) -> Transfer:
-        """Begin a snapshot of ``store`` as of now for ``identity`` (replacing any it had)."""
-        transfer = Transfer(identity, name, store.seq, store.slot_numbers(), now)
+    def start(
+        self, identity: bytes, name: str, store: Store, now: float, history: History = EMPTY
+    ) -> Transfer:
+        """Begin a snapshot of ``store`` (of ``history``) as of now for ``identity``
+        (replacing any it had)."""
+        transfer = Transfer(identity, name, store.seq, store.slot_numbers(), now, history)
         self._active[identity] = transfer
         log.info(
             "sending a snapshot as of seq %d (%d keys) to replica %s",

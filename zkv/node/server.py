@@ -40,7 +40,9 @@ from zkv.errors import (
     ZkvError,
 )
 from zkv.node import wire
+from zkv.node.catchup import Backlog
 from zkv.node.core import NodeCore
+from zkv.node.history import EMPTY, HistoryFile, new_id
 from zkv.node.primary import Primary
 from zkv.node.replica import Replica
 from zkv.protocol import NodeInfo, NodeState, Role
@@ -107,6 +109,10 @@ class Node:
         self.replica: Replica | None = None
         self._beat_now = False
         self.persistence = self._new_persistence()
+        #: The node's last records, for replicas' partial resyncs (``catchup.py``), and its
+        #: history (``history.py``, read from the data folder once it is locked).
+        self.backlog = Backlog(config.replication.backlog_bytes)
+        self.histories: HistoryFile | None = None
         #: The last sequence of damaged data this node discarded at start (-1: none).
         self.discarded_seq = -1
         self.publish = self.sync = ""
@@ -196,6 +202,11 @@ class Node:
             self._discard_damaged(exc)
             report = self.persistence.recover(self.store)
         self.store.evictions = 0  # those of this run: replayed ones happened before it
+        self.histories = HistoryFile(self.persistence.directory)
+        # a discarded folder's history is gone; a restart may have lost unfsynced records
+        history = EMPTY if self.discarded_seq >= 0 else self.histories.history
+        self.histories.set(history.clamp(self.store.seq))
+        self.persistence.tap = self._logged
         self.persistence.check(self.store.seq + 1)  # says so at once if the disk is short
         log.info(
             "node %s recovered %d keys at seq %d in %.3f s (snapshot %s, %d log records)",
@@ -288,9 +299,17 @@ class Node:
             heartbeat_s=self.config.heartbeat.interval_s,
             max_frame_bytes=protocol.max_reply_frame_bytes(self.limits),
             dial=None if self.keyring is None else self.keyring.dial,
+            histories=self.histories,
+            backlog=self.backlog,
         )
         replica.force_snapshot = self.discarded_seq >= 0 and self.store.seq == 0
         return replica
+
+    def _logged(self, seq: int, payload: bytes) -> None:
+        """A record was logged: keep it in the backlog, and a primary publishes it."""
+        self.backlog.append(seq, payload)
+        if self.primary is not None:
+            self.primary.record(seq, payload)
 
     # ------------------------------------------------------------------ damaged data
 
@@ -370,6 +389,12 @@ class Node:
             self.replica.close()
             self.replica = None
         if self.primary is None:
+            # a new history from here on: this node's records up to now are shared with the
+            # one it had; the records it writes now are its own (``history.py``)
+            files = self.histories
+            history = (files.history if files else EMPTY).promote(self.store.seq, new_id())
+            if files is not None:
+                files.set(history)
             self.primary = Primary(
                 self.store,
                 self._pub,
@@ -379,8 +404,9 @@ class Node:
                 ack_timeout_s=self.config.replication.ack_timeout_s,
                 in_sync=in_sync,
                 now=now,
+                history=history,
+                backlog=self.backlog,
             )
-            self.persistence.tap = self.primary.record
         self.primary.epoch = epoch
         log.info("primary of shard %s at epoch %d (seq %d)", self.me.shard, epoch, self.store.seq)
         self.role, self.epoch, self.store.primary = Role.PRIMARY, epoch, True
@@ -395,9 +421,9 @@ class Node:
                 epoch,
             )
             self.primary = None  # strong replies it held are dropped: the clients retry
-            self.persistence.tap = None
+            # its last writes may not be the new primary's: its history tells (a catch-up
+            # only up to where the new primary's history forked from it, else a snapshot)
             self.replica = self._new_replica()
-            self.replica.force_snapshot = True  # its last writes may not be the new primary's
         self.role, self.epoch, self.store.primary = Role.REPLICA, epoch, False
 
     def info(self) -> NodeInfo:
@@ -429,6 +455,9 @@ class Node:
             max_bytes=self.store.max_bytes,
             evictions=self.store.evictions,
             policy=str(self.store.policy),
+            resync_full=self.primary.resync_full if self.primary else 0,
+            resync_partial=self.primary.resync_partial if self.primary else 0,
+            resync_bytes=self.primary.resync_bytes if self.primary else 0,
         )
 
     # ------------------------------------------------------------------ loop
@@ -493,7 +522,7 @@ class Node:
             if replica.sub is not None and replica.sub in ready:
                 turn.stream = self._read(replica.sub, wire.MAX_STREAM_FRAMES)
             if replica.dealer is not None and replica.dealer in ready:
-                turn.replica_sync = self._read(replica.dealer)
+                turn.replica_sync = self._read(replica.dealer, wire.MAX_CATCHUP_RECORDS + 2)
         if self._sync_sock in ready:
             turn.primary_sync = self._read(self._sync_sock)
         if self._broker in ready:
@@ -602,6 +631,7 @@ class Node:
         write is then refused with ``StorageFull``/``StorageError`` before it changes
         anything, and a read is served from the state that was logged."""
         self.store.rollback()
+        self.backlog.truncate(self.store.seq)
         self._beat_now = True  # tell the broker at once that this node cannot log
         if self.primary is not None:
             self.primary.discard_outbox()

@@ -6,10 +6,14 @@ and the unit tests feed the decoders garbage.
 
 The stream (primary PUB -> replica SUB), in sequence order::
 
-    [b"R", STREAM_HEADER(epoch, seq), payload...]  one loop turn's records, the first numbered
-                                                   seq: each a log payload [seq, op, *args]
-                                                   (``zkv.storage.records``)
-    [b"H", STREAM_HEADER(epoch, seq)]            heartbeat when idle: "I am at seq"
+    [b"R", STREAM_HEADER(epoch, seq, history), payload...]
+                                one loop turn's records, the first numbered seq: each a log
+                                payload [seq, op, *args] (``zkv.storage.records``)
+    [b"H", STREAM_HEADER(epoch, seq, history)]
+                                heartbeat when idle: "I am at seq"
+
+``history`` is the primary's history id (``zkv.node.history``; 0: none): a replica applies
+records only from the history it adopted.
 
 The sync channel (replica DEALER -> primary ROUTER ``sync``; the ROUTER's identity frame is
 not shown, and the decoders take the frames after it)::
@@ -17,10 +21,22 @@ not shown, and the decoders take the frames after it)::
     replica -> primary: [b"HELLO", msgpack {"name", "seq"}]   I follow you
                         [b"SNAP"]                              send me your state
                         [b"ACK", SEQ(seq), name]               I applied and logged up to seq
-    primary -> replica: [b"BEGIN", SEQ(S)]                     a snapshot as of S follows
+                        [b"CATCHUP", SEQ(S), SEQ(history)]     send me the records after S; I
+                                                               hold history up to S
+    primary -> replica: [b"BEGIN", SEQ(S)(, HISTORY)]          a snapshot as of S follows
                         [b"CHUNK", msgpack [key, value, expires_at, ...]]
                         [b"RESULTS", msgpack [[request id, reply body], ...]]
                         [b"END", SEQ(keys)]                    then follow the stream from S+1
+                        [b"CONTINUE", SEQ(S), SEQ(T), HISTORY] the answer to CATCHUP from S:
+                                                               records S+1..T follow, then
+                                                               follow the stream from T+1
+                        [b"RECORDS", SEQ(seq), payload...]     catch-up records, the first
+                                                               numbered seq (log payloads)
+
+``HISTORY`` is msgpack ``[current id, [[past id, last shared seq], ...]]``
+(``zkv.node.history.History``); a BEGIN without it adopts no history. A CATCHUP the primary
+cannot serve (see ``History.allows``, and the records must still be in its backlog) is
+answered by a snapshot (BEGIN ...) instead.
 
 Decoding is bounded as for client messages (``zkv.protocol``): the frame count, the kind and
 every fixed-size frame are checked before anything is decoded; msgpack (``protocol.unpackb``)
@@ -39,17 +55,22 @@ from typing import Any, Final, TypeAlias
 
 from zkv import protocol
 from zkv.errors import LocalProtocolError, RemoteProtocolError
+from zkv.node.history import EMPTY, MAX_ID, MAX_PAST, History
 from zkv.storage.engine import Record
 from zkv.storage.records import RecordError, decode_record, is_expiry
 
 __all__ = [
     "ACK",
     "BEGIN",
+    "CATCHUP",
     "CHUNK",
+    "CONTINUE",
     "END",
     "HELLO",
+    "MAX_CATCHUP_RECORDS",
     "MAX_NAME_BYTES",
     "MAX_STREAM_FRAMES",
+    "RECORDS",
     "RESULTS",
     "SEQ",
     "SNAP",
@@ -58,7 +79,10 @@ __all__ = [
     "STREAM_RECORD",
     "Ack",
     "Begin",
+    "CatchUp",
+    "CatchUpRecords",
     "Chunk",
+    "Continue",
     "End",
     "Hello",
     "Results",
@@ -70,7 +94,10 @@ __all__ = [
     "ToReplica",
     "decode_ack",
     "decode_begin",
+    "decode_catchup",
+    "decode_catchup_records",
     "decode_chunk",
+    "decode_continue",
     "decode_end",
     "decode_heartbeat",
     "decode_hello",
@@ -82,7 +109,10 @@ __all__ = [
     "decode_to_replica",
     "encode_ack",
     "encode_begin",
+    "encode_catchup",
+    "encode_catchup_records",
     "encode_chunk",
+    "encode_continue",
     "encode_end",
     "encode_heartbeat",
     "encode_hello",
@@ -93,7 +123,7 @@ __all__ = [
 
 STREAM_RECORD: Final = b"R"
 STREAM_HEARTBEAT: Final = b"H"
-STREAM_HEADER: Final = struct.Struct(">QQ")
+STREAM_HEADER: Final = struct.Struct(">QQQ")
 SEQ: Final = struct.Struct(">Q")
 HELLO: Final = b"HELLO"
 SNAP: Final = b"SNAP"
@@ -102,6 +132,9 @@ BEGIN: Final = b"BEGIN"
 CHUNK: Final = b"CHUNK"
 RESULTS: Final = b"RESULTS"
 END: Final = b"END"
+CATCHUP: Final = b"CATCHUP"
+CONTINUE: Final = b"CONTINUE"
+RECORDS: Final = b"RECORDS"
 
 #: The most frames one stream message may have (its records plus two); the node reads no
 #: longer message either.
@@ -110,6 +143,10 @@ MAX_STREAM_FRAMES: Final = 1_000_000
 MAX_NAME_BYTES: Final = 255
 #: The largest HELLO body (a name and a number).
 MAX_HELLO_BYTES: Final = 1024
+#: The most records one catch-up RECORDS message may carry (the node reads no more frames).
+MAX_CATCHUP_RECORDS: Final = 4096
+#: The largest HISTORY frame.
+MAX_HISTORY_BYTES: Final = 16 + MAX_PAST * 20
 
 
 # --------------------------------------------------------------------------- messages
@@ -122,6 +159,8 @@ class StreamRecords:
     epoch: int
     seq: int
     records: list[Record]
+    #: The primary's history id.
+    history: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +169,8 @@ class StreamHeartbeat:
 
     epoch: int
     seq: int
+    #: The primary's history id.
+    history: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +195,37 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True)
-class Begin:
-    """A snapshot as of ``seq`` follows."""
+class CatchUp:
+    """A replica holding ``history`` up to ``seq`` asks for the records after ``seq``."""
 
     seq: int
+    history: int
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """A snapshot as of ``seq`` follows, of the primary's ``history``."""
+
+    seq: int
+    history: History = EMPTY
+
+
+@dataclass(frozen=True, slots=True)
+class Continue:
+    """The answer to ``CatchUp(after)``: records ``after + 1`` to ``target`` follow; the
+    primary's history is ``history``."""
+
+    after: int
+    target: int
+    history: History
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUpRecords:
+    """Catch-up records numbered ``seq``, ``seq + 1``, ..."""
+
+    seq: int
+    records: list[Record]
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,41 +250,47 @@ class End:
 
 
 StreamMessage: TypeAlias = StreamRecords | StreamHeartbeat
-ToPrimary: TypeAlias = Hello | Snap | Ack
-ToReplica: TypeAlias = Begin | Chunk | Results | End
+ToPrimary: TypeAlias = Hello | Snap | Ack | CatchUp
+ToReplica: TypeAlias = Begin | Chunk | Results | End | Continue | CatchUpRecords
 
 
 # --------------------------------------------------------------------------- stream
 
 
-def encode_records(epoch: int, seq: int, payloads: Sequence[bytes]) -> list[bytes]:
+def encode_records(
+    epoch: int, seq: int, payloads: Sequence[bytes], history: int = 0
+) -> list[bytes]:
     """A stream message carrying log ``payloads`` (``encode_record``), the first numbered
     ``seq``: the primary sends the very bytes it logged."""
     if not payloads:
         raise LocalProtocolError("a records message carries at least one record")
-    return [STREAM_RECORD, _stream_header(epoch, seq), *payloads]
+    return [STREAM_RECORD, _stream_header(epoch, seq, history), *payloads]
 
 
 def decode_records(frames: Sequence[bytes]) -> StreamRecords:
     """A ``StreamRecords`` whose every payload is a valid record numbered in order."""
     if not 3 <= len(frames) <= MAX_STREAM_FRAMES or frames[0] != STREAM_RECORD:
         raise RemoteProtocolError(f"not a records message ({_shape(frames)})")
-    epoch, seq = _unpack_stream_header(frames[1])
+    epoch, seq, history = _unpack_stream_header(frames[1])
+    return StreamRecords(epoch, seq, _decode_payloads(frames[2:], seq, "a stream message"), history)
+
+
+def _decode_payloads(payloads: Sequence[bytes], seq: int, where: str) -> list[Record]:
     records: list[Record] = []
-    for i, payload in enumerate(frames[2:]):
+    for i, payload in enumerate(payloads):
         try:
             record_seq, record = decode_record(payload)
         except RecordError as exc:
-            raise RemoteProtocolError(f"record {seq + i} of a stream message: {exc}") from None
+            raise RemoteProtocolError(f"record {seq + i} of {where}: {exc}") from None
         if record_seq != seq + i:
-            raise RemoteProtocolError(f"stream header says seq {seq + i}, record says {record_seq}")
+            raise RemoteProtocolError(f"{where} says seq {seq + i}, its record says {record_seq}")
         records.append(record)
-    return StreamRecords(epoch, seq, records)
+    return records
 
 
-def encode_heartbeat(epoch: int, seq: int) -> list[bytes]:
+def encode_heartbeat(epoch: int, seq: int, history: int = 0) -> list[bytes]:
     """A stream heartbeat: the primary at ``epoch`` is at ``seq``."""
-    return [STREAM_HEARTBEAT, _stream_header(epoch, seq)]
+    return [STREAM_HEARTBEAT, _stream_header(epoch, seq, history)]
 
 
 def decode_heartbeat(frames: Sequence[bytes]) -> StreamHeartbeat:
@@ -292,10 +366,28 @@ def decode_ack(frames: Sequence[bytes]) -> Ack:
     return Ack(seq, name)
 
 
+def encode_catchup(seq: int, history: int) -> list[bytes]:
+    """CATCHUP: send me the records after ``seq``; I hold ``history`` up to it."""
+    _check_history_id(history)
+    return [CATCHUP, _pack_seq(seq), SEQ.pack(history)]
+
+
+def decode_catchup(frames: Sequence[bytes]) -> CatchUp:
+    """A ``CatchUp`` from its three frames."""
+    if len(frames) != 3 or frames[0] != CATCHUP:
+        raise RemoteProtocolError(f"not a CATCHUP ({_shape(frames)})")
+    seq = _unpack_seq(frames[1], "CATCHUP")
+    history = _unpack_seq(frames[2], "CATCHUP history")
+    if history > MAX_ID:
+        raise RemoteProtocolError(f"CATCHUP history id {history} out of range")
+    return CatchUp(seq, history)
+
+
 _TO_PRIMARY: Final[dict[bytes, Callable[[Sequence[bytes]], ToPrimary]]] = {
     HELLO: decode_hello,
     SNAP: decode_snap,
     ACK: decode_ack,
+    CATCHUP: decode_catchup,
 }
 
 
@@ -310,16 +402,91 @@ def decode_to_primary(frames: Sequence[bytes]) -> ToPrimary:
 # --------------------------------------------------------------------------- primary -> replica
 
 
-def encode_begin(seq: int) -> list[bytes]:
-    """BEGIN: a snapshot as of ``seq`` follows."""
-    return [BEGIN, _pack_seq(seq)]
+def encode_begin(seq: int, history: History = EMPTY) -> list[bytes]:
+    """BEGIN: a snapshot as of ``seq`` of ``history`` follows (no HISTORY frame if EMPTY)."""
+    if history == EMPTY:
+        return [BEGIN, _pack_seq(seq)]
+    return [BEGIN, _pack_seq(seq), encode_history(history)]
 
 
 def decode_begin(frames: Sequence[bytes]) -> Begin:
-    """A ``Begin`` from its two frames."""
-    if len(frames) != 2 or frames[0] != BEGIN:
+    """A ``Begin`` from its two or three frames."""
+    if len(frames) not in (2, 3) or frames[0] != BEGIN:
         raise RemoteProtocolError(f"not a BEGIN ({_shape(frames)})")
-    return Begin(_unpack_seq(frames[1], "BEGIN"))
+    history = decode_history(frames[2]) if len(frames) == 3 else EMPTY
+    return Begin(_unpack_seq(frames[1], "BEGIN"), history)
+
+
+def encode_continue(after: int, target: int, history: History) -> list[bytes]:
+    """CONTINUE: records ``after + 1`` to ``target`` of ``history`` follow."""
+    if target < after:
+        raise LocalProtocolError(f"CONTINUE from {after} to {target}")
+    return [CONTINUE, _pack_seq(after), _pack_seq(target), encode_history(history)]
+
+
+def decode_continue(frames: Sequence[bytes]) -> Continue:
+    """A ``Continue`` from its four frames."""
+    if len(frames) != 4 or frames[0] != CONTINUE:
+        raise RemoteProtocolError(f"not a CONTINUE ({_shape(frames)})")
+    after = _unpack_seq(frames[1], "CONTINUE")
+    target = _unpack_seq(frames[2], "CONTINUE")
+    if target < after:
+        raise RemoteProtocolError(f"CONTINUE from {after} back to {target}")
+    history = decode_history(frames[3])
+    if not history.current:
+        raise RemoteProtocolError("CONTINUE without a history id")
+    return Continue(after, target, history)
+
+
+def encode_catchup_records(seq: int, payloads: Sequence[bytes]) -> list[bytes]:
+    """RECORDS: catch-up log ``payloads``, the first numbered ``seq``."""
+    if not 0 < len(payloads) <= MAX_CATCHUP_RECORDS:
+        raise LocalProtocolError(f"a RECORDS message carries 1..{MAX_CATCHUP_RECORDS} records")
+    return [RECORDS, _pack_seq(seq), *payloads]
+
+
+def decode_catchup_records(frames: Sequence[bytes]) -> CatchUpRecords:
+    """A ``CatchUpRecords`` whose every payload is a valid record numbered in order."""
+    if not 3 <= len(frames) <= MAX_CATCHUP_RECORDS + 2 or frames[0] != RECORDS:
+        raise RemoteProtocolError(f"not a RECORDS ({_shape(frames)})")
+    seq = _unpack_seq(frames[1], "RECORDS")
+    return CatchUpRecords(seq, _decode_payloads(frames[2:], seq, "a RECORDS message"))
+
+
+def encode_history(history: History) -> bytes:
+    """The HISTORY frame: msgpack ``[current, [[id, last seq], ...]]``."""
+    _check_history_id(history.current)
+    if len(history.past) > MAX_PAST:
+        raise LocalProtocolError(f"a history of {len(history.past)} past ids")
+    for i, end in history.past:
+        _check_history_id(i)
+        _check_seq(end)
+    return protocol.packb([history.current, [[i, end] for i, end in history.past]])
+
+
+def decode_history(frame: bytes) -> History:
+    """A ``History`` from its HISTORY frame."""
+    if len(frame) > MAX_HISTORY_BYTES:
+        raise RemoteProtocolError(f"HISTORY frame of {len(frame)} bytes")
+    body = protocol.unpackb(frame)
+    if type(body) is not list or len(body) != 2:
+        raise RemoteProtocolError("HISTORY is not [current, past]")
+    current, past = body
+    if not _is_history_id(current) or type(past) is not list or len(past) > MAX_PAST:
+        raise RemoteProtocolError("HISTORY has no valid current id or past list")
+    entries: list[tuple[int, int]] = []
+    for entry in past:
+        if (
+            type(entry) is not list
+            or len(entry) != 2
+            or not _is_history_id(entry[0])
+            or not entry[0]
+            or type(entry[1]) is not int
+            or not 0 <= entry[1] <= protocol.MAX_SEQ
+        ):
+            raise RemoteProtocolError("HISTORY past entry is not [id, seq]")
+        entries.append((entry[0], entry[1]))
+    return History(current, tuple(entries))
 
 
 def encode_chunk(flat: list[Any]) -> list[bytes]:
@@ -377,6 +544,8 @@ _TO_REPLICA: Final[dict[bytes, Callable[[Sequence[bytes]], ToReplica]]] = {
     CHUNK: decode_chunk,
     RESULTS: decode_results,
     END: decode_end,
+    CONTINUE: decode_continue,
+    RECORDS: decode_catchup_records,
 }
 
 
@@ -413,17 +582,31 @@ def _unpack_seq(frame: bytes, what: str) -> int:
     return int(seq)
 
 
-def _stream_header(epoch: int, seq: int) -> bytes:
+def _is_history_id(value: object) -> bool:
+    return type(value) is int and 0 <= value <= MAX_ID
+
+
+def _check_history_id(history: int) -> None:
+    if not _is_history_id(history):
+        raise LocalProtocolError(f"history id {history!r} out of range")
+
+
+def _stream_header(epoch: int, seq: int, history: int) -> bytes:
     _check_seq(epoch)
     _check_seq(seq)
-    return STREAM_HEADER.pack(epoch, seq)
+    _check_history_id(history)
+    return STREAM_HEADER.pack(epoch, seq, history)
 
 
-def _unpack_stream_header(frame: bytes) -> tuple[int, int]:
+def _unpack_stream_header(frame: bytes) -> tuple[int, int, int]:
     if len(frame) != STREAM_HEADER.size:
-        raise RemoteProtocolError(f"stream header is {len(frame)} bytes; expected 16")
-    epoch, seq = STREAM_HEADER.unpack(frame)
-    return int(epoch), int(seq)
+        raise RemoteProtocolError(
+            f"stream header is {len(frame)} bytes; expected {STREAM_HEADER.size}"
+        )
+    epoch, seq, history = STREAM_HEADER.unpack(frame)
+    if history > MAX_ID:
+        raise RemoteProtocolError(f"stream history id {history} out of range")
+    return int(epoch), int(seq), int(history)
 
 
 def _shape(frames: Sequence[bytes]) -> str:
