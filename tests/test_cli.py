@@ -291,6 +291,14 @@ def test_bench_prints_a_table_and_json(cluster: Any, capsys: pytest.CaptureFixtu
     )
     assert code == 0
     assert "ops/s" in out and "p99.9 us" in out
+    code, out, _ = run(  # 16 operations at once on one AsyncClient
+        capsys, "bench", "--connect", cluster.endpoint, "--seconds", "0.3", "--keys", "100",
+        "--concurrency", "16", "--json",
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out)["result"]
+    assert result["ops"] == result["requests"] > 0 and result["errors"] == 0
+    assert json.loads(out)["config"]["concurrency"] == 16
     with zkv.Client(cluster.endpoint) as kv:
         assert list(kv.keys("bench:")) == []  # removed at the end
     code, out, err = run(

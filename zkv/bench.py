@@ -3,7 +3,8 @@
 In the spirit of redis-benchmark: a workload (``get``, ``put`` or ``mixed`` with a read
 ratio) over ``--keys`` keys of ``--value-size`` bytes, from ``--threads`` client threads in
 each of ``--processes`` processes (every thread its own ``Client``), one request at a time
-or ``--pipeline N`` operations per request, for ``--seconds``. It shows live progress on
+or ``--pipeline N`` operations per request, or ``--concurrency N`` operations in flight at
+once on one ``AsyncClient`` per thread, for ``--seconds``. It shows live progress on
 stderr and prints ops/s with p50/p90/p99/p99.9 latency (per request: one pipeline is one
 request), or JSON with ``--json``. Keys are ``bench:<n>``; ``get`` and ``mixed`` load them
 first.
@@ -11,6 +12,7 @@ first.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 import random
@@ -20,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from zkv.client import Client
+from zkv.client import AsyncClient, Client
 from zkv.security import CurveKeys
 
 __all__ = ["BenchConfig", "BenchResult", "run_bench"]
@@ -40,6 +42,8 @@ class BenchConfig:
     threads: int = 1
     processes: int = 1
     pipeline: int = 1
+    #: Operations in flight at once on one ``AsyncClient`` per thread (1: a ``Client``).
+    concurrency: int = 1
     seconds: float = 5.0
     consistency: str | None = None
     timeout_s: float = 10.0
@@ -128,6 +132,46 @@ def _worker(
             progress[slot] += depth
 
 
+def _async_worker(
+    config: BenchConfig,
+    seed: int,
+    deadline: float,
+    progress: list[int],
+    slot: int,
+    latencies: list[float],
+    errors: list[int],
+) -> None:
+    """``config.concurrency`` tasks sharing one ``AsyncClient``, each doing one operation
+    after another (single operations: ``--pipeline`` does not apply)."""
+    value = "v" * config.value_size
+    kw: dict[str, Any] = {"consistency": config.consistency} if config.consistency else {}
+    reads = {"get": 1.0, "put": 0.0}.get(config.workload, config.read_ratio)
+
+    async def main() -> None:
+        client = AsyncClient(config.endpoint, timeout_s=config.timeout_s, curve=config.curve)
+        async with client as kv:
+
+            async def task(n: int) -> None:
+                rng = random.Random(seed * 1000 + n)
+                while time.monotonic() < deadline:
+                    key = f"bench:{rng.randrange(config.keys)}"
+                    started = time.perf_counter()
+                    try:
+                        if rng.random() < reads:
+                            await kv.get(key, **kw)
+                        else:
+                            await kv.put(key, value, **kw)
+                    except Exception:
+                        errors[slot] += 1
+                        continue
+                    latencies.append((time.perf_counter() - started) * 1e6)
+                    progress[slot] += 1
+
+            await asyncio.gather(*(task(n) for n in range(config.concurrency)))
+
+    asyncio.run(main())
+
+
 def _run_threads(config: BenchConfig, seed: int, show: bool) -> tuple[int, list[float], int, float]:
     deadline = time.monotonic() + config.seconds
     progress = [0] * config.threads
@@ -135,7 +179,7 @@ def _run_threads(config: BenchConfig, seed: int, show: bool) -> tuple[int, list[
     latencies: list[list[float]] = [[] for _ in range(config.threads)]
     threads = [
         threading.Thread(
-            target=_worker,
+            target=_worker if config.concurrency == 1 else _async_worker,
             args=(config, seed * 1000 + t, deadline, progress, t, latencies[t], errors),
         )
         for t in range(config.threads)
@@ -207,9 +251,14 @@ def report(config: BenchConfig, result: BenchResult, as_json: bool) -> str:
     workload = (
         f"mixed ({config.read_ratio:.0%} reads)" if config.workload == "mixed" else config.workload
     )
+    shape = (
+        f"{config.concurrency} async operations at once each"
+        if config.concurrency > 1
+        else f"pipeline {config.pipeline}"
+    )
     lines = [
         f"zkv bench: {workload}, {config.keys:,} keys, {config.value_size}-byte values, "
-        f"{config.processes} x {config.threads} clients, pipeline {config.pipeline}, "
+        f"{config.processes} x {config.threads} clients, {shape}, "
         f"{config.seconds:g} s, against {config.endpoint}",
         f"{'ops/s':>12} {'p50 us':>10} {'p90 us':>10} {'p99 us':>10} {'p99.9 us':>10} "
         f"{'max us':>10} {'requests':>10} {'errors':>7}",

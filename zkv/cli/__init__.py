@@ -108,7 +108,8 @@ _EXAMPLES: Final = {
     "status": "examples:\n  zkv status\n  zkv status --json\n  zkv status --watch --interval 2",
     "completion": "examples:\n  source <(zkv completion bash)     # in ~/.bashrc\n"
     "  source <(zkv completion zsh)      # in ~/.zshrc",
-    "bench": "example:\n  zkv bench --workload mixed --threads 4 --seconds 10",
+    "bench": "examples:\n  zkv bench --workload mixed --threads 4 --seconds 10\n"
+    "  zkv bench --pipeline 100\n  zkv bench --concurrency 64   # one AsyncClient",
     "failover": "example:\n  zkv failover s0 --to s0b",
     "rebalance": "example (after adding shard s3 to the config file):\n  zkv rebalance",
     "shard": "examples:\n  zkv shard add s3 --config config/local.yaml   # the file lists s3 now\n"
@@ -330,6 +331,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="client threads per process")
     p.add_argument("--processes", type=int, default=1)
     p.add_argument("--pipeline", type=int, default=1, metavar="N", help="operations per request")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="operations in flight at once on one AsyncClient per thread (instead of --pipeline)",
+    )
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--consistency", choices=["strong", "eventual"])
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -22,9 +22,11 @@ from zkv.errors import (
 def _bench(args: argparse.Namespace) -> int:
     from zkv.bench import BenchConfig, remove_bench_keys, report, run_bench
 
-    for name in ("keys", "value_size", "threads", "processes", "pipeline"):
+    for name in ("keys", "value_size", "threads", "processes", "pipeline", "concurrency"):
         if getattr(args, name) < 1:
             raise _UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.concurrency > 1 and args.pipeline > 1:
+        raise _UsageError("give --pipeline or --concurrency, not both")
     if not args.seconds > 0 or not 0 <= args.read_ratio <= 1:
         raise _UsageError("--seconds must be positive and --read-ratio between 0 and 1")
     kv = _connect(args)
@@ -39,6 +41,7 @@ def _bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         processes=args.processes,
         pipeline=args.pipeline,
+        concurrency=args.concurrency,
         seconds=args.seconds,
         consistency=args.consistency,
         curve=kv.curve,  # every worker's client proves the same key
