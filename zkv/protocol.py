@@ -81,6 +81,8 @@ FORM_MSGPACK: Final = 0
 FORM_VALUE: Final = 1
 #: The msgpack body of a request without arguments (an empty array).
 NO_ARGS: Final = b"\x90"
+#: The msgpack of the commonest results, packed once (a put's None, a delete's bool).
+_CONSTANTS: Final[dict[Any, bytes]] = {None: b"\xc0", True: b"\xc3", False: b"\xc2"}
 CLIENT_ID_BYTES: Final = 16
 MAX_SEQ: Final = 2**64 - 1
 MAX_TIMEOUT_MS: Final = 2**32 - 1
@@ -544,7 +546,8 @@ def encode_reply(seq: int, result: Any) -> list[bytes]:
     (``FORM_VALUE``), anything else as msgpack."""
     if type(result) is bytes:
         return [REPLY_HEADER.pack(VERSION, ErrorCode.OK, FORM_VALUE, seq), result]
-    return [REPLY_HEADER.pack(VERSION, ErrorCode.OK, FORM_MSGPACK, seq), packb(result)]
+    body = _CONSTANTS.get(result) if result is None or type(result) is bool else None
+    return [REPLY_HEADER.pack(VERSION, ErrorCode.OK, FORM_MSGPACK, seq), body or packb(result)]
 
 
 def encode_error(seq: int, exc: ZkvError) -> list[bytes]:

@@ -97,8 +97,16 @@ class SlotMap:
 
     def group(self, keys: Iterable[bytes]) -> dict[str, list[int]]:
         """Positions of ``keys`` grouped by owning shard (for fanning out multi-key ops)."""
-        slots = len(self._owners)
+        owners = self._owners
+        slots = len(owners)
         groups: dict[str, list[int]] = {}
         for i, key in enumerate(keys):
-            groups.setdefault(self._owners[slot_of(key, slots)], []).append(i)
+            # slot_of inlined: a key without a {tag} hashes whole (most keys)
+            slot = slot_of(key, slots) if b"{" in key else crc_hqx(key, 0) % slots
+            shard = owners[slot]
+            group = groups.get(shard)
+            if group is None:
+                groups[shard] = [i]
+            else:
+                group.append(i)
         return groups

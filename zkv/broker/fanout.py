@@ -33,26 +33,33 @@ class Part:
     positions: list[int] | None = None
 
 
+def _with_args(request: Request, args: list[Any]) -> Request:
+    """``request`` with other arguments (``dataclasses.replace``, without its per-call
+    introspection: a pipeline makes one per shard)."""
+    r = request
+    return Request(r.op, r.key, args, r.client_id, r.seq, r.consistency, r.timeout_ms)
+
+
 def plan(request: Request, slot_map: SlotMap) -> list[Part]:
     """The per-shard requests for ``request`` (an op in ``FANOUT_OPS``)."""
     op = request.op
     if op is Op.MGET:
         keys: list[bytes] = request.args[0]
         return [
-            Part(shard, replace(request, args=[[keys[i] for i in positions]]), positions)
+            Part(shard, _with_args(request, [[keys[i] for i in positions]]), positions)
             for shard, positions in slot_map.group(keys).items()
         ]
     if op is Op.MPUT:
         items, ttl = request.args
         return [
-            Part(shard, replace(request, args=[[items[i] for i in positions], ttl]), positions)
-            for shard, positions in slot_map.group(item[0] for item in items).items()
+            Part(shard, _with_args(request, [[items[i] for i in positions], ttl]), positions)
+            for shard, positions in slot_map.group([item[0] for item in items]).items()
         ]
     if op is Op.BATCH:
         ops = request.args[0]
         return [
-            Part(shard, replace(request, args=[[ops[i] for i in positions]]), positions)
-            for shard, positions in slot_map.group(o[1] for o in ops).items()
+            Part(shard, _with_args(request, [[ops[i] for i in positions]]), positions)
+            for shard, positions in slot_map.group([o[1] for o in ops]).items()
         ]
     if op in (Op.CLEAR, Op.COUNT):
         return [Part(shard, request) for shard in slot_map.shards()]

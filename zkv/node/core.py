@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 REQUEST_ID_SEQ: Final = struct.Struct(">Q")
 #: Reads any node answers whatever the consistency asked: the broker's own walks.
 _ANY_NODE: Final = frozenset({Op.SCAN, Op.COUNT})
+_GET: Final = int(Op.GET)
+_SINGLE_KEY_BY_CODE: Final = {int(op): op for op in protocol.SINGLE_KEY_OPS}
 
 
 def _ok_header(seq: int) -> bytes:
@@ -231,7 +233,11 @@ class NodeCore:
     def _batch(self, request: Request) -> list[list[Any]]:
         """Run a pipeline's operations for this shard in order; each one's result or error."""
         results: list[list[Any]] = []
+        get, max_key_bytes = self.store.get, self.limits.max_key_bytes
         for op_code, key, args in request.args[0]:
+            if op_code == _GET and not args and len(key) <= max_key_bytes:
+                results.append([0, get(key)])  # the common case, without a Request
+                continue
             sub = Request(
                 Op.GET,
                 key,
@@ -242,9 +248,10 @@ class NodeCore:
                 request.timeout_ms,
             )
             try:
-                if op_code not in protocol.SINGLE_KEY_OPS:
+                op = _SINGLE_KEY_BY_CODE.get(op_code)
+                if op is None:
                     raise InvalidRequest(f"a batch holds single-key operations, not {op_code}")
-                sub.op = Op(op_code)
+                sub.op = op
                 protocol.check_args(sub)
                 protocol.check_key(key, self.limits.max_key_bytes)
                 results.append([0, self._handlers[sub.op](sub)])
