@@ -12,7 +12,8 @@ Workloads over 10,000 pre-loaded 16-byte keys with 100-byte values, each ``--sec
 (a) GET one at a time, one client; (b) GET in pipelines of 100; (c) GET from 8 threads, each
 with its own client; (d) PUT one at a time; (e) 64 concurrent GETs on one ``AsyncClient``
 against 64 on one ``redis.asyncio.Redis`` (its default connection pool); (f) memory: RSS
-grown per key by 100,000 more keys, zkv's nodes against redis-server.
+grown per key by 150,000 more keys (after 150,000 that fill the fixed buffers), one zkv
+node against redis-server.
 Baselines: a bare DEALER -> ROUTER echo, and a pure-Python ROUTER/ROUTER forwarding broker
 with one DEALER echo worker (the shape of zkv's path, minus zkv), one round trip at a time.
 
@@ -54,7 +55,7 @@ VALUE = b"v" * 100
 PIPELINE = 100
 THREADS = 8
 CONCURRENT = 64
-MEMORY_KEYS = 100_000
+MEMORY_KEYS = 150_000
 
 # The baseline processes: "echo" (ROUTER echo), "broker" (ROUTER clients / ROUTER workers,
 # frames forwarded untouched) and "worker" (DEALER echo). Each exits after its lifetime.
@@ -431,23 +432,33 @@ def rss(pid: int) -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure_memory(
-    r: Any, endpoint: str, node_pids: list[int], redis_pid: int | None, keys: int
-) -> dict[str, Any]:
-    """RSS grown per key by ``keys`` more 16-byte keys of 100-byte values: zkv's nodes
-    (together) against redis-server."""
-    extra = [f"mem:{i:012d}" for i in range(keys)]  # 16 bytes, as KEYS
+def measure_memory(folder: Path, r: Any, redis_pid: int | None, keys: int) -> dict[str, Any]:
+    """RSS grown per key by ``keys`` more 16-byte keys of 100-byte values: one zkv node (a
+    cluster of its own: one shard, one node) against redis-server. The growth is taken over
+    a second batch of ``keys``, after a first one has filled the fixed-size buffers (the
+    node's replication backlog, 16 MiB by default), so that only what each key costs is
+    counted."""
     out: dict[str, Any] = {"keys": keys}
-    before = sum(rss(p) for p in node_pids)
-    with zkv.Client(endpoint, timeout_s=30) as kv:
-        for i in range(0, keys, 1000):
-            kv.mput(dict.fromkeys(extra[i : i + 1000], VALUE))
-    time.sleep(0.5)  # let the nodes settle (nothing is freed later; a margin only)
-    out["zkv_bytes_per_key"] = (sum(rss(p) for p in node_pids) - before) / keys
+
+    def load(first: int, put_many: Callable[[dict[str, bytes]], object]) -> None:
+        for i in range(first, first + keys, 1000):
+            put_many({f"mem:{j:012d}": VALUE for j in range(i, i + 1000)})  # 16-byte keys
+
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        endpoint = start_zkv(folder, procs, shards=1)
+        node = procs[1].pid
+        with zkv.Client(endpoint, timeout_s=30) as kv:
+            load(0, kv.mput)
+            before = rss(node)
+            load(keys, kv.mput)
+        out["zkv_bytes_per_key"] = (rss(node) - before) / keys
+    finally:
+        stop_all(procs)
     if r is not None and redis_pid is not None:
+        load(0, r.mset)
         before = rss(redis_pid)
-        for i in range(0, keys, 1000):
-            r.mset(dict.fromkeys(extra[i : i + 1000], VALUE))
+        load(keys, r.mset)
         out["redis_bytes_per_key"] = (rss(redis_pid) - before) / keys
         out["zkv_over_redis"] = out["zkv_bytes_per_key"] / out["redis_bytes_per_key"]
     return out
@@ -545,9 +556,11 @@ def print_table(res: dict[str, Any]) -> None:
         print(f"   forwarding broker / redis-py GET: {get['fwd_over_redis']:.2f}")
     memory = res.get("memory")
     if memory:
-        print(f"memory: {memory['keys']:,} more keys: zkv nodes {memory['zkv_bytes_per_key']:.0f} "
-              f"B/key (RSS)" + (f", redis-server {memory['redis_bytes_per_key']:.0f} B/key"
-              if "redis_bytes_per_key" in memory else ""))  # fmt: skip
+        line = f"memory: per key of {memory['keys']:,} more: one zkv node "
+        line += f"{memory['zkv_bytes_per_key']:.0f} B/key (RSS)"
+        if "redis_bytes_per_key" in memory:
+            line += f", redis-server {memory['redis_bytes_per_key']:.0f} B/key"
+        print(line)
     print("individual runs (ops/s):")
     for name, label in labels.items():
         rd = w[name].get("redis")
@@ -587,14 +600,13 @@ def main() -> int:
             lifetime = 5 * args.repeat * (args.seconds + 2) * 4 + 300
             baselines = Baselines(Path(tmp), lifetime)
             endpoint = start_zkv(Path(tmp) / "zkv", procs)
-            node_pids = [p.pid for p in procs[1:]]
             r = start_redis(Path(tmp), procs) if have_redis else None
             redis_pid = procs[-1].pid if have_redis else None
             preload(r, endpoint)
             print("workloads...", file=sys.stderr, flush=True)
             res["workloads"] = measure_workloads(r, endpoint, args.seconds, args.repeat, baselines)
             print("memory...", file=sys.stderr, flush=True)
-            res["memory"] = measure_memory(r, endpoint, node_pids, redis_pid, MEMORY_KEYS)
+            res["memory"] = measure_memory(Path(tmp) / "memory", r, redis_pid, MEMORY_KEYS)
             if r is not None:
                 r.close()
         finally:
