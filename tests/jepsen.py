@@ -5,10 +5,11 @@ what they did, and an agent that lets the test (outside every namespace) use a c
 appears. It does, at random, strong reads, writes and compare-and-swaps of a few keys
 (values unique to it: ``"<worker>-<n>"``), eventual reads of the same keys, and writes of
 keys of its own (``w:<worker>:<n>``, strong and eventual in turn) for the audit that every
-acknowledged write survives. Each operation is one JSON line in its history file, written
-when it completed: call and return times (``time.monotonic()``, one clock for every process
-of the machine) and the outcome; an operation that failed (a timeout, ``Unavailable``) has
-no return time, since it may or may not have taken effect.
+acknowledged write survives (``--eventual-only``: eventual writes of its keys only). Each
+operation is one JSON line in its history file, written when it completed: call and return
+times (``time.monotonic()``, one clock for every process of the machine) and the outcome;
+an operation that failed (a timeout, ``Unavailable``) has no return time, since it may or
+may not have taken effect.
 
 ``python tests/jepsen.py agent ...`` answers JSON-line calls of ``zkv.Client`` methods on a
 Unix socket (the file system is shared by the namespaces, the network is not).
@@ -43,7 +44,8 @@ def worker(args: argparse.Namespace) -> None:
         while not stop.exists():
             n += 1
             key = rng.choice(keys)
-            kind = rng.choices(["read", "write", "cas", "eread", "audit"], [3, 2, 2, 1, 2])[0]
+            kinds = ["read", "write", "cas", "eread", "audit"]
+            kind = "audit" if args.eventual_only else rng.choices(kinds, [3, 2, 2, 1, 2])[0]
             value = f"{args.id}-{n}"
             arg: Any = None
             level = "strong"
@@ -53,7 +55,7 @@ def worker(args: argparse.Namespace) -> None:
                 arg = [seen[key], value]
             elif kind == "audit":
                 key, arg = f"w:{args.id}:{n}", n
-                level = "eventual" if n % 2 else "strong"
+                level = "eventual" if n % 2 or args.eventual_only else "strong"
             call = time.monotonic()
             try:
                 if kind == "read":
@@ -172,6 +174,7 @@ def main() -> None:
     w.add_argument("--out", required=True)
     w.add_argument("--stop", required=True)
     w.add_argument("--timeout-s", type=float, default=3.0)
+    w.add_argument("--eventual-only", action="store_true", help="eventual writes of its own keys")
     a = sub.add_parser("agent")
     a.add_argument("--config", required=True)
     a.add_argument("--client", required=True)

@@ -212,7 +212,7 @@ class Net:
         for host in self.hosts:
             with open(self.workdir / f"proxy-{host}.log", "ab") as log:
                 self.proxies[host] = subprocess.Popen(
-                    self.argv(host, sys.executable, __file__, "proxy", str(control)),
+                    self.argv(host, sys.executable, __file__, "proxy", str(control), host),
                     stdout=subprocess.DEVNULL,
                     stderr=log,
                 )
@@ -236,7 +236,12 @@ class Net:
         tmp = control.with_suffix(".tmp")
         tmp.write_text(json.dumps({"delay_s": seconds}))
         tmp.replace(control)
-        time.sleep(0.3)  # the proxies read it every 0.1 s
+        deadline = time.monotonic() + 15
+        for host in self.proxies:  # each proxy says which delay it applies
+            seen = self.workdir / f"delay-{host}.json"
+            while not seen.exists() or json.loads(seen.read_text() or "{}") != {"delay_s": seconds}:
+                assert time.monotonic() < deadline, f"the proxy in {host} did not take the delay"
+                time.sleep(0.02)
 
     # ------------------------------------------------------------------ teardown
 
@@ -260,8 +265,9 @@ class Net:
 
 
 class _Delay:
-    def __init__(self, control: Path) -> None:
+    def __init__(self, control: Path, host: str) -> None:
         self.control = control
+        self.seen = control.with_name(f"delay-{host}.json")
         self.seconds = 0.0
         self.mtime = 0.0
 
@@ -272,6 +278,9 @@ class _Delay:
                 if mtime != self.mtime:
                     self.mtime = mtime
                     self.seconds = float(json.loads(self.control.read_text())["delay_s"])
+                    tmp = self.seen.with_suffix(".tmp")
+                    tmp.write_text(json.dumps({"delay_s": self.seconds}))
+                    tmp.replace(self.seen)
             except (OSError, ValueError, KeyError):
                 pass
             await asyncio.sleep(0.1)
@@ -310,8 +319,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
         writer.close()
 
 
-async def _serve_proxy(control: Path) -> None:
-    delay = _Delay(control)
+async def _serve_proxy(control: Path, host: str) -> None:
+    delay = _Delay(control, host)
     watcher = asyncio.create_task(delay.watch())
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -343,4 +352,4 @@ async def _serve_proxy(control: Path) -> None:
 if __name__ == "__main__" and sys.argv[1:2] == ["proxy"]:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_proxy(Path(sys.argv[2])))
+        asyncio.run(_serve_proxy(Path(sys.argv[2]), sys.argv[3]))
