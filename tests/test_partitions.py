@@ -425,6 +425,28 @@ def test_a_primary_cut_from_the_brokers(nc: NetCluster) -> None:
     verify(nc, w, eventual_may_be_lost=False)
 
 
+@pytest.mark.parametrize("which", ["controller", "other broker"])
+def test_a_primary_cut_from_one_broker(nc: NetCluster, which: str) -> None:
+    """An asymmetric partition: one broker loses the primary, the other still reaches it.
+    Cut from the controller, the primary is replaced (its lease is no longer renewed);
+    cut from the other broker, nothing changes but that broker's route."""
+    nc.wait_healthy()
+    primary, controller = nc.primary(), nc.controller()
+    assert controller in BROKERS
+    broker = controller if which == "controller" else next(b for b in BROKERS if b != controller)
+    with Workload(nc, f"cut-{broker}-only") as w:
+        nc.net.cut(primary, broker)
+        cut = time.monotonic()
+        if which == "controller":
+            nc.wait_for(lambda: nc.primary() != primary, "the replica promoted")
+        took = w.wait_acked(cut, 30, "writes served")
+        print(f"  writes stopped for {took:.2f} s after the primary was cut from the {which}")
+        nc.net.heal()
+        nc.wait_healthy()
+        w.wait_acked(time.monotonic(), 20, "writes after healing")
+    verify(nc, w, eventual_may_be_lost=False)
+
+
 def test_a_primary_cut_from_its_replicas(nc: NetCluster) -> None:
     """Strong writes wait for the replica until it leaves the in-sync set, then go on."""
     nc.wait_healthy()
@@ -497,6 +519,7 @@ def test_a_flapping_link_with_loss_and_delay(nc: NetCluster) -> None:
     each way on every link) while up."""
     nc.wait_healthy()
     primary = nc.primary()
+    epoch = nc.status()["shards"]["s0"]["epoch"]
     with Workload(nc, "flapping") as w:
         nc.net.delay(0.005)
         try:
@@ -511,6 +534,8 @@ def test_a_flapping_link_with_loss_and_delay(nc: NetCluster) -> None:
             nc.net.delay(0.0)
         nc.wait_healthy()
         w.wait_acked(time.monotonic(), 20, "writes after healing")
+        promotions = nc.status()["shards"]["s0"]["epoch"] - epoch
+        print(f"  {promotions} promotions while the link flapped")
     verify(nc, w, eventual_may_be_lost=True)
 
 
@@ -553,5 +578,11 @@ def test_throughput_with_delay(nc: NetCluster) -> None:
         )
         rows.append((delay, json.loads(out)))
     nc.net.delay(0.0)
-    for delay, result in rows:
-        print(f"\n{delay * 1000:.0f} ms per link each way: {json.dumps(result)}")
+    print("\nzkv bench --workload mixed --threads 4 --seconds 3 (CURVE, every link proxied):")
+    for delay, out in rows:
+        r = out["result"]
+        print(
+            f"  {delay * 1000:.0f} ms added per link each way: {r['ops_per_s']:.0f} ops/s, "
+            f"p50 {r['p50_us'] / 1000:.2f} ms, p99 {r['p99_us'] / 1000:.2f} ms"
+            f", {r['errors']} errors"
+        )
