@@ -412,6 +412,7 @@ class Node:
             max_bytes=self.store.max_bytes,
             evictions=self.store.evictions,
             policy=str(self.store.policy),
+            sent_at=time.monotonic(),
         )
 
     # ------------------------------------------------------------------ loop
@@ -638,7 +639,12 @@ class Node:
             self._beat_now = changed = True
         lease_s = beat.get("lease_s")
         if role == Role.PRIMARY and epoch == self.epoch and isinstance(lease_s, int | float):
-            self._lease_until = max(self._lease_until, now + float(lease_s))
+            # the lease runs from when we sent the heartbeat the controller last heard (it
+            # echoes our clock), not from now: a grant held up in the network (a partition
+            # that heals) extends nothing the controller has counted as over
+            since = beat.get("lease_from")
+            start = min(now, since) if isinstance(since, float) and since > 0 else now
+            self._lease_until = max(self._lease_until, start + float(lease_s))
         if role == Role.PRIMARY and self.primary is not None:
             # the broker's record of the in-sync set: replies a dropped replica held go now
             for reply in self.primary.replicas.confirm(in_sync):
