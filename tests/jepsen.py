@@ -31,6 +31,18 @@ from typing import Any
 import zkv
 
 
+def connect(config: str, client: str, broker: str | None, timeout_s: float) -> zkv.Client:
+    """A client of every broker of ``config``, or of the one named ``broker`` only."""
+    if broker is None:
+        return zkv.Client.from_config(config, client=client, timeout_s=timeout_s)
+    from zkv.config import load_config
+    from zkv.security import CurveKeys
+
+    cluster = load_config(config)
+    endpoint = next(b.clients for b in cluster.broker_list() if b.name == broker)
+    return zkv.Client(endpoint, curve=CurveKeys.for_client(cluster, client), timeout_s=timeout_s)
+
+
 def worker(args: argparse.Namespace) -> None:
     rng = random.Random(args.id)
     keys = args.keys.split(",")
@@ -38,7 +50,7 @@ def worker(args: argparse.Namespace) -> None:
     stop = Path(args.stop)
     n = 0
     with (
-        zkv.Client.from_config(args.config, client=args.client, timeout_s=args.timeout_s) as kv,
+        connect(args.config, args.client, args.broker, args.timeout_s) as kv,
         open(args.out, "a", buffering=1) as out,
     ):
         while not stop.exists():
@@ -91,18 +103,21 @@ def agent(args: argparse.Namespace) -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen()
-    with zkv.Client.from_config(args.config, client=args.client, timeout_s=2.0) as kv:
-        while True:
-            conn, _ = server.accept()
-            with conn, conn.makefile("rw", buffering=1) as stream:
-                for line in stream:
-                    call = json.loads(line)
-                    try:
-                        method = getattr(kv, call["method"])
-                        answer = {"ok": method(*call.get("args", []), **call.get("kwargs", {}))}
-                    except Exception as exc:
-                        answer = {"error": f"{type(exc).__name__}: {exc}"}
-                    stream.write(json.dumps(answer, default=str) + "\n")
+    clients: dict[str | None, zkv.Client] = {}
+    while True:
+        conn, _ = server.accept()
+        with conn, conn.makefile("rw", buffering=1) as stream:
+            for line in stream:
+                call = json.loads(line)
+                try:
+                    broker = call.get("broker")
+                    if broker not in clients:
+                        clients[broker] = connect(args.config, args.client, broker, 2.0)
+                    method = getattr(clients[broker], call["method"])
+                    answer = {"ok": method(*call.get("args", []), **call.get("kwargs", {}))}
+                except Exception as exc:
+                    answer = {"error": f"{type(exc).__name__}: {exc}"}
+                stream.write(json.dumps(answer, default=str) + "\n")
 
 
 class AgentError(Exception):
@@ -131,10 +146,12 @@ class Agent:
                     raise
                 time.sleep(0.05)
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def call(self, method: str, *args: Any, broker: str | None = None, **kwargs: Any) -> Any:
+        """``method`` of a client of every broker, or of ``broker`` only."""
         assert self.sock is not None
         self.sock.settimeout(60)
-        self.stream.write(json.dumps({"method": method, "args": args, "kwargs": kwargs}) + "\n")
+        call = {"method": method, "args": args, "kwargs": kwargs, "broker": broker}
+        self.stream.write(json.dumps(call) + "\n")
         answer = json.loads(self.stream.readline())
         if "error" in answer:
             raise AgentError(answer["error"])
@@ -175,6 +192,7 @@ def main() -> None:
     w.add_argument("--stop", required=True)
     w.add_argument("--timeout-s", type=float, default=3.0)
     w.add_argument("--eventual-only", action="store_true", help="eventual writes of its own keys")
+    w.add_argument("--broker", help="talk to this broker only (default: to every one)")
     a = sub.add_parser("agent")
     a.add_argument("--config", required=True)
     a.add_argument("--client", required=True)

@@ -112,6 +112,7 @@ class Net:
         self.bridge = f"zkvp-br{self.pid}"
         self.hosts: dict[str, str] = {}  # host -> address
         self.cuts: dict[str, set[str]] = {}  # host -> hosts it drops packets to and from
+        self.deaf: dict[str, set[str]] = {}  # host -> hosts it drops packets from (one way)
         self.loss: dict[str, tuple[set[str], int]] = {}
         self.proxies: dict[str, subprocess.Popen[bytes]] = {}
         sweep()
@@ -136,6 +137,7 @@ class Net:
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         self.cuts[host] = set()
+        self.deaf[host] = set()
         self.loss[host] = (set(), 0)
         self._apply(host)
         return address
@@ -152,21 +154,24 @@ class Net:
 
     def _apply(self, host: str) -> None:
         """Replace ``host``'s nft table by one for its current cuts and losses (atomic)."""
-        cut = ", ".join(self.hosts[h] for h in sorted(self.cuts[host]))
         lossy, percent = self.loss[host]
-        lossy_set = ", ".join(self.hosts[h] for h in sorted(lossy))
+
+        def addresses(name: str, hosts: set[str]) -> str:
+            listed = ", ".join(self.hosts[h] for h in sorted(hosts))
+            elements = f"elements = {{ {listed} }}" if listed else ""
+            return f"  set {name} {{ type ipv4_addr; {elements}}}"
+
         rules = ["table inet zkvp {"]
-        rules.append(
-            "  set cut { type ipv4_addr; " + (f"elements = {{ {cut} }}" if cut else "") + "}"
-        )
-        rules.append(
-            "  set lossy { type ipv4_addr; "
-            + (f"elements = {{ {lossy_set} }}" if lossy_set else "")
-            + "}"
-        )
-        for chain, hook, field in (("input", "input", "saddr"), ("output", "output", "daddr")):
-            rules.append(f"  chain {chain} {{ type filter hook {hook} priority 0; policy accept;")
+        rules += [
+            addresses("cut", self.cuts[host]),
+            addresses("deaf", self.deaf[host]),
+            addresses("lossy", lossy),
+        ]
+        for chain, field in (("input", "saddr"), ("output", "daddr")):
+            rules.append(f"  chain {chain} {{ type filter hook {chain} priority 0; policy accept;")
             rules.append(f"    ip {field} @cut drop")
+            if chain == "input":
+                rules.append("    ip saddr @deaf drop")
             if percent:
                 rules.append(f"    ip {field} @lossy numgen random mod 100 < {percent} drop")
             rules.append("  }")
@@ -184,6 +189,29 @@ class Net:
             self.cuts[y] |= set(left)
             self._apply(y)
 
+    def uncut(self, a: str, b: str) -> None:
+        """Mend the link between ``a`` and ``b`` only (both ways)."""
+        self.cuts[a].discard(b)
+        self.cuts[b].discard(a)
+        self.deaf[a].discard(b)
+        self.deaf[b].discard(a)
+        self._apply(a)
+        self._apply(b)
+
+    def one_way(self, sender: str, receiver: str) -> None:
+        """Mend the link between ``sender`` and ``receiver`` in one direction only: packets
+        from ``sender`` arrive, packets back are dropped (TCP data gets through; its
+        acknowledgements, and anything ``receiver`` sends, do not)."""
+        self.uncut(sender, receiver)
+        self.deaf[sender].add(receiver)
+        self._apply(sender)
+
+    def bytes_received(self, host: str, peer: str) -> int:
+        """Bytes ``host`` received so far on its open TCP connections with ``peer``."""
+        out = self.run(host, "ss", "-tinH", "dst", self.hosts[peer], check=False)
+        out += self.run(host, "ss", "-tinH", "src", self.hosts[peer], check=False)
+        return sum(int(n) for n in re.findall(r"bytes_received:(\d+)", out))
+
     def isolate(self, host: str) -> None:
         """Cut ``host`` from every other host."""
         self.cut(host, [h for h in self.hosts if h != host])
@@ -197,8 +225,9 @@ class Net:
     def heal(self) -> None:
         """Every link whole again: no cut, no loss."""
         for host in self.hosts:
-            if self.cuts[host] or self.loss[host][1]:
+            if self.cuts[host] or self.deaf[host] or self.loss[host][1]:
                 self.cuts[host] = set()
+                self.deaf[host] = set()
                 self.loss[host] = (set(), 0)
                 self._apply(host)
 

@@ -22,6 +22,7 @@ import math
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -263,16 +264,29 @@ def nc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetCluster]:
 class Workload:
     """Client processes in the clients' namespace doing reads, writes and CAS on ``keys``."""
 
-    def __init__(self, c: NetCluster, name: str, workers: int = 3, eventual: int = 0) -> None:
+    def __init__(
+        self,
+        c: NetCluster,
+        name: str,
+        workers: int = 3,
+        eventual: int = 0,
+        via: tuple[str, ...] = (),
+    ) -> None:
+        """``workers`` clients of every broker, ``eventual`` more doing eventual writes only,
+        and one more for each broker of ``via``, a client of that broker only."""
         self.c = c
         self.keys = [f"{name}:x", f"{name}:y"]
         self.dir = c.tmp / name
         self.dir.mkdir()
         self.stop_file = self.dir / "stop"
-        self.files = [self.dir / f"history-{i}.jsonl" for i in range(workers + eventual)]
-        self.workers = workers
+        self.roles: list[list[str]] = [[] for _ in range(workers)]
+        self.roles += [["--eventual-only"] for _ in range(eventual)]
+        self.roles += [["--broker", broker] for broker in via]
+        self.files = [self.dir / f"history-{i}.jsonl" for i in range(len(self.roles))]
         self.procs: list[subprocess.Popen[bytes]] = []
         self.initial: list[Op] = []
+        #: Operations the test did itself (through the agent), in the workers' format.
+        self.extra: list[dict[str, Any]] = []
 
     def __enter__(self) -> Workload:
         for key in self.keys:  # CAS needs a value to compare with: start from a known one
@@ -282,9 +296,7 @@ class Workload:
         for i, out in enumerate(self.files):
             argv = [sys.executable, str(HERE / "jepsen.py"), "worker", "--config"]
             argv += [str(self.c.config), "--client", "app", "--id", str(i), "--out", str(out)]
-            argv += ["--keys", ",".join(self.keys), "--stop", str(self.stop_file)]
-            if i >= self.workers:
-                argv.append("--eventual-only")
+            argv += ["--keys", ",".join(self.keys), "--stop", str(self.stop_file), *self.roles[i]]
             with open(self.dir / f"worker-{i}.log", "ab") as log:
                 self.procs.append(
                     subprocess.Popen(self.c.net.argv("cl", *argv), stdout=log, stderr=log)
@@ -302,7 +314,21 @@ class Workload:
                 proc.wait(5)
 
     def history(self) -> list[dict[str, Any]]:
-        return load_history(self.files)
+        return load_history(self.files) + self.extra
+
+    def probe(self, stop: threading.Event, broker: str, answered: list[int]) -> None:
+        """Strong reads of the first key through ``broker`` alone until ``stop``, each
+        given 50 ms (added to the history); counts those answered in ``answered``."""
+        while not stop.is_set():
+            call = time.monotonic()
+            try:
+                value = self.c.agent.call("get", self.keys[0], broker=broker, timeout=0.05)
+            except AgentError:
+                continue  # unknown outcome: a read that failed shows nothing
+            answered.append(1)
+            op = {"key": self.keys[0], "kind": "read", "level": "strong", "call": call}
+            self.extra.append({**op, "ret": time.monotonic(), "arg": None, "result": value})
+            self.extra[-1]["client"] = -2
 
     def acked_since(self, since: float) -> list[dict[str, Any]]:
         """Writes (puts, CAS, audit writes) called at ``since`` or later and acknowledged."""
@@ -490,6 +516,89 @@ def test_a_primary_cut_from_its_replicas_then_from_the_brokers(nc: NetCluster) -
         nc.net.cut(primary, BROKERS)
         nc.wait_for(lambda: nc.primary() != primary, "the replica promoted")
         w.wait_acked(time.monotonic(), 20, "writes served again")
+        nc.net.heal()
+        nc.wait_healthy()
+        w.wait_acked(time.monotonic(), 20, "writes after healing")
+    verify(nc, w, eventual_may_be_lost=True)
+
+
+def test_a_broker_cut_from_etcd_while_the_primary_is_replaced(nc: NetCluster) -> None:
+    """A broker cut from etcd routes with the last state it saw: to the former primary,
+    while the controller, which lost that primary, promotes the replica. The former
+    primary's lease has run out, so it refuses; then its link to the controller heals and
+    the heartbeats held up in it arrive late."""
+    nc.wait_healthy()
+    primary, controller = nc.primary(), nc.controller()
+    assert controller in BROKERS
+    other = next(b for b in BROKERS if b != controller)
+    with Workload(nc, "stale-broker", via=(other, other)) as w:
+        nc.net.cut(other, "etcd")
+        nc.wait_for(
+            lambda: nc.agent.call("cluster_status", broker=other)["coordination"]["error"],
+            f"{other} without etcd",
+        )
+        nc.net.cut(primary, controller)
+        nc.wait_for(
+            lambda: (
+                nc.agent.call("cluster_status", broker=controller)["shards"]["s0"]["primary"]
+                != primary
+            ),
+            "the replica promoted",
+        )
+        w.wait_acked(time.monotonic(), 30, "writes through the new primary")
+        nc.net.uncut(primary, controller)
+
+        def stepped_down() -> bool:
+            status = nc.agent.call("cluster_status", broker=controller)
+            node = next(n for n in status["nodes"] if n["name"] == primary)
+            return bool(node["alive"] and node["role"] == "replica")
+
+        nc.wait_for(stepped_down, "the former primary a replica")
+        w.wait_acked(time.monotonic(), 30, "writes after that")
+        nc.net.heal()
+        nc.wait_healthy()
+        w.wait_acked(time.monotonic(), 20, "writes after healing")
+    verify(nc, w, eventual_may_be_lost=True)
+
+
+def test_late_lease_grants_after_a_one_way_heal(nc: NetCluster) -> None:
+    """As above, but the link from the controller to the former primary heals first, one
+    way: the heartbeats the controller sent before the cut arrive late, granting leases
+    the controller counted as over long ago, and nothing comes back to correct it."""
+    nc.wait_healthy()
+    primary, controller = nc.primary(), nc.controller()
+    assert controller in BROKERS
+    other = next(b for b in BROKERS if b != controller)
+    with Workload(nc, "late-grants", via=(other, other)) as w:
+        nc.net.cut(other, "etcd")
+        nc.wait_for(
+            lambda: nc.agent.call("cluster_status", broker=other)["coordination"]["error"],
+            f"{other} without etcd",
+        )
+        nc.net.cut(primary, controller)
+        nc.wait_for(
+            lambda: (
+                nc.agent.call("cluster_status", broker=controller)["shards"]["s0"]["primary"]
+                != primary
+            ),
+            "the replica promoted",
+        )
+        w.wait_acked(time.monotonic(), 30, "writes through the new primary")
+        before = nc.net.bytes_received(primary, controller)
+        stop, answered = threading.Event(), []
+        prober = threading.Thread(target=w.probe, args=(stop, other, answered))
+        prober.start()  # strong reads through the stale broker, all along
+        try:
+            nc.net.one_way(controller, primary)
+            nc.wait_for(
+                lambda: nc.net.bytes_received(primary, controller) > before,
+                "TCP delivers what the controller sent before the cut",
+            )
+            time.sleep(1.0)  # the nemesis's rhythm: a few lease lengths of this one-way link
+        finally:
+            stop.set()
+            prober.join(30)
+        print(f"  {len(answered)} strong reads through {other} answered meanwhile")
         nc.net.heal()
         nc.wait_healthy()
         w.wait_acked(time.monotonic(), 20, "writes after healing")
