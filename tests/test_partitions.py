@@ -609,6 +609,48 @@ def test_late_lease_grants_after_a_one_way_heal(nc: NetCluster) -> None:
     verify(nc, w, eventual_may_be_lost=True)
 
 
+def test_a_paused_primary_resumes_with_stale_grants(nc: NetCluster) -> None:
+    """The same hazard without the network's help: the primary is paused (SIGSTOP: a long
+    GC or a frozen VM) while a broker is cut from etcd; the controller replaces it. Resumed,
+    it reads the grants that queued up meanwhile, and the stale broker still routes to it:
+    it must refuse (its lease ran out while it slept), not serve. (Here the controller
+    hears it again at once and deposes it within a round trip; a one-way link, above, is
+    what kept that from happening.)"""
+    nc.wait_healthy()
+    primary, controller = nc.primary(), nc.controller()
+    assert controller in BROKERS
+    other = next(b for b in BROKERS if b != controller)
+    with Workload(nc, "paused", via=(other,)) as w:
+        nc.net.cut(other, "etcd")
+        nc.wait_for(
+            lambda: nc.agent.call("cluster_status", broker=other)["coordination"]["error"],
+            f"{other} without etcd",
+        )
+        nc.procs[primary].signal(signal.SIGSTOP)
+        stop, answered = threading.Event(), []
+        try:
+            nc.wait_for(
+                lambda: (
+                    nc.agent.call("cluster_status", broker=controller)["shards"]["s0"]["primary"]
+                    != primary
+                ),
+                "the replica promoted",
+            )
+            w.wait_acked(time.monotonic(), 30, "writes through the new primary")
+            prober = threading.Thread(target=w.probe, args=(stop, other, answered))
+            prober.start()  # strong reads through the stale broker
+        finally:
+            nc.procs[primary].signal(signal.SIGCONT)
+        time.sleep(1.0)  # the nemesis's rhythm: a few lease lengths after the resumption
+        stop.set()
+        prober.join(30)
+        print(f"  {len(answered)} strong reads through {other} answered meanwhile")
+        nc.net.heal()
+        nc.wait_healthy()
+        w.wait_acked(time.monotonic(), 20, "writes after healing")
+    verify(nc, w, eventual_may_be_lost=True)
+
+
 def test_the_controller_cut_from_everyone(nc: NetCluster) -> None:
     """The other broker takes the controller's lease over; clients retry through it."""
     nc.wait_healthy()
