@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 PREFIX = "zkvp-"
 PROXY_PORT = 7999
@@ -45,6 +46,14 @@ def sh(*argv: str, check: bool = True, input_text: str | None = None) -> str:
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
     return done.stdout
+
+
+_PIPES: dict[str, Any] = {
+    "stdin": subprocess.PIPE,
+    "stdout": subprocess.PIPE,
+    "stderr": subprocess.PIPE,
+    "text": True,
+}
 
 
 def netns_unavailable() -> str | None:
@@ -152,8 +161,19 @@ class Net:
 
     # ------------------------------------------------------------------ faults
 
-    def _apply(self, host: str) -> None:
-        """Replace ``host``'s nft table by one for its current cuts and losses (atomic)."""
+    def _apply(self, *hosts: str) -> None:
+        """Replace each host's nft table by one for its current cuts and losses (atomic per
+        host; the hosts at once, so that a partition starts everywhere together)."""
+        procs = [
+            (host, subprocess.Popen(self.argv(host, "nft", "-f", "-"), **_PIPES)) for host in hosts
+        ]
+        for host, proc in procs:
+            _, err = proc.communicate(self._script(host), timeout=30)
+            if proc.returncode != 0:
+                raise RuntimeError(f"nft in {host}: {err.strip()}")
+
+    def _script(self, host: str) -> str:
+        """The nft script that makes ``host``'s table."""
         lossy, percent = self.loss[host]
 
         def addresses(name: str, hosts: set[str]) -> str:
@@ -176,18 +196,16 @@ class Net:
                 rules.append(f"    ip {field} @lossy numgen random mod 100 < {percent} drop")
             rules.append("  }")
         rules.append("}")
-        script = "table inet zkvp\ndelete table inet zkvp\n" + "\n".join(rules) + "\n"
-        sh(*self.argv(host, "nft", "-f", "-"), input_text=script)
+        return "table inet zkvp\ndelete table inet zkvp\n" + "\n".join(rules) + "\n"
 
     def cut(self, a: list[str] | str, b: list[str] | str) -> None:
         """Drop every packet between the hosts of ``a`` and those of ``b`` (both ways)."""
         left, right = ([a] if isinstance(a, str) else a), ([b] if isinstance(b, str) else b)
         for x in left:
             self.cuts[x] |= set(right)
-            self._apply(x)
         for y in right:
             self.cuts[y] |= set(left)
-            self._apply(y)
+        self._apply(*left, *right)
 
     def uncut(self, a: str, b: str) -> None:
         """Mend the link between ``a`` and ``b`` only (both ways)."""
@@ -195,16 +213,16 @@ class Net:
         self.cuts[b].discard(a)
         self.deaf[a].discard(b)
         self.deaf[b].discard(a)
-        self._apply(a)
-        self._apply(b)
+        self._apply(a, b)
 
     def one_way(self, sender: str, receiver: str) -> None:
         """Mend the link between ``sender`` and ``receiver`` in one direction only: packets
         from ``sender`` arrive, packets back are dropped (TCP data gets through; its
         acknowledgements, and anything ``receiver`` sends, do not)."""
-        self.uncut(sender, receiver)
+        self.cuts[sender].discard(receiver)
+        self.cuts[receiver].discard(sender)
         self.deaf[sender].add(receiver)
-        self._apply(sender)
+        self._apply(sender, receiver)
 
     def bytes_received(self, host: str, peer: str) -> int:
         """Bytes ``host`` received so far on its open TCP connections with ``peer``."""
@@ -224,12 +242,12 @@ class Net:
 
     def heal(self) -> None:
         """Every link whole again: no cut, no loss."""
-        for host in self.hosts:
-            if self.cuts[host] or self.deaf[host] or self.loss[host][1]:
-                self.cuts[host] = set()
-                self.deaf[host] = set()
-                self.loss[host] = (set(), 0)
-                self._apply(host)
+        changed = [h for h in self.hosts if self.cuts[h] or self.deaf[h] or self.loss[h][1]]
+        for host in changed:
+            self.cuts[host] = set()
+            self.deaf[host] = set()
+            self.loss[host] = (set(), 0)
+        self._apply(*changed)
 
     # ------------------------------------------------------------------ delay
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,7 +42,7 @@ from zkv.security import generate_config_keys
 pytestmark = [pytest.mark.netns, pytest.mark.partition, pytest.mark.timeout(240)]
 
 HERE = Path(__file__).parent
-ETCD = "/usr/bin/etcd"
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 BROKERS = ["b1", "b2"]
 NODES = ["s0a", "s0b"]
 
@@ -339,11 +340,12 @@ class Workload:
         ]
 
     def wait_acked(self, since: float, count: int, what: str) -> float:
-        """Wait for ``count`` writes called since ``since`` to be acknowledged; the longest
-        time without any acknowledged write from ``since`` to the last of them (how long
-        writes stopped)."""
-        self.c.wait_for(lambda: len(self.acked_since(since)) >= count, what)
-        last = sorted(o["ret"] for o in self.acked_since(since))[count - 1]
+        """Wait for ``count`` writes called after now to be acknowledged; the longest time
+        without any acknowledged write from ``since`` (a fault's start) to the last of them
+        (how long writes stopped)."""
+        after = time.monotonic()
+        self.c.wait_for(lambda: len(self.acked_since(after)) >= count, what)
+        last = sorted(o["ret"] for o in self.acked_since(after))[count - 1]
         acks = sorted(o["ret"] for o in self.acked_since(0.0) if since <= o["ret"] <= last)
         return max(b - a for a, b in zip([since, *acks], acks, strict=False))
 
@@ -440,8 +442,8 @@ def test_a_primary_cut_from_the_brokers(nc: NetCluster) -> None:
     nc.wait_healthy()
     primary = nc.primary()
     with Workload(nc, "cut-brokers") as w:
-        nc.net.cut(primary, BROKERS)
         cut = time.monotonic()
+        nc.net.cut(primary, BROKERS)
         nc.wait_for(lambda: nc.primary() != primary, "the replica promoted")
         took = w.wait_acked(cut, 20, "writes served again")
         print(f"  writes stopped for {took:.2f} s after the primary was cut off")
@@ -461,8 +463,8 @@ def test_a_primary_cut_from_one_broker(nc: NetCluster, which: str) -> None:
     assert controller in BROKERS
     broker = controller if which == "controller" else next(b for b in BROKERS if b != controller)
     with Workload(nc, f"cut-{broker}-only") as w:
-        nc.net.cut(primary, broker)
         cut = time.monotonic()
+        nc.net.cut(primary, broker)
         if which == "controller":
             nc.wait_for(lambda: nc.primary() != primary, "the replica promoted")
         took = w.wait_acked(cut, 30, "writes served")
@@ -480,8 +482,8 @@ def test_a_primary_cut_from_its_replicas(nc: NetCluster) -> None:
     replicas = [n for n in NODES if n != primary]
     nc.agent.call("put", "cut-replicas:stale", 1)
     with Workload(nc, "cut-replicas") as w:
-        nc.net.cut(primary, replicas)
         cut = time.monotonic()
+        nc.net.cut(primary, replicas)
         nc.wait_for(
             lambda: not any(nc.nodes()[r]["in_sync"] for r in replicas), "the replica out of sync"
         )
@@ -674,8 +676,8 @@ def test_the_controller_cut_from_everyone(nc: NetCluster) -> None:
     assert controller in BROKERS
     other = next(b for b in BROKERS if b != controller)
     with Workload(nc, "cut-broker") as w:
-        nc.net.isolate(controller)
         cut = time.monotonic()
+        nc.net.isolate(controller)
         nc.wait_for(lambda: nc.controller() == other, f"{other} the controller")
         took = w.wait_acked(cut, 20, "writes through the other broker")
         print(f"  writes stopped for {took:.2f} s after the controller was cut off")
@@ -717,11 +719,11 @@ def test_time_to_serve_writes_partition_against_kill(nc: NetCluster) -> None:
         nc.wait_healthy()
         primary = nc.primary()
         with Workload(nc, f"recover-{fault.lower()}", workers=2) as w:
+            start = time.monotonic()
             if fault == "partition":
                 nc.net.isolate(primary)
             else:
                 nc.procs[primary].signal(signal.SIGKILL)
-            start = time.monotonic()
             times[fault] = w.wait_acked(start, 10, f"writes after {fault} of the primary")
             nc.net.heal()
             if fault == "SIGKILL":
