@@ -222,6 +222,17 @@ class NetCluster:
             if (self.tmp / f"{name}.log").exists()
         )
 
+    def restore(self) -> None:
+        """Undo whatever a test left (one that failed half-way): every link whole, no delay,
+        every process running."""
+        self.net.heal()
+        self.net.delay(0.0)
+        for proc in self.procs.values():
+            proc.signal(signal.SIGCONT)
+            if proc.popen is not None and proc.popen.poll() is not None:
+                proc.start()
+                proc.wait_ready(30)
+
     # ------------------------------------------------------------------ teardown
 
     def stop(self) -> None:
@@ -257,6 +268,13 @@ def nc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetCluster]:
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(autouse=True)
+def restored(nc: NetCluster) -> Iterator[None]:
+    """After each test, the cluster as the next one expects it, even if this one failed."""
+    yield
+    nc.restore()
 
 
 # ---------------------------------------------------------------------- the workload
