@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from linearizability import Op, linearizable
+from linearizability import Op, check, linearizable
 
 
 def test_sequential_histories() -> None:
@@ -29,3 +29,17 @@ def test_an_operation_of_unknown_outcome_may_or_may_not_take_effect() -> None:
     assert linearizable([lost, Op(5, 6, "read", result=9)])
     # once seen, it cannot be unseen
     assert not linearizable([lost, Op(5, 6, "read", result=9), Op(7, 8, "read", result=None)])
+
+
+def test_the_bounded_search_answers_or_says_it_could_not() -> None:
+    writes = [Op(0, 100, "write", i) for i in range(12)]  # all concurrent
+    stale = [*writes, Op(101, 102, "read", result=3), Op(103, 104, "read", result=4)]
+    assert check(stale, max_states=50) is None  # too many orders to rule out in 50 states
+    assert check(stale) is False
+    sequential = [Op(2 * i, 2 * i + 1, "write", i) for i in range(500)]
+    assert check([*sequential, Op(1000, 1001, "read", result=499)], max_states=2000) is True
+
+
+def test_reads_of_unknown_outcome_constrain_nothing() -> None:
+    history = [Op(0, 1, "write", 1), Op(2, math.inf, "read", result=None)]
+    assert check([*history, Op(3, 4, "read", result=1)]) is True

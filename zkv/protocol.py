@@ -662,6 +662,9 @@ class NodeInfo:
     resync_full: int = 0
     resync_partial: int = 0
     resync_bytes: int = 0
+    #: The node's monotonic clock when it sent this (0: unknown). The controller echoes the
+    #: latest it heard with each lease, and the lease runs from then (a late grant is void).
+    sent_at: float = 0.0
 
 
 _NODE_INFO_TYPES: Final = {
@@ -683,6 +686,7 @@ _NODE_INFO_TYPES: Final = {
     "log_bytes": int,
     "compactions": int,
     "max_stall_ms": float,
+    "sent_at": float,
     "discarded_seq": int,
     "storage": str,
     "storage_error": str,

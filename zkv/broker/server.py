@@ -702,6 +702,8 @@ class Broker:
         if self.shared is not None and primary is member and self.controller:
             # several brokers: the primary serves under a lease only the controller grants
             body["lease_s"] = self.lease_s
+            if member.info is not None and member.info.sent_at > 0:
+                body["lease_from"] = member.info.sent_at  # the node's clock: see Node
             member.lease_granted = time.monotonic()
         self._to_node(
             member, [protocol.node_header(protocol.BROKER_HEARTBEAT, epoch), protocol.packb(body)]

@@ -458,6 +458,7 @@ class Node:
             resync_full=self.primary.resync_full if self.primary else 0,
             resync_partial=self.primary.resync_partial if self.primary else 0,
             resync_bytes=self.primary.resync_bytes if self.primary else 0,
+            sent_at=time.monotonic(),
         )
 
     # ------------------------------------------------------------------ loop
@@ -695,7 +696,12 @@ class Node:
             self._beat_now = changed = True
         lease_s = beat.get("lease_s")
         if role == Role.PRIMARY and epoch == self.epoch and isinstance(lease_s, int | float):
-            self._lease_until = max(self._lease_until, now + float(lease_s))
+            # the lease runs from when we sent the heartbeat the controller last heard (it
+            # echoes our clock), not from now: a grant held up in the network (a partition
+            # that heals) extends nothing the controller has counted as over
+            since = beat.get("lease_from")
+            start = min(now, since) if isinstance(since, float) and since > 0 else now
+            self._lease_until = max(self._lease_until, start + float(lease_s))
         if role == Role.PRIMARY and self.primary is not None:
             # the broker's record of the in-sync set: replies a dropped replica held go now
             for reply in self.primary.replicas.confirm(in_sync):
