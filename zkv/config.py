@@ -44,6 +44,7 @@ __all__ = [
     "StorageConfig",
     "TlsConfig",
     "TokenConfig",
+    "WatchConfig",
     "load_config",
     "parse_config",
 ]
@@ -207,6 +208,17 @@ class ReplicationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchConfig:
+    """Change feeds (``zkv.node.watching``): the history each node keeps for watchers."""
+
+    #: Records of recent history kept in memory per node, and their bytes (keys, values).
+    history_records: int = 100_000
+    history_bytes: int = 64 * 1024 * 1024
+    #: Watches one node keeps waiting (long polls) at most; more are refused, retryably.
+    max_watchers: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
 class ClientConfig:
     """What one client may do: its role (``read``, ``write``, ``admin``) and, if any, the
     key prefixes its keys must start with (``zkv.access``)."""
@@ -318,6 +330,7 @@ class ClusterConfig:
     heartbeat: HeartbeatConfig
     shards: dict[str, tuple[NodeConfig, ...]]
     replication: ReplicationConfig = ReplicationConfig()
+    watch: WatchConfig = WatchConfig()
     http: HttpConfig = HttpConfig()
     launcher: LauncherConfig = LauncherConfig()
     memory: MemoryConfig = MemoryConfig()
@@ -463,6 +476,7 @@ class _Parser:
                 "heartbeat",
                 "shards",
                 "replication",
+                "watch",
                 "http",
                 "launcher",
                 "allow_insecure_remote",
@@ -557,6 +571,20 @@ class _Parser:
             ack_timeout_s=self._seconds(r.get("ack_timeout_s", 1.0), "replication.ack_timeout_s"),
             hwm=self._int(r.get("hwm", 100_000), "replication.hwm", 1, 2**31),
         )
+        wt = self._map(
+            top.get("watch", {}),
+            "watch",
+            allowed={"history_records", "history_bytes", "max_watchers"},
+        )
+        watch = WatchConfig(
+            history_records=self._int(
+                wt.get("history_records", 100_000), "watch.history_records", 1, 2**31
+            ),
+            history_bytes=self._int(
+                wt.get("history_bytes", 64 * 1024 * 1024), "watch.history_bytes", 1024, 2**40
+            ),
+            max_watchers=self._int(wt.get("max_watchers", 10_000), "watch.max_watchers", 1, 2**20),
+        )
         w = self._map(top.get("http", {}), "http", allowed={"listen", "client", "tls", "tokens"})
         listen = w.get("listen", "127.0.0.1:7480")
         if not isinstance(listen, str) or not _LISTEN.fullmatch(listen):
@@ -601,6 +629,7 @@ class _Parser:
             heartbeat=heartbeat,
             shards=shards,
             replication=replication,
+            watch=watch,
             http=HttpConfig(
                 listen, gateway, self._tls(w.get("tls")), self._tokens(w.get("tokens"))
             ),

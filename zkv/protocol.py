@@ -10,7 +10,9 @@ Client <-> broker (client DEALER, broker ROUTER; the ROUTER's identity frame is 
         key     the key's bytes (empty for multi-key and cluster-wide ops); the broker
                 hashes it to a slot and never looks at the body of a single-key request
         body    msgpack array of the op's arguments (see ``ARG_SPECS``); values inside it
-                are opaque bin blobs, themselves msgpack produced by the client
+                are opaque bin blobs, themselves msgpack produced by the client. WATCH
+                names its shard in the body (its key frame is empty); the broker forwards
+                it to that shard's primary, its prefixes narrowed to the client's grant
     reply:    [header, body]
         header  REPLY_HEADER (10 bytes): version u8, code u8 (0 = OK), seq u64
         body    msgpack: the result when code is 0, else [message, key or nil]
@@ -103,6 +105,7 @@ class Op(IntEnum):
     CLEAR = 23
     COUNT = 24
     BATCH = 25  # single-key operations of a pipeline, grouped per shard
+    WATCH = 26  # a page of one shard's change feed (long poll; ``zkv.node.watching``)
     SCAN = 30  # broker -> node page of KEYS; clients send KEYS
     STATUS = 40
     FAILOVER = 41  # move a shard's primary role on purpose (broker only)
@@ -203,6 +206,42 @@ def _is_batch(v: object) -> bool:
     )
 
 
+#: The most prefixes one WATCH may filter on (a grant's prefixes narrowed to the watch's).
+MAX_WATCH_PREFIXES: Final = 64
+#: The longest a WATCH may wait on its node for changes (milliseconds).
+MAX_WATCH_WAIT_MS: Final = 60_000
+
+
+def _is_watch_cursor(v: object) -> bool:
+    """nil (from now on) or ``[epoch, seq, skip]``: a position in one shard's feed."""
+    return v is None or (
+        type(v) is list and len(v) == 3 and all(type(n) is int and 0 <= n <= MAX_SEQ for n in v)
+    )
+
+
+def _is_prefixes(v: object) -> bool:
+    return (
+        type(v) is list
+        and 0 < len(v) <= MAX_WATCH_PREFIXES
+        and all(type(p) is bytes and len(p) <= MAX_KEY_FRAME_BYTES for p in v)
+    )
+
+
+def _is_wait_ms(v: object) -> bool:
+    return type(v) is int and 0 <= v <= MAX_WATCH_WAIT_MS
+
+
+def _is_watch_page(v: object) -> bool:
+    """nil (the feed) or ``[slot, after]``: where a snapshot page of the keys starts."""
+    return v is None or (
+        type(v) is list
+        and len(v) == 2
+        and type(v[0]) is int
+        and v[0] >= 0
+        and (v[1] is None or type(v[1]) is bytes)
+    )
+
+
 def _is_str(v: object) -> bool:
     return type(v) is str and 0 < len(v) <= 64
 
@@ -273,6 +312,15 @@ ARG_SPECS: Final[dict[Op, tuple[tuple[str, _Check], ...]]] = {
         ("after", _is_opt_bytes),
         ("limit", _is_limit),
     ),
+    Op.WATCH: (
+        ("shard", _is_str),
+        ("cursor", _is_watch_cursor),
+        ("prefixes", _is_prefixes),
+        ("max_events", _is_limit),
+        ("wait_ms", _is_wait_ms),
+        ("values", _is_bool),
+        ("page", _is_watch_page),
+    ),
     Op.STATUS: (),
     Op.FAILOVER: (("shard", _is_str), ("target", _is_opt_str)),
     Op.RESHARD: (("from_shard", _is_opt_str), ("to_shard", _is_opt_str), ("count", _is_opt_count)),
@@ -291,7 +339,7 @@ _ARG_HINTS: Final = {
     "keys": "an array of bin",
     "items": "an array of [bin, bin]",
     "prefix": "bytes",
-    "cursor": "nil or [shard, slot, after]",
+    "cursor": "nil or [shard, slot, after] (KEYS), nil or [epoch, seq, skip] (WATCH)",
     "limit": f"an int in 1..{MAX_PAGE}",
     "slot": "a non-negative int",
     "shard": "a shard name",
@@ -308,6 +356,11 @@ _ARG_HINTS: Final = {
     "copies": "an array of [bin, bin or nil, nil or a number]",
     "outcomes": "an array of [bin, bin]",
     "how": "own, drop or abort",
+    "prefixes": f"an array of 1..{MAX_WATCH_PREFIXES} bin",
+    "max_events": f"an int in 1..{MAX_PAGE}",
+    "wait_ms": f"an int in 0..{MAX_WATCH_WAIT_MS}",
+    "values": "a boolean",
+    "page": "nil or [slot, nil or bin]",
 }
 
 
@@ -600,6 +653,10 @@ class NodeInfo:
     max_bytes: int = 0
     evictions: int = 0
     policy: str = "noeviction"
+    #: Its change feed: records and bytes of history kept, and watches waiting on it.
+    watch_records: int = 0
+    watch_bytes: int = 0
+    watchers: int = 0
 
 
 _NODE_INFO_TYPES: Final = {
@@ -629,6 +686,9 @@ _NODE_INFO_TYPES: Final = {
     "max_bytes": int,
     "evictions": int,
     "policy": str,
+    "watch_records": int,
+    "watch_bytes": int,
+    "watchers": int,
 }
 
 
@@ -655,6 +715,11 @@ def decode_node_info(frame: bytes) -> NodeInfo:
     if fields.get("state", NodeState.SERVING) not in set(NodeState):
         raise RemoteProtocolError(f"node info has an unknown state {fields['state']!r}")
     return NodeInfo(**fields)
+
+
+def peek_op(header: bytes) -> int:
+    """The op code of a request header without decoding it (-1 if it is no header)."""
+    return header[1] if len(header) == REQUEST_HEADER.size else -1
 
 
 def decode_node_header(frame: bytes) -> tuple[bytes, int]:

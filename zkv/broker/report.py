@@ -31,6 +31,9 @@ _REPORTED = (
     "max_bytes",
     "evictions",
     "policy",
+    "watch_records",
+    "watch_bytes",
+    "watchers",
     "publish",
     "sync",
 )

@@ -32,6 +32,7 @@ from typing import Any, Final
 import zmq
 
 from zkv import protocol
+from zkv.access import Grant
 from zkv.broker import fanout, report
 from zkv.broker.gate import Gate
 from zkv.broker.inflight import Inflight
@@ -42,6 +43,7 @@ from zkv.broker.routing import RoutingTable
 from zkv.broker.shared import SharedRouting
 from zkv.broker.switchover import Switchboard
 from zkv.broker.topology import check_topology
+from zkv.broker.watching import watch_request
 from zkv.config import ClusterConfig, load_config
 from zkv.errors import (
     ConfigError,
@@ -467,6 +469,9 @@ class Broker:
                 self._admit(client, request)
                 self._route(client, request, frames[1:])
                 return
+            if op is Op.WATCH:
+                self._watch(client, protocol.decode_request(frames[1:]), grant)
+                return
             if op not in fanout.FANOUT_OPS and op not in (Op.STATUS, Op.FAILOVER, Op.RESHARD):
                 raise RemoteProtocolError(f"unknown operation {op.name}")
             full = protocol.decode_request(frames[1:])
@@ -539,6 +544,18 @@ class Broker:
                 *frames,
             ],
         ):
+            raise self._unavailable(shard, request)
+
+    def _watch(self, client: bytes, request: Request, grant: Grant | None) -> None:
+        """Forward a WATCH to its shard's primary, narrowed to what ``grant`` may read."""
+        request = watch_request(request, grant, self.config.shards)
+        shard = request.args[0]
+        member = self.membership.primary(shard)
+        if member is None:
+            raise self._unavailable(shard, request)
+        self._admit(client, request)
+        header = protocol.node_header(protocol.NODE_REQUEST, self.routing.epochs[shard])
+        if not self._to_node(member, [header, _DIRECT + client, *protocol.encode_request(request)]):
             raise self._unavailable(shard, request)
 
     def _fan_out(self, client: bytes, request: Request) -> None:

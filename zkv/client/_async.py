@@ -41,7 +41,15 @@ from zkv.client._sync import (
     parse_endpoints,
     unreachable,
 )
-from zkv.errors import ClientClosed
+from zkv.client.watch import (
+    DEFAULT_MAX_EVENTS,
+    DEFAULT_WAIT_S,
+    Cursor,
+    Resync,
+    WatchCore,
+    WatchEvent,
+)
+from zkv.errors import ClientClosed, TransportError
 from zkv.protocol import Consistency
 from zkv.security import CurveKeys
 
@@ -431,6 +439,58 @@ class AsyncClient:
         """As ``Client.cluster_status``."""
         result: dict[str, Any] = await self._run(self._core.status(timeout=timeout))
         return result
+
+    def watch(
+        self,
+        prefix: Key = "",
+        cursor: Cursor | str | None = None,
+        *,
+        values: bool = True,
+        snapshot: bool = False,
+        wait: float = DEFAULT_WAIT_S,
+        max_events: int = DEFAULT_MAX_EVENTS,
+    ) -> AsyncIterator[WatchEvent | Resync]:
+        """As ``Client.watch``: ``async for ev in akv.watch("user:"): ...``."""
+        core = WatchCore(
+            prefix, cursor, values=values, snapshot=snapshot, wait_s=wait, max_events=max_events
+        )
+        return self._watch(core)
+
+    async def _watch(self, core: WatchCore) -> AsyncIterator[WatchEvent | Resync]:
+        if self._socket is None:
+            raise ClientClosed("this client was closed")
+        clock = self._core.clock
+        core.set_shards((await self.cluster_status())["shards"], clock())
+        sock = self._connect()
+        try:
+            while True:
+                if self._socket is None:
+                    raise ClientClosed("this client was closed")
+                now = clock()
+                for send in core.requests(now):
+                    try:
+                        await sock.send_multipart(send.frames, flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        core.not_sent(send, now)
+                wait_ms = max(1, int((core.next_wake(clock()) - clock()) * 1000))
+                if await sock.poll(min(wait_ms, 1000)):
+                    while True:
+                        try:
+                            frames = await sock.recv_multipart(flags=zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        for event in core.on_reply(frames, clock()):
+                            yield event
+                core.expire(clock())
+                if core.refresh_due(clock()):
+                    try:
+                        shards = (await self.cluster_status(timeout=1.0))["shards"]
+                    except TransportError:
+                        shards = None
+                    if shards is not None:
+                        core.set_shards(shards, clock())
+        finally:
+            sock.close(linger=0)
 
     def pipeline(self) -> AsyncPipeline:
         """As ``Client.pipeline``: ``async with kv.pipeline() as p: ...; await p.execute()``."""

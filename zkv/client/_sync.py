@@ -37,7 +37,15 @@ from zkv.client._core import (
     config_defaults,
 )
 from zkv.client._pipeline import Pipeline
-from zkv.errors import ClientClosed, InvalidRequest, KeyNotFound, Unavailable
+from zkv.client.watch import (
+    DEFAULT_MAX_EVENTS,
+    DEFAULT_WAIT_S,
+    Cursor,
+    Resync,
+    WatchCore,
+    WatchEvent,
+)
+from zkv.errors import ClientClosed, InvalidRequest, KeyNotFound, TransportError, Unavailable
 from zkv.protocol import Consistency
 from zkv.security import CurveKeys
 
@@ -525,6 +533,86 @@ class Client(MutableMapping[Key, Any]):
         """The broker's view of the cluster: every node, its shard, role, liveness, counters."""
         result: dict[str, Any] = self._run(self._core.status(timeout=timeout))
         return result
+
+    def watch(
+        self,
+        prefix: Key = "",
+        cursor: Cursor | str | None = None,
+        *,
+        values: bool = True,
+        snapshot: bool = False,
+        wait: float = DEFAULT_WAIT_S,
+        max_events: int = DEFAULT_MAX_EVENTS,
+    ) -> Iterator[WatchEvent | Resync]:
+        """The changes to keys starting with ``prefix``, forever (``zkv.client.watch``)::
+
+            for ev in kv.watch("user:"):
+                print(ev.kind, ev.key, ev.value)
+                save(ev.cursor)  # watch(cursor=...) resumes right after this event
+
+        ``cursor`` (a ``Cursor`` or its text) resumes a feed; None starts from now.
+        ``values=False`` leaves values out; ``snapshot=True`` follows a ``Resync`` with the
+        current matching keys (``state`` events). ``wait`` is how long each long poll waits
+        on a shard, ``max_events`` the most events one reply carries. The feed has its own
+        connection to the broker, so other calls on this client go on meanwhile. Without a
+        cursor, the feed starts when ``watch`` returns: changes after that are all seen.
+        """
+        core = WatchCore(
+            prefix, cursor, values=values, snapshot=snapshot, wait_s=wait, max_events=max_events
+        )
+        if self._socket is None:
+            raise ClientClosed("this client was closed")
+        core.set_shards(self.cluster_status()["shards"], self._core.clock())
+        sock = self._connect()
+        try:
+            early = list(self._watch_turns(core, sock, until_started=True))
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        return self._watch(core, sock, early)
+
+    def _watch(
+        self, core: WatchCore, sock: zmq.Socket[bytes], early: list[WatchEvent | Resync]
+    ) -> Iterator[WatchEvent | Resync]:
+        try:
+            yield from early
+            yield from self._watch_turns(core, sock)
+        finally:
+            sock.close(linger=0)
+
+    def _watch_turns(
+        self, core: WatchCore, sock: zmq.Socket[bytes], *, until_started: bool = False
+    ) -> Iterator[WatchEvent | Resync]:
+        """Drive ``core`` on ``sock``: forever, or until every shard has a position."""
+        clock = self._core.clock
+        deadline = clock() + self._core.timeout_s
+        while not (until_started and core.started()):
+            if until_started and clock() > deadline:
+                raise Unavailable("could not start watching: a shard did not answer")
+            if self._socket is None:
+                raise ClientClosed("this client was closed")
+            now = clock()
+            for send in core.requests(now):
+                try:
+                    sock.send_multipart(send.frames, zmq.NOBLOCK)
+                except zmq.Again:
+                    core.not_sent(send, now)
+            wait_ms = max(1, int((core.next_wake(clock()) - clock()) * 1000))
+            if sock.poll(min(wait_ms, 1000), zmq.POLLIN):
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    yield from core.on_reply(frames, clock())
+            core.expire(clock())
+            if core.refresh_due(clock()):
+                try:
+                    shards = self.cluster_status(timeout=1.0)["shards"]
+                except TransportError:
+                    shards = None
+                if shards is not None:
+                    core.set_shards(shards, clock())
 
     # ------------------------------------------------------------------ mapping protocol
 

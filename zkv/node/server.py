@@ -44,6 +44,7 @@ from zkv.node import wire
 from zkv.node.core import NodeCore
 from zkv.node.primary import Primary
 from zkv.node.replica import Replica
+from zkv.node.watching import FeedState, History, Watches
 from zkv.protocol import NodeInfo, NodeState, Role
 from zkv.runtime import MAX_FRAMES, Throttle, bind_endpoint, recv_frames, write_ready_file
 from zkv.security import Keyring, shard_domain
@@ -72,6 +73,7 @@ class _Turn:
     replica_sync: list[list[bytes]] = field(default_factory=list)  # from the primary's sync
     primary_sync: list[list[bytes]] = field(default_factory=list)  # from replicas
     replies: list[tuple[list[bytes], bool]] = field(default_factory=list)  # (frames, strong)
+    watches: list[tuple[bytes, bytes, list[bytes]]] = field(default_factory=list)  # WATCH
 
 
 class Node:
@@ -107,6 +109,11 @@ class Node:
         #: Warnings any peer can trigger at will are throttled.
         self._bad = Throttle(log)
         self.core = NodeCore(self.store, config.limits, config.slots, name, self.me.shard)
+        #: The shard's change feed: recent history and parked WATCH requests (every node
+        #: keeps the history, so that a promoted replica continues the feed).
+        self.history = History(config.watch.history_records, config.watch.history_bytes)
+        self.history.attach(self.store)
+        self.watches = Watches(self.history, config.watch.max_watchers)
         #: This node's CURVE keys and authenticator (None without a ``security`` section).
         self.keyring: Keyring | None = None
         #: Each broker's routing id on the node socket.
@@ -316,6 +323,7 @@ class Node:
         self.store = self._new_store()
         self.store.primary = False
         self.core.use_store(self.store)
+        self.history.attach(self.store)
         self.persistence = self._new_persistence()
 
     def _serving_primary(self, last_seq: int, wait_s: float) -> str | None:
@@ -412,6 +420,9 @@ class Node:
             max_bytes=self.store.max_bytes,
             evictions=self.store.evictions,
             policy=str(self.store.policy),
+            watch_records=len(self.history),
+            watch_bytes=self.history.bytes,
+            watchers=len(self.watches),
         )
 
     # ------------------------------------------------------------------ loop
@@ -447,6 +458,7 @@ class Node:
             self._commit(turn)
             self._replicate(turn, time.monotonic())
             self._respond(turn, time.monotonic())
+            self._feed(turn, time.monotonic())
             self._timers(turn, time.monotonic())
 
     # The turn, in named phases. The roles (``self.primary``, ``self.replica``) are fixed for
@@ -457,6 +469,9 @@ class Node:
         """Poll until a socket is ready or a timer is due; None to look at ``_stopping``."""
         now = time.monotonic()
         wait_s = max(0.0, min(self._next_heartbeat, self._next_sweep) - now)
+        watch_deadline = self.watches.next_deadline()
+        if watch_deadline is not None:
+            wait_s = min(wait_s, max(0.0, watch_deadline - now))
         if self.persistence.compacting or (self.primary is not None and self.primary.transferring):
             wait_s = 0.0  # a compaction step or snapshot chunk goes out each turn
         try:
@@ -512,6 +527,9 @@ class Node:
         core.lease_ok = now <= self._lease_until
         header = protocol.node_header(protocol.NODE_REPLY, self.epoch)
         for epoch, broker, envelope, request in turn.requests:
+            if protocol.peek_op(request[0]) == protocol.Op.WATCH:
+                turn.watches.append((broker, envelope, request))  # answered in ``feed``
+                continue
             reply, strong = core.handle(request, epoch)
             turn.replies.append(([broker, header, envelope, *reply], strong))
         if now >= self._next_sweep:
@@ -552,6 +570,33 @@ class Node:
             if strong and primary is not None and primary.hold(self.store.seq, reply, now) is None:
                 continue  # released by the replicas' acks, or by the ack timeout
             self._to_broker(reply)
+
+    def _feed(self, turn: _Turn, now: float) -> None:
+        """Answer the turn's WATCH requests and the parked ones that can be answered: with
+        the records confirmed by now (``zkv.node.watching``)."""
+        if not turn.watches and not len(self.watches):
+            return
+        state = self._feed_state()
+        header = protocol.node_header(protocol.NODE_REPLY, self.epoch)
+        for broker, envelope, request in turn.watches:
+            reply = self.watches.handle(request, (broker, envelope), now, state)
+            if reply is not None:
+                self._to_broker([broker, header, envelope, *reply])
+        for (broker, envelope), reply in self.watches.due(now, state):
+            self._to_broker([broker, header, envelope, *reply])
+
+    def _feed_state(self) -> FeedState:
+        primary = self.primary
+        seq = self.store.seq
+        return FeedState(
+            serving=primary is not None and self.core.lease_ok,
+            epoch=self.epoch,
+            confirmed=seq if primary is None else primary.replicas.confirmed(seq),
+            store=self.store,
+            shard=self.me.shard,
+            name=self.me.name,
+            hidden=self.core.mover.hidden(),
+        )
 
     def _timers(self, turn: _Turn, now: float) -> None:
         """Compaction, the broker's role decisions, the storage check and our heartbeat."""
