@@ -97,6 +97,8 @@ class AsyncClient:
         self.max_reply_bytes = max_reply_bytes
         self._context = context or zmq.asyncio.Context.instance()
         self._socket: zmq.asyncio.Socket | None = self._connect()
+        #: As ``Client._feeds``.
+        self._feeds: set[zmq.asyncio.Socket] = set()
         self._pending: dict[int, asyncio.Future[list[bytes]]] = {}
         self._receiver: asyncio.Task[None] | None = None
 
@@ -136,6 +138,9 @@ class AsyncClient:
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
+        for sock in list(self._feeds):
+            sock.close(linger=0)
+        self._feeds.clear()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ClientClosed("this client was closed"))
@@ -462,9 +467,10 @@ class AsyncClient:
         clock = self._core.clock
         core.set_shards((await self.cluster_status())["shards"], clock())
         sock = self._connect()
+        self._feeds.add(sock)
         try:
             while True:
-                if self._socket is None:
+                if self._socket is None or sock.closed:
                     raise ClientClosed("this client was closed")
                 now = clock()
                 for send in core.requests(now):
@@ -490,6 +496,7 @@ class AsyncClient:
                     if shards is not None:
                         core.set_shards(shards, clock())
         finally:
+            self._feeds.discard(sock)
             sock.close(linger=0)
 
     def pipeline(self) -> AsyncPipeline:

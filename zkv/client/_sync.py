@@ -187,6 +187,8 @@ class Client(MutableMapping[Key, Any]):
         self._socket: zmq.Socket[bytes] | None = None
         self._context = context or zmq.Context.instance()
         self._socket = self._connect()
+        #: The connections of this client's watch feeds (closed with it).
+        self._feeds: set[zmq.Socket[bytes]] = set()
 
     @classmethod
     def from_config(cls, path: str | Path, *, client: str | None = None, **kwargs: Any) -> Client:
@@ -213,6 +215,9 @@ class Client(MutableMapping[Key, Any]):
             if self._socket is not None:
                 self._socket.close(linger=0)
                 self._socket = None
+            for sock in list(self._feeds):
+                sock.close(linger=0)
+            self._feeds.clear()
 
     @property
     def closed(self) -> bool:
@@ -564,9 +569,11 @@ class Client(MutableMapping[Key, Any]):
             raise ClientClosed("this client was closed")
         core.set_shards(self.cluster_status()["shards"], self._core.clock())
         sock = self._connect()
+        self._feeds.add(sock)
         try:
             early = list(self._watch_turns(core, sock, until_started=True))
         except BaseException:
+            self._feeds.discard(sock)
             sock.close(linger=0)
             raise
         return self._watch(core, sock, early)
@@ -578,6 +585,7 @@ class Client(MutableMapping[Key, Any]):
             yield from early
             yield from self._watch_turns(core, sock)
         finally:
+            self._feeds.discard(sock)
             sock.close(linger=0)
 
     def _watch_turns(
@@ -589,7 +597,7 @@ class Client(MutableMapping[Key, Any]):
         while not (until_started and core.started()):
             if until_started and clock() > deadline:
                 raise Unavailable("could not start watching: a shard did not answer")
-            if self._socket is None:
+            if self._socket is None or sock.closed:
                 raise ClientClosed("this client was closed")
             now = clock()
             for send in core.requests(now):
