@@ -8,7 +8,10 @@ compared with the writes acknowledged: none lost, none repeated, each shard in o
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -333,3 +336,79 @@ async def test_async_watch(cluster_factory: Any) -> None:
                 break
         await feed.aclose()  # type: ignore[attr-defined]
         assert got == {f"as:{i}" for i in range(10)}
+
+
+async def _sse_events(response: Any, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` events of an SSE stream, each ``{"id", "event", "data"}``."""
+    events: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    while len(events) < count:
+        line = (await asyncio.wait_for(response.content.readline(), 10)).decode().rstrip("\n")
+        if not line:
+            if current:
+                events.append(current)
+            current = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            current[name] = json.loads(value) if name == "data" else value
+    return events
+
+
+async def test_http_sse_resumes_with_last_event_id(cluster_factory: Any) -> None:
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+
+    from zkv.http import create_app
+
+    c = cluster_factory({"s0": ["s0a"]})
+    kv = c.client()
+    async with zkv.AsyncClient(c.endpoint, timeout_s=5.0) as akv:
+        server = TestServer(create_app(akv), host="127.0.0.1", port=0)
+        await server.start_server()
+        try:
+            async with ClientSession() as http:
+                url = f"http://127.0.0.1:{server.port}/api/watch"
+                async with http.get(url, params={"prefix": "h:"}) as response:
+                    assert response.headers["Content-Type"].startswith("text/event-stream")
+                    await asyncio.to_thread(kv.mput, {f"h:{i}": i for i in range(3)})
+                    await asyncio.to_thread(kv.put, "h:3", [1, "x"])
+                    await asyncio.to_thread(kv.put, "other", 1)
+                    await asyncio.to_thread(kv.delete, "h:0")
+                    events = await _sse_events(response, 5)
+                assert [(e["event"], e["data"]["key"]) for e in events] == [
+                    ("put", "h:0"),
+                    ("put", "h:1"),
+                    ("put", "h:2"),
+                    ("put", "h:3"),
+                    ("delete", "h:0"),
+                ]
+                assert events[3]["data"]["value"] == [1, "x"]
+                assert all(e["id"] == e["data"]["cursor"] for e in events)
+                # a browser's EventSource reconnects with the last id it saw
+                headers = {"Last-Event-ID": events[1]["id"]}
+                async with http.get(url, params={"prefix": "h:"}, headers=headers) as response:
+                    again = await _sse_events(response, 3)
+                assert [e["data"]["key"] for e in again] == ["h:2", "h:3", "h:0"]
+        finally:
+            await server.close()
+
+
+def test_cli_watch_prints_json_lines(cluster_factory: Any) -> None:
+    c = cluster_factory({"s0": ["s0a"]})
+    kv = c.client()
+    feed = kv.watch("c:", wait=0.5)
+    kv.put("c:before", 0)
+    cursor = next(feed).cursor
+    kv.mput({"c:1": 1, "c:2": {"a": [1, 2]}})
+    kv.delete("c:1")
+    argv = [sys.executable, "-m", "zkv", "watch", "c:", "--cursor", str(cursor)]
+    argv += ["--config", str(c.config), "--count", "3"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(e["kind"], e["key"], e["value"]) for e in lines] == [
+        ("put", "c:1", 1),
+        ("put", "c:2", {"a": [1, 2]}),
+        ("delete", "c:1", None),
+    ]
+    assert lines[-1]["cursor"].startswith("s0@")

@@ -461,7 +461,11 @@ class AsyncClient:
         )
         return self._watch(core)
 
-    async def _watch(self, core: WatchCore) -> AsyncIterator[WatchEvent | Resync]:
+    async def _watch(
+        self, core: WatchCore, started: asyncio.Event | None = None
+    ) -> AsyncIterator[WatchEvent | Resync]:
+        """Drive ``core`` on a socket of its own; ``started`` is set once every shard has a
+        position (a feed "from now" sees every change after that)."""
         if self._socket is None:
             raise ClientClosed("this client was closed")
         clock = self._core.clock
@@ -488,6 +492,8 @@ class AsyncClient:
                         for event in core.on_reply(frames, clock()):
                             yield event
                 core.expire(clock())
+                if started is not None and core.started():
+                    started.set()
                 if core.refresh_due(clock()):
                     try:
                         shards = (await self.cluster_status(timeout=1.0))["shards"]

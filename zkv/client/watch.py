@@ -184,6 +184,8 @@ class WatchCore:
         if not 0 <= wait_s <= protocol.MAX_WATCH_WAIT_MS / 1000:
             raise InvalidRequest("wait must be between 0 and 60 seconds")
         self.prefix = key_bytes(prefix)
+        #: The prefixes asked for (a gateway narrows them to its token's grant).
+        self.prefixes: list[bytes] = [self.prefix]
         self.values = values
         self.snapshot = snapshot
         self.wait_s = wait_s
@@ -243,7 +245,7 @@ class WatchCore:
         args = [
             shard.name,
             None if position is None else list(position),
-            [self.prefix],
+            self.prefixes,
             self.max_events,
             int(wait_s * 1000),
             self.values,
