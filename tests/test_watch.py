@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import Cluster
+from test_status_page import GatewayThread, browser, text_of, wait_until  # noqa: F401
 
 import zkv
 from zkv.client.watch import Cursor, Resync, WatchEvent
@@ -412,3 +413,21 @@ def test_cli_watch_prints_json_lines(cluster_factory: Any) -> None:
         ("delete", "c:1", None),
     ]
     assert lines[-1]["cursor"].startswith("s0@")
+
+
+def test_status_page_shows_a_live_tail(browser: Any, cluster_factory: Any) -> None:  # noqa: F811
+    c = cluster_factory({"s0": ["s0a"]})
+    gateway = GatewayThread(c.endpoint)
+    try:
+        browser.get(gateway.start())
+        wait_until("the tail to be live", lambda: text_of(browser, "tail-state") == "(live)")
+        kv = c.client()
+        kv.put("tail:one", 1)
+        kv.delete("tail:one")
+        text = wait_until(
+            "the changes in the tail",
+            lambda: (t := text_of(browser, "tail")) and "delete  tail:one" in t and t,
+        )
+        assert "put  tail:one" in text and text.index("delete") < text.index("put")
+    finally:
+        gateway.stop()

@@ -56,7 +56,7 @@ from zkv.http.codec import (
 )
 from zkv.http.metrics import GatewayMetrics
 from zkv.http.openapi import openapi_document
-from zkv.http.watch import watch_stream
+from zkv.http.watch import STREAMS, close_streams, watch_stream
 from zkv.protocol import MAX_KEY_FRAME_BYTES, Op, Request
 from zkv.security import CurveKeys
 
@@ -632,6 +632,8 @@ def create_app(
     app[TOKENS] = Tokens() if tokens is None else tokens
     app[METRICS] = GatewayMetrics()
     app[_OPENAPI] = openapi_document()
+    app[STREAMS] = set()
+    app.on_shutdown.append(close_streams)
     operations: dict[web.AbstractRoute, str] = {}
     for method, path, handler, operation in ROUTES:
         operations[app.router.add_route(method, path, handler)] = operation

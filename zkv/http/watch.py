@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -35,10 +35,10 @@ from zkv.access import Grant
 from zkv.client import AsyncClient
 from zkv.client.watch import Resync, WatchCore, WatchEvent
 from zkv.errors import InvalidRequest, PermissionDenied, show_key
-from zkv.http.codec import check_text, event_json, key_from_json
+from zkv.http.codec import event_json, key_from_json
 from zkv.protocol import Op
 
-__all__ = ["HEARTBEAT_S", "QUEUE_EVENTS", "watch_stream"]
+__all__ = ["HEARTBEAT_S", "QUEUE_EVENTS", "STREAMS", "close_streams", "watch_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,15 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S: Final = 15.0
 #: Events waiting to be written to one connection at most.
 QUEUE_EVENTS: Final = 1000
+#: The app's open streams (their handler tasks), ended when the app shuts down.
+STREAMS: Final = web.AppKey("zkv_watch_streams", set[asyncio.Task[Any]])
+
+
+async def close_streams(app: web.Application) -> None:
+    """End every open stream (``on_shutdown``): a feed never ends by itself, and the
+    server would otherwise wait for it before it stops."""
+    for task in list(app.get(STREAMS, ())):
+        task.cancel()
 
 
 def _flag(request: web.Request, name: str, default: bool) -> bool:
@@ -63,7 +72,9 @@ async def watch_stream(
     request: web.Request, client: AsyncClient, grant: Grant | None
 ) -> web.StreamResponse:
     """Serve ``GET /api/watch`` (see the module docstring) until the reader goes away."""
-    prefix = key_from_json(check_text(request.query.get("prefix", ""), "prefix"), "prefix")
+    prefix = request.query.get("prefix", "")
+    if prefix:  # empty: every key
+        prefix = key_from_json(prefix, "query parameter 'prefix'")
     cursor = request.headers.get("Last-Event-ID") or request.query.get("cursor") or None
     core = WatchCore(
         prefix,
@@ -94,12 +105,18 @@ async def watch_stream(
             await queue.put(exc)
 
     task = asyncio.get_running_loop().create_task(pump())
+    streams = request.app.get(STREAMS)
+    handler = asyncio.current_task()
+    if streams is not None and handler is not None:
+        streams.add(handler)
     try:
         await started.wait()  # a refused watch is answered with its error, not a stream
         if failed and not core.started():
             raise failed[0]
         return await _stream(request, queue)
     finally:
+        if streams is not None:
+            streams.discard(handler)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
