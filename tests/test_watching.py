@@ -146,7 +146,7 @@ def test_watch_from_now_then_events_in_order_with_skip(store: Store) -> None:
 def test_parked_watch_answered_by_confirmed_records_or_its_deadline(store: Store) -> None:
     history = History()
     history.attach(store)
-    watches = Watches(history)
+    watches = Watches(history, linger_s=0.0)
     assert (
         watches.handle(watch_frames(cursor=[1, 1, 0], wait_ms=500), "t1", 0.0, state(store)) is None
     )
@@ -166,6 +166,20 @@ def test_parked_watch_answered_by_confirmed_records_or_its_deadline(store: Store
     assert watches.due(0.4, state(store)) == []
     ((token, frames),) = watches.due(0.5, state(store))
     assert token == "t2" and result(frames) == ["ok", 1, 2, 0, []]
+
+
+def test_parked_watches_linger_to_batch_events(store: Store) -> None:
+    history = History()
+    history.attach(store)
+    watches = Watches(history, linger_s=0.01)
+    assert watches.handle(watch_frames(cursor=[1, 1, 0]), "t", 0.0, state(store)) is None
+    store.put(b"a", b"1")
+    assert watches.due(0.5, state(store)) == []  # lingers for more
+    assert watches.next_deadline() == pytest.approx(0.51)
+    store.put(b"b", b"2")
+    assert watches.due(0.505, state(store)) == []
+    ((_token, frames),) = watches.due(0.51, state(store))
+    assert [e[3] for e in result(frames)[4]] == [b"a", b"b"]
 
 
 def test_resync_when_history_is_gone_or_cursor_is_ahead(store: Store) -> None:

@@ -70,6 +70,8 @@ RECORD_OVERHEAD_BYTES: Final = 64
 #: Records one WATCH examines at most per answer beyond its events (bounds a turn's work
 #: for a narrow prefix over a busy shard; its position still moves past them).
 SCAN_BUDGET: Final = 20_000
+#: How long parked watches wait for more records once new ones are confirmed (seconds).
+LINGER_S: Final = 0.005
 #: The reply to one WATCH stops adding events past this many bytes of keys and values.
 MAX_REPLY_BYTES: Final = 4 * 1024 * 1024
 
@@ -234,7 +236,13 @@ class Watches:
 
     history: History
     max_watchers: int = DEFAULT_MAX_WATCHERS
+    #: Parked watches are answered this long after new records are confirmed, so that a
+    #: busy shard's events go out in batches rather than one reply (and one new request)
+    #: per write per watcher (as Kafka's fetch.max.wait.ms, in reverse).
+    linger_s: float = LINGER_S
     _parked: list[_Watch] = field(default_factory=list)
+    _pending: bool = False  # new records confirmed, parked watches not looked at yet
+    _linger_until: float = 0.0
     _seen: int = -1  # the confirmed sequence the parked watches were last looked at with
     _epoch: int = -1
     answered: int = 0
@@ -245,8 +253,12 @@ class Watches:
         return len(self._parked)
 
     def next_deadline(self) -> float | None:
-        """When the earliest parked watch runs out (None: none parked)."""
-        return min((w.deadline for w in self._parked), default=None)
+        """When the earliest parked watch runs out, or the linger after new records ends
+        (None: none parked)."""
+        first = min((w.deadline for w in self._parked), default=None)
+        if first is not None and self._pending:
+            return min(first, self._linger_until)
+        return first
 
     def handle(
         self, frames: list[bytes], token: Any, now: float, state: FeedState
@@ -306,8 +318,13 @@ class Watches:
             gone, self._parked = self._parked, []
             return [(w.token, protocol.encode_error(w.seq, error)) for w in gone]
         self._epoch = state.epoch
-        fresh = state.confirmed != self._seen
-        self._seen = state.confirmed
+        if state.confirmed != self._seen:
+            self._seen = state.confirmed
+            if not self._pending:
+                self._pending, self._linger_until = True, now + self.linger_s
+        fresh = self._pending and now >= self._linger_until
+        if fresh:
+            self._pending = False
         out: list[tuple[Any, list[bytes]]] = []
         keep: list[_Watch] = []
         for watch in self._parked:
