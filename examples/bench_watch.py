@@ -14,8 +14,11 @@ end, even after an error) and prints a table:
    cursor taken before the writes. Events/s per watcher and in total (each watcher gets
    every event): the median of ``--rounds`` rounds, run in turns.
 2. **write cost**: ``--writers`` threads ``put`` single keys for ``--seconds``, with 0
-   watchers and with 10 watcher processes following the feed live (``values=True``);
-   writes/s, the median of ``--rounds`` rounds run in turns (0, 10, 0, 10, ...).
+   watchers, 1 and 10 watcher processes following the feed live (``values=True``);
+   writes/s, and the CPU the broker and nodes spent per 1,000 puts (``/proc``), the median
+   of ``--rounds`` rounds run in turns (0, 1, 10, 0, 1, 10, ...). On a machine with few
+   cores the watcher processes compete with the writers and servers for CPU: the server
+   CPU per put says what watching costs the cluster itself.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class Cluster:
     """A broker and single-node shards on free ports in ``work``; ``stop()`` stops every
     process it started, by PID."""
 
-    def __init__(self, work: Path, shards: list[str]) -> None:
+    def __init__(self, work: Path, shards: list[str], linger_s: float | None = None) -> None:
         self.work = work
         self.clients = endpoint()
         self.config = work / "cluster.yaml"
@@ -68,6 +71,8 @@ class Cluster:
                 s: [{"name": f"{s}a", "publish": endpoint(), "sync": endpoint()}] for s in shards
             },
         }
+        if linger_s is not None:
+            doc["watch"] = {"linger_s": linger_s}
         self.config.write_text(yaml.safe_dump(doc))
         self.names = [f"{s}a" for s in shards]
 
@@ -176,9 +181,19 @@ def delivery(c: Cluster, watchers: int, events: int) -> tuple[float, float]:
     return per, events * watchers / max(times)
 
 
-def write_rate(c: Cluster, writers: int, seconds: float, watchers: int) -> tuple[float, int]:
-    """Puts/s of ``writers`` threads over ``seconds`` with ``watchers`` live followers; and
-    the events the followers saw (in total)."""
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` used so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_rate(c: Cluster, writers: int, seconds: float, watchers: int) -> tuple[float, float, int]:
+    """Puts/s of ``writers`` threads over ``seconds`` with ``watchers`` live followers, the
+    CPU milliseconds the broker and nodes spent per 1,000 puts, and the events the
+    followers saw (in total)."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     counts = ctx.Array("q", watchers or 1)
@@ -198,6 +213,8 @@ def write_rate(c: Cluster, writers: int, seconds: float, watchers: int) -> tuple
             done[w] = i
 
     threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    servers = [p.pid for p in c.procs.values()]
+    cpu_before = sum(map(cpu_s, servers))
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -206,6 +223,7 @@ def write_rate(c: Cluster, writers: int, seconds: float, watchers: int) -> tuple
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
+    server_ms = (sum(map(cpu_s, servers)) - cpu_before) * 1000 / max(1, sum(done)) * 1000
     stop.set()
     with zkv.Client(c.clients) as kv:  # wakes the followers up to see ``stop``
         kv.mput({f"bench:stop{i}": 1 for i in range(100)})
@@ -213,7 +231,7 @@ def write_rate(c: Cluster, writers: int, seconds: float, watchers: int) -> tuple
         p.join(30)
         if p.is_alive():
             p.kill()
-    return sum(done) / elapsed, sum(counts[:watchers]) if watchers else 0
+    return sum(done) / elapsed, server_ms, sum(counts[:watchers]) if watchers else 0
 
 
 def main() -> None:
@@ -223,12 +241,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds of each measure (medians)")
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--seconds", type=float, help="seconds of each write round")
+    parser.add_argument("--linger", type=float, help="watch.linger_s of the nodes (0.005)")
     args = parser.parse_args()
     events = args.events or (20_000 if args.quick else 100_000)
     rounds = args.rounds or (1 if args.quick else 3)
     seconds = args.seconds or (2.0 if args.quick else 4.0)
     with tempfile.TemporaryDirectory(prefix="zkv-bench-watch-") as tmp:
-        c = Cluster(Path(tmp), ["s0", "s1"])
+        c = Cluster(Path(tmp), ["s0", "s1"], args.linger)
         try:
             c.start()
             rows: dict[str, list[float]] = {}
@@ -243,13 +262,20 @@ def main() -> None:
                     )
             for _ in range(rounds):
                 for n in (0, 1, 10):
-                    rate, _seen = write_rate(c, args.writers, seconds, n)
+                    rate, server_ms, _seen = write_rate(c, args.writers, seconds, n)
+                    rows.setdefault(
+                        f"broker + nodes CPU ms per 1,000 puts with {n:>2} watchers", []
+                    ).append(server_ms)
                     rows.setdefault(
                         f"puts/s with {n:>2} watchers ({args.writers} writer threads)", []
                     ).append(rate)
         finally:
             c.stop()
-    print(f"\nzkv watch bench: 2 shards, {events:,} events per delivery round, medians of {rounds}")
+    linger = "default" if args.linger is None else f"{args.linger:g} s"
+    print(
+        f"\nzkv watch bench: 2 shards, {events:,} events per delivery round, medians of "
+        f"{rounds}, watch.linger_s {linger}"
+    )
     width = max(map(len, rows))
     for name, values in rows.items():
         print(f"  {name:<{width}}  {statistics.median(values):>12,.0f}")

@@ -431,3 +431,37 @@ def test_status_page_shows_a_live_tail(browser: Any, cluster_factory: Any) -> No
         assert "put  tail:one" in text and text.index("delete") < text.index("put")
     finally:
         gateway.stop()
+
+
+async def test_http_watch_token_sees_only_its_prefixes(cluster_factory: Any) -> None:
+    import hashlib
+
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+
+    from zkv.access import ClientRole
+    from zkv.config import TokenConfig
+    from zkv.http import create_app
+    from zkv.http.auth import Tokens
+
+    c = cluster_factory(TWO_SHARDS)
+    kv = c.client()
+    digest = hashlib.sha256(b"secret-a").hexdigest()
+    tokens = Tokens({"a": TokenConfig("a", digest, ClientRole.READ, ("a:",))})
+    async with zkv.AsyncClient(c.endpoint, timeout_s=5.0) as akv:
+        server = TestServer(create_app(akv, tokens=tokens), host="127.0.0.1", port=0)
+        await server.start_server()
+        try:
+            async with ClientSession() as http:
+                url = f"http://127.0.0.1:{server.port}/api/watch"
+                headers = {"Authorization": "Bearer secret-a"}
+                async with http.get(url, params={"prefix": "b:"}, headers=headers) as response:
+                    assert response.status == 403
+                async with http.get(url, headers=headers) as response:
+                    assert response.status == 200
+                    for i in range(10):
+                        await asyncio.to_thread(kv.mput, {f"a:{i}": i, f"b:{i}": i})
+                    events = await _sse_events(response, 10)
+                assert {e["data"]["key"] for e in events} == {f"a:{i}" for i in range(10)}
+        finally:
+            await server.close()

@@ -121,7 +121,7 @@ def test_history_follows_rollback_gaps_and_resets(store: Store) -> None:
 def test_watch_from_now_then_events_in_order_with_skip(store: Store) -> None:
     history = History()
     history.attach(store)
-    watches = Watches(history)
+    watches = Watches(history, linger_s=0.0)
     store.put(b"old", b"0")
     first = result(watches.handle(watch_frames(), "t", 0.0, state(store)))
     assert first == ["ok", 1, 2, 0, []]  # from now: the next record
@@ -180,12 +180,20 @@ def test_parked_watches_linger_to_batch_events(store: Store) -> None:
     assert watches.due(0.505, state(store)) == []
     ((_token, frames),) = watches.due(0.51, state(store))
     assert [e[3] for e in result(frames)[4]] == [b"a", b"b"]
+    # a watch that finds a few events waits the linger for more; a full page goes at once
+    assert watches.handle(watch_frames(cursor=[1, 2, 0]), "t", 0.6, state(store)) is None
+    store.put(b"c", b"3")
+    assert watches.due(0.605, state(store)) == []
+    ((_token, frames),) = watches.due(0.61, state(store))
+    assert [e[3] for e in result(frames)[4]] == [b"b", b"c"]
+    full = watches.handle(watch_frames(cursor=[1, 1, 0], max_events=2), "t", 0.7, state(store))
+    assert [e[3] for e in result(full)[4]] == [b"a", b"b"]
 
 
 def test_resync_when_history_is_gone_or_cursor_is_ahead(store: Store) -> None:
     history = History(max_records=5)
     history.attach(store)
-    watches = Watches(history)
+    watches = Watches(history, linger_s=0.0)
     for i in range(20):
         store.put(b"k", b"%d" % i)
     gone = result(watches.handle(watch_frames(cursor=[1, 3, 0]), "t", 0, state(store)))

@@ -216,6 +216,9 @@ class WatchConfig:
     history_bytes: int = 64 * 1024 * 1024
     #: Watches one node keeps waiting (long polls) at most; more are refused, retryably.
     max_watchers: int = 10_000
+    #: How long a waiting watch is held once new records are confirmed, to gather more
+    #: of them into its answer: fewer messages per write under load, that much latency.
+    linger_s: float = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,7 +577,7 @@ class _Parser:
         wt = self._map(
             top.get("watch", {}),
             "watch",
-            allowed={"history_records", "history_bytes", "max_watchers"},
+            allowed={"history_records", "history_bytes", "max_watchers", "linger_s"},
         )
         watch = WatchConfig(
             history_records=self._int(
@@ -584,6 +587,7 @@ class _Parser:
                 wt.get("history_bytes", 64 * 1024 * 1024), "watch.history_bytes", 1024, 2**40
             ),
             max_watchers=self._int(wt.get("max_watchers", 10_000), "watch.max_watchers", 1, 2**20),
+            linger_s=self._linger(wt.get("linger_s", 0.005)),
         )
         w = self._map(top.get("http", {}), "http", allowed={"listen", "client", "tls", "tokens"})
         listen = w.get("listen", "127.0.0.1:7480")
@@ -975,6 +979,12 @@ class _Parser:
         if not isinstance(raw, str) or not raw:
             raise _Invalid(where, "must be a non-empty string")
         return raw
+
+    @staticmethod
+    def _linger(raw: Any) -> float:
+        if not isinstance(raw, int | float) or isinstance(raw, bool) or not 0 <= raw <= 1:
+            raise _Invalid("watch.linger_s", "must be a number of seconds from 0 to 1")
+        return float(raw)
 
     @staticmethod
     def _int(raw: Any, where: str, low: int, high: int) -> int:

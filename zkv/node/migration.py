@@ -31,10 +31,10 @@ Target side::
     IMPORT  [slots, copies, outcomes] -> nil
 
 It marks the slots *importing* (their keys are hidden from COUNT and SCAN until the node
-owns them) and applies the copies and outcomes as records (``store.emit``), so the log, the replicas and a
-restart see them like any write; copies are ``COPY`` and removals ``DROP`` records (the
-effect of ``SET`` and ``DEL``), so a change feed (``zkv.node.watching``) does not report
-a move as users' changes.
+owns them) and applies the copies and outcomes as records (``store.emit``), so the log,
+the replicas and a restart see them like any write; copies are ``COPY`` and removals
+``DROP`` records (the effect of ``SET`` and ``DEL``), so a change feed
+(``zkv.node.watching``) does not report a move as users' changes.
 
 Either side::
 

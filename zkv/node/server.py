@@ -113,7 +113,9 @@ class Node:
         #: keeps the history, so that a promoted replica continues the feed).
         self.history = History(config.watch.history_records, config.watch.history_bytes)
         self.history.attach(self.store)
-        self.watches = Watches(self.history, config.watch.max_watchers)
+        self.watches = Watches(
+            self.history, config.watch.max_watchers, linger_s=config.watch.linger_s
+        )
         #: This node's CURVE keys and authenticator (None without a ``security`` section).
         self.keyring: Keyring | None = None
         #: Each broker's routing id on the node socket.

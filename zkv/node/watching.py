@@ -11,10 +11,11 @@ whose history is replaced) empties it.
 ``Watches`` answers WATCH requests (``protocol.Op.WATCH``), which the broker forwards to
 the shard's primary. A position in the feed is ``(seq, skip)``: every event of the records
 before ``seq`` was delivered, and the first ``skip`` events of record ``seq`` (an MSET is
-one record with an event per key). A WATCH with events after its position ready is
-answered at once; one without is *parked* until new confirmed records arrive or its wait
-runs out (then with an empty page), so a watcher costs the node one small entry while it
-waits and nothing else: nothing is ever queued per watcher. The number parked is capped
+one record with an event per key). A WATCH with a full page of events after its position
+is answered at once; one with fewer is *parked* until new confirmed records arrive (and
+``linger_s`` more, to gather a batch) or its wait runs out (then with an empty page), so
+a watcher costs the node one small entry while it waits and nothing else: nothing is ever
+queued per watcher. The number parked is capped
 (``watch.max_watchers``); past it a WATCH is refused ``Unavailable`` and the client backs
 off.
 
@@ -295,8 +296,12 @@ class Watches:
             if resync is not None:
                 return protocol.encode_reply(seq, resync)
             result = self._read(watch, state)
-            if result[4] or wait_ms == 0:
+            full = len(result[4]) >= max_events
+            if wait_ms == 0 or full or (result[4] and self.linger_s <= 0):
                 return protocol.encode_reply(seq, result)
+            if result[4]:  # some events: wait the linger for more (a busy shard's watchers
+                self._linger(now)  # would otherwise take one event per round trip)
+                self.events -= len(result[4])  # counted again when it is answered
             if len(self._parked) >= self.max_watchers:
                 raise Unavailable(
                     f"node {state.name} has {self.max_watchers} watches waiting "
@@ -320,8 +325,7 @@ class Watches:
         self._epoch = state.epoch
         if state.confirmed != self._seen:
             self._seen = state.confirmed
-            if not self._pending:
-                self._pending, self._linger_until = True, now + self.linger_s
+            self._linger(now)
         fresh = self._pending and now >= self._linger_until
         if fresh:
             self._pending = False
@@ -344,6 +348,11 @@ class Watches:
         self._parked = keep
         self.answered += len(out)
         return out
+
+    def _linger(self, now: float) -> None:
+        """New events are ready for parked watches: answer them ``linger_s`` from now."""
+        if not self._pending:
+            self._pending, self._linger_until = True, now + self.linger_s
 
     def _check_serving(self, state: FeedState, shard: str) -> None:
         if shard != state.shard:
