@@ -16,6 +16,8 @@ from zkv.node.watching import FeedState, History, Watches, record_events
 from zkv.protocol import Op, Request
 from zkv.storage.engine import RecordOp, Store
 
+pytestmark = pytest.mark.timeout(10)
+
 
 class Clock:
     def __init__(self) -> None:
