@@ -319,3 +319,30 @@ def test_watch_core_backs_off_and_resends_lost_requests() -> None:
     assert again.seq != send.seq
     assert core.on_reply(_reply(send.seq, ["ok", 1, 9, 0, []]), 10.0) == []  # the late one
     assert core.cursor["s0"] == (1, 3, 0)
+
+
+def test_broker_forwards_a_watch_narrowed_to_the_grant() -> None:
+    from zkv.broker.watching import watch_request
+
+    args = ["s0", None, [b""], 100, 1000, True, None]
+    request = Request(Op.WATCH, b"", list(args))
+    assert watch_request(request, None, {"s0": 1}).args == args
+    narrowed = watch_request(request, Grant.of("r", "read", ["a:", "b:"]), {"s0": 1})
+    assert narrowed.args[2] == [b"a:", b"b:"] and request.args[2] == [b""]
+    with pytest.raises(PermissionDenied):
+        watch_request(
+            Request(Op.WATCH, b"", ["s0", None, [b"c:"], 100, 0, True, None]),
+            Grant.of("r", "read", ["a:"]),
+            {"s0": 1},
+        )
+    with pytest.raises(Unavailable, match="topology"):
+        watch_request(request, None, {"s1": 1})
+
+
+def test_watch_core_follows_the_shard_list() -> None:
+    core = WatchCore("", cursor="s0@1:3,s9@1:7", wait_s=1.0)
+    core.set_shards(["s0", "s1"], 0.0)
+    sent = {s.shard: protocol.decode_request(s.frames).args[1] for s in core.requests(0.0)}
+    assert sent == {"s0": [1, 3, 0], "s1": None}  # a new shard: from now on
+    core.set_shards(["s0"], 0.1)  # s1 is gone: no longer asked
+    assert core.requests(0.1) == [] and "s9" in core.cursor  # kept in the cursor
