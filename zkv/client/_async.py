@@ -32,6 +32,7 @@ from zkv.client._core import (
     Walk,
     config_defaults,
 )
+from zkv.client._feeds import run_async_feed
 from zkv.client._pipeline import AsyncPipeline
 from zkv.client._sync import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -49,7 +50,7 @@ from zkv.client.watch import (
     WatchCore,
     WatchEvent,
 )
-from zkv.errors import ClientClosed, TransportError
+from zkv.errors import ClientClosed
 from zkv.protocol import Consistency
 from zkv.security import CurveKeys
 
@@ -461,49 +462,11 @@ class AsyncClient:
         )
         return self._watch(core)
 
-    async def _watch(
+    def _watch(
         self, core: WatchCore, started: asyncio.Event | None = None
     ) -> AsyncIterator[WatchEvent | Resync]:
-        """Drive ``core`` on a socket of its own; ``started`` is set once every shard has a
-        position (a feed "from now" sees every change after that)."""
-        if self._socket is None:
-            raise ClientClosed("this client was closed")
-        clock = self._core.clock
-        core.set_shards((await self.cluster_status())["shards"], clock())
-        sock = self._connect()
-        self._feeds.add(sock)
-        try:
-            while True:
-                if self._socket is None or sock.closed:
-                    raise ClientClosed("this client was closed")
-                now = clock()
-                for send in core.requests(now):
-                    try:
-                        await sock.send_multipart(send.frames, flags=zmq.NOBLOCK)
-                    except zmq.Again:
-                        core.not_sent(send, now)
-                wait_ms = max(1, int((core.next_wake(clock()) - clock()) * 1000))
-                if await sock.poll(min(wait_ms, 1000)):
-                    while True:
-                        try:
-                            frames = await sock.recv_multipart(flags=zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        for event in core.on_reply(frames, clock()):
-                            yield event
-                core.expire(clock())
-                if started is not None and core.started():
-                    started.set()
-                if core.refresh_due(clock()):
-                    try:
-                        shards = (await self.cluster_status(timeout=1.0))["shards"]
-                    except TransportError:
-                        shards = None
-                    if shards is not None:
-                        core.set_shards(shards, clock())
-        finally:
-            self._feeds.discard(sock)
-            sock.close(linger=0)
+        """Drive ``core`` (``zkv.client._feeds.run_async_feed``)."""
+        return run_async_feed(self, core, started)
 
     def pipeline(self) -> AsyncPipeline:
         """As ``Client.pipeline``: ``async with kv.pipeline() as p: ...; await p.execute()``."""

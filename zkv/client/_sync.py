@@ -36,6 +36,7 @@ from zkv.client._core import (
     Walk,
     config_defaults,
 )
+from zkv.client._feeds import start_feed
 from zkv.client._pipeline import Pipeline
 from zkv.client.watch import (
     DEFAULT_MAX_EVENTS,
@@ -45,7 +46,7 @@ from zkv.client.watch import (
     WatchCore,
     WatchEvent,
 )
-from zkv.errors import ClientClosed, InvalidRequest, KeyNotFound, TransportError, Unavailable
+from zkv.errors import ClientClosed, InvalidRequest, KeyNotFound, Unavailable
 from zkv.protocol import Consistency
 from zkv.security import CurveKeys
 
@@ -565,62 +566,7 @@ class Client(MutableMapping[Key, Any]):
         core = WatchCore(
             prefix, cursor, values=values, snapshot=snapshot, wait_s=wait, max_events=max_events
         )
-        if self._socket is None:
-            raise ClientClosed("this client was closed")
-        core.set_shards(self.cluster_status()["shards"], self._core.clock())
-        sock = self._connect()
-        self._feeds.add(sock)
-        try:
-            early = list(self._watch_turns(core, sock, until_started=True))
-        except BaseException:
-            self._feeds.discard(sock)
-            sock.close(linger=0)
-            raise
-        return self._watch(core, sock, early)
-
-    def _watch(
-        self, core: WatchCore, sock: zmq.Socket[bytes], early: list[WatchEvent | Resync]
-    ) -> Iterator[WatchEvent | Resync]:
-        try:
-            yield from early
-            yield from self._watch_turns(core, sock)
-        finally:
-            self._feeds.discard(sock)
-            sock.close(linger=0)
-
-    def _watch_turns(
-        self, core: WatchCore, sock: zmq.Socket[bytes], *, until_started: bool = False
-    ) -> Iterator[WatchEvent | Resync]:
-        """Drive ``core`` on ``sock``: forever, or until every shard has a position."""
-        clock = self._core.clock
-        deadline = clock() + self._core.timeout_s
-        while not (until_started and core.started()):
-            if until_started and clock() > deadline:
-                raise Unavailable("could not start watching: a shard did not answer")
-            if self._socket is None or sock.closed:
-                raise ClientClosed("this client was closed")
-            now = clock()
-            for send in core.requests(now):
-                try:
-                    sock.send_multipart(send.frames, zmq.NOBLOCK)
-                except zmq.Again:
-                    core.not_sent(send, now)
-            wait_ms = max(1, int((core.next_wake(clock()) - clock()) * 1000))
-            if sock.poll(min(wait_ms, 1000), zmq.POLLIN):
-                while True:
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    yield from core.on_reply(frames, clock())
-            core.expire(clock())
-            if core.refresh_due(clock()):
-                try:
-                    shards = self.cluster_status(timeout=1.0)["shards"]
-                except TransportError:
-                    shards = None
-                if shards is not None:
-                    core.set_shards(shards, clock())
+        return start_feed(self, core)
 
     # ------------------------------------------------------------------ mapping protocol
 
