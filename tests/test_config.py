@@ -317,7 +317,7 @@ def test_bad_yaml_line_number() -> None:
             _doc(bogus=1),
             "bogus: unknown key (known: allow_insecure_remote, broker, brokers, cluster, "
             "coordination, defaults, heartbeat, http, launcher, limits, memory, replication, "
-            "security, shards, slots, storage)",
+            "security, shards, slots, storage, watch)",
         ),
         (_doc(cluster=""), "cluster: must be a non-empty string"),
         (_doc(cluster=5), "cluster: must be a non-empty string"),

@@ -254,7 +254,7 @@ def test_lazy_expiry_emits_del(store: Store, clock: FakeClock) -> None:
     assert seen == []
     clock.advance(0.001)
     assert store.get(b"k") is None
-    assert seen == [(store.seq, (RecordOp.DEL, b"k"))]
+    assert seen == [(store.seq, (RecordOp.EXPIRED, b"k"))]
     assert store.get(b"k") is None
     assert len(seen) == 1  # already gone, no second record
 
@@ -268,7 +268,7 @@ def test_sweep(store: Store, clock: FakeClock) -> None:
     assert store.sweep() == 0
     clock.advance(3)  # short0..short2 are due
     assert store.sweep() == 3
-    assert [r for _, r in seen] == [(RecordOp.DEL, b"short%d" % i) for i in range(3)]
+    assert [r for _, r in seen] == [(RecordOp.EXPIRED, b"short%d" % i) for i in range(3)]
     assert store.held == 8
     assert store.sweep() == 0
     clock.advance(100)
@@ -325,7 +325,7 @@ def test_replica_hides_expired_keys_but_keeps_them(store: Store, clock: FakeCloc
     # once promoted, it deletes them
     store.primary = True
     assert store.sweep() == 1
-    assert seen == [(store.seq, (RecordOp.DEL, b"t"))]
+    assert seen == [(store.seq, (RecordOp.EXPIRED, b"t"))]
     assert store.held == 1
 
 
@@ -471,7 +471,8 @@ def test_listeners_and_replay(clock: FakeClock) -> None:
     assert store.seq == len(seen)
     ops = {r[0] for _, r in seen}
     # RESULT comes from the node, not the Store; EVICT only under a limit (test_memory.py)
-    assert ops == set(RecordOp) - {RecordOp.RESULT, RecordOp.EVICT}
+    # COPY and DROP come from slot moves (test_migration_node.py)
+    assert ops == set(RecordOp) - {RecordOp.RESULT, RecordOp.EVICT, RecordOp.COPY, RecordOp.DROP}
 
     replica = Store(SLOTS, clock=clock)
     for _, record in seen:

@@ -261,7 +261,7 @@ def test_drop_deletes_the_slots_keys_in_chunks() -> None:
     assert left == [7, 2, 0]
     assert held(source, MOVED) == {}
     assert held(source, [0, 1, 2, 4, 6, 15]) == before
-    assert all(r[0] == RecordOp.DEL for r in records)
+    assert all(r[0] == RecordOp.DROP for r in records)
     assert len(records) == 12
     assert src.refuses(3)  # disowned: no longer leaving, still refused
     assert src.hidden() == frozenset(MOVED)
@@ -345,7 +345,7 @@ def test_import_of_an_expired_copy_deletes_the_held_key() -> None:
         [[held_key, b"new", NOW - 1.0], [absent, b"new", NOW - 1.0], [absent, None, None]],
         [],
     )
-    assert records == [(RecordOp.DEL, held_key)]
+    assert records == [(RecordOp.DROP, held_key)]
     assert held(target) == {}
 
 

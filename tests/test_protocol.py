@@ -79,6 +79,11 @@ VALID_ARGS: dict[Op, list[list[Any]]] = {
     Op.CHANGES: [[[0], 1000, False], [[7, 8], 10, True]],
     Op.IMPORT: [[[0], [], []], [[0], [[b"k", b"v", None], [b"d", None, 12.5]], [[b"r", b"o"]]]],
     Op.SETTLE: [[[0], "own", 1], [[1, 2], "drop", 1000], [[3], "abort", 5]],
+    Op.WATCH: [
+        ["s0", None, [b""], 1000, 5000, True, None],
+        ["s1", [3, 120, 2], [b"a:", b"b:"], 1, 0, False, None],
+        ["s1", [3, 120, 0], [b"a:"], 10, 0, True, [17, b"a:x"]],
+    ],
 }
 
 
@@ -272,7 +277,7 @@ def test_decode_request_wrong_version(version: int) -> None:
     assert info.value.seq == 31337
 
 
-@pytest.mark.parametrize("op", [0, 9, 19, 26, 31, 43, 54, 255])
+@pytest.mark.parametrize("op", [0, 9, 19, 27, 31, 43, 54, 255])
 def test_decode_request_unknown_op_code(op: int) -> None:
     frames = [_header(op=op, seq=5), msgpack.packb([])]
     with pytest.raises(RemoteProtocolError, match=f"unknown op {op}") as info:

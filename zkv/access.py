@@ -3,7 +3,7 @@
 A ``Grant`` is what one client (a CURVE key of ``security.clients``, or an HTTP bearer
 token of ``http.tokens``) may do:
 
-- a role: ``read`` (get, exists, ttl, mget, keys, count, status), ``write`` (read plus put,
+- a role: ``read`` (get, exists, ttl, mget, keys, count, status, watch), ``write`` (read plus put,
   delete, create, cas, expire, mput), ``admin`` (write plus clear, failover and reshard);
 - optionally key prefixes: then every key it reads or writes must start with one of them.
 
@@ -40,7 +40,7 @@ class ClientRole(StrEnum):
 
 #: A pipeline (BATCH) is open to every role: the operations inside it are checked.
 _READ: Final = frozenset(
-    {Op.GET, Op.EXISTS, Op.TTL, Op.MGET, Op.KEYS, Op.COUNT, Op.STATUS, Op.BATCH}
+    {Op.GET, Op.EXISTS, Op.TTL, Op.MGET, Op.KEYS, Op.COUNT, Op.STATUS, Op.BATCH, Op.WATCH}
 )
 _WRITE: Final = _READ | {Op.PUT, Op.DELETE, Op.CREATE, Op.CAS, Op.EXPIRE, Op.MPUT}
 _ADMIN: Final = _WRITE | {Op.CLEAR, Op.FAILOVER, Op.RESHARD}
@@ -113,6 +113,22 @@ class Grant:
                 )
         else:
             self.check_op(op, request.key if request.key or op in _SINGLE else None)
+
+    def narrow(self, prefixes: Iterable[bytes]) -> list[bytes]:
+        """The prefixes of a watch on ``prefixes`` that this grant may read: each one inside
+        one of the grant's prefixes, or one of the grant's inside it (a watch on ``b""`` by
+        a client limited to ``a:`` and ``b:`` watches ``a:`` and ``b:``). Empty: nothing
+        the watch covers is readable (the caller refuses it)."""
+        self.check_op(Op.WATCH)
+        if not self.prefixes:
+            return list(dict.fromkeys(prefixes))
+        narrowed: list[bytes] = []
+        for prefix in prefixes:
+            if prefix.startswith(self.prefixes):
+                narrowed.append(prefix)
+            else:
+                narrowed += [mine for mine in self.prefixes if mine.startswith(prefix)]
+        return list(dict.fromkeys(narrowed))
 
     def _check_keys(self, op: Op, keys: Iterable[Any]) -> None:
         if not self.prefixes:

@@ -44,6 +44,7 @@ __all__ = [
     "StorageConfig",
     "TlsConfig",
     "TokenConfig",
+    "WatchConfig",
     "load_config",
     "parse_config",
 ]
@@ -211,6 +212,20 @@ class ReplicationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchConfig:
+    """Change feeds (``zkv.node.watching``): the history each node keeps for watchers."""
+
+    #: Records of recent history kept in memory per node, and their bytes (keys, values).
+    history_records: int = 100_000
+    history_bytes: int = 64 * 1024 * 1024
+    #: Watches one node keeps waiting (long polls) at most; more are refused, retryably.
+    max_watchers: int = 10_000
+    #: How long a waiting watch is held once new records are confirmed, to gather more
+    #: of them into its answer: fewer messages per write under load, that much latency.
+    linger_s: float = 0.005
+
+
+@dataclass(frozen=True, slots=True)
 class ClientConfig:
     """What one client may do: its role (``read``, ``write``, ``admin``) and, if any, the
     key prefixes its keys must start with (``zkv.access``)."""
@@ -322,6 +337,7 @@ class ClusterConfig:
     heartbeat: HeartbeatConfig
     shards: dict[str, tuple[NodeConfig, ...]]
     replication: ReplicationConfig = ReplicationConfig()
+    watch: WatchConfig = WatchConfig()
     http: HttpConfig = HttpConfig()
     launcher: LauncherConfig = LauncherConfig()
     memory: MemoryConfig = MemoryConfig()
@@ -467,6 +483,7 @@ class _Parser:
                 "heartbeat",
                 "shards",
                 "replication",
+                "watch",
                 "http",
                 "launcher",
                 "allow_insecure_remote",
@@ -568,6 +585,21 @@ class _Parser:
                 r.get("backlog_bytes", 16 * 1024 * 1024), "replication.backlog_bytes", 0, 2**40
             ),
         )
+        wt = self._map(
+            top.get("watch", {}),
+            "watch",
+            allowed={"history_records", "history_bytes", "max_watchers", "linger_s"},
+        )
+        watch = WatchConfig(
+            history_records=self._int(
+                wt.get("history_records", 100_000), "watch.history_records", 1, 2**31
+            ),
+            history_bytes=self._int(
+                wt.get("history_bytes", 64 * 1024 * 1024), "watch.history_bytes", 1024, 2**40
+            ),
+            max_watchers=self._int(wt.get("max_watchers", 10_000), "watch.max_watchers", 1, 2**20),
+            linger_s=self._linger(wt.get("linger_s", 0.005)),
+        )
         w = self._map(top.get("http", {}), "http", allowed={"listen", "client", "tls", "tokens"})
         listen = w.get("listen", "127.0.0.1:7480")
         if not isinstance(listen, str) or not _LISTEN.fullmatch(listen):
@@ -612,6 +644,7 @@ class _Parser:
             heartbeat=heartbeat,
             shards=shards,
             replication=replication,
+            watch=watch,
             http=HttpConfig(
                 listen, gateway, self._tls(w.get("tls")), self._tokens(w.get("tokens"))
             ),
@@ -957,6 +990,12 @@ class _Parser:
         if not isinstance(raw, str) or not raw:
             raise _Invalid(where, "must be a non-empty string")
         return raw
+
+    @staticmethod
+    def _linger(raw: Any) -> float:
+        if not isinstance(raw, int | float) or isinstance(raw, bool) or not 0 <= raw <= 1:
+            raise _Invalid("watch.linger_s", "must be a number of seconds from 0 to 1")
+        return float(raw)
 
     @staticmethod
     def _int(raw: Any, where: str, low: int, high: int) -> int:

@@ -11,7 +11,9 @@ Client <-> broker (client DEALER, broker ROUTER; the ROUTER's identity frame is 
                 and hashes the key to a slot; it never decodes the body of a single-key
                 request.
         body    msgpack array of the op's arguments (see ``ARG_SPECS``); values inside it
-                are opaque bin blobs, themselves msgpack produced by the client
+                are opaque bin blobs, themselves msgpack produced by the client. WATCH
+                names its shard in the body (its key frame is empty); the broker forwards
+                it to that shard's primary, its prefixes narrowed to the client's grant
     reply:    [header, body]
         header  REPLY_HEADER (11 bytes): version u8, code u8 (0 = OK), form u8, seq u64
         body    code 0, form 0 (``FORM_MSGPACK``): the msgpack-encoded result;
@@ -119,6 +121,7 @@ class Op(IntEnum):
     CLEAR = 23
     COUNT = 24
     BATCH = 25  # single-key operations of a pipeline, grouped per shard
+    WATCH = 26  # a page of one shard's change feed (long poll; ``zkv.node.watching``)
     SCAN = 30  # broker -> node page of KEYS; clients send KEYS
     STATUS = 40
     FAILOVER = 41  # move a shard's primary role on purpose (broker only)
@@ -219,6 +222,42 @@ def _is_batch(v: object) -> bool:
     )
 
 
+#: The most prefixes one WATCH may filter on (a grant's prefixes narrowed to the watch's).
+MAX_WATCH_PREFIXES: Final = 64
+#: The longest a WATCH may wait on its node for changes (milliseconds).
+MAX_WATCH_WAIT_MS: Final = 60_000
+
+
+def _is_watch_cursor(v: object) -> bool:
+    """nil (from now on) or ``[epoch, seq, skip]``: a position in one shard's feed."""
+    return v is None or (
+        type(v) is list and len(v) == 3 and all(type(n) is int and 0 <= n <= MAX_SEQ for n in v)
+    )
+
+
+def _is_prefixes(v: object) -> bool:
+    return (
+        type(v) is list
+        and 0 < len(v) <= MAX_WATCH_PREFIXES
+        and all(type(p) is bytes and len(p) <= MAX_KEY_FRAME_BYTES for p in v)
+    )
+
+
+def _is_wait_ms(v: object) -> bool:
+    return type(v) is int and 0 <= v <= MAX_WATCH_WAIT_MS
+
+
+def _is_watch_page(v: object) -> bool:
+    """nil (the feed) or ``[slot, after]``: where a snapshot page of the keys starts."""
+    return v is None or (
+        type(v) is list
+        and len(v) == 2
+        and type(v[0]) is int
+        and v[0] >= 0
+        and (v[1] is None or type(v[1]) is bytes)
+    )
+
+
 def _is_str(v: object) -> bool:
     return type(v) is str and 0 < len(v) <= 64
 
@@ -289,6 +328,15 @@ ARG_SPECS: Final[dict[Op, tuple[tuple[str, _Check], ...]]] = {
         ("after", _is_opt_bytes),
         ("limit", _is_limit),
     ),
+    Op.WATCH: (
+        ("shard", _is_str),
+        ("cursor", _is_watch_cursor),
+        ("prefixes", _is_prefixes),
+        ("max_events", _is_limit),
+        ("wait_ms", _is_wait_ms),
+        ("values", _is_bool),
+        ("page", _is_watch_page),
+    ),
     Op.STATUS: (),
     Op.FAILOVER: (("shard", _is_str), ("target", _is_opt_str)),
     Op.RESHARD: (("from_shard", _is_opt_str), ("to_shard", _is_opt_str), ("count", _is_opt_count)),
@@ -307,7 +355,7 @@ _ARG_HINTS: Final = {
     "keys": "an array of bin",
     "items": "an array of [bin, bin]",
     "prefix": "bytes",
-    "cursor": "nil or [shard, slot, after]",
+    "cursor": "nil or [shard, slot, after] (KEYS), nil or [epoch, seq, skip] (WATCH)",
     "limit": f"an int in 1..{MAX_PAGE}",
     "slot": "a non-negative int",
     "shard": "a shard name",
@@ -324,6 +372,11 @@ _ARG_HINTS: Final = {
     "copies": "an array of [bin, bin or nil, nil or a number]",
     "outcomes": "an array of [bin, bin]",
     "how": "own, drop or abort",
+    "prefixes": f"an array of 1..{MAX_WATCH_PREFIXES} bin",
+    "max_events": f"an int in 1..{MAX_PAGE}",
+    "wait_ms": f"an int in 0..{MAX_WATCH_WAIT_MS}",
+    "values": "a boolean",
+    "page": "nil or [slot, nil or bin]",
 }
 
 
@@ -665,6 +718,10 @@ class NodeInfo:
     #: The node's monotonic clock when it sent this (0: unknown). The controller echoes the
     #: latest it heard with each lease, and the lease runs from then (a late grant is void).
     sent_at: float = 0.0
+    #: Its change feed: records and bytes of history kept, and watches waiting on it.
+    watch_records: int = 0
+    watch_bytes: int = 0
+    watchers: int = 0
 
 
 _NODE_INFO_TYPES: Final = {
@@ -698,6 +755,9 @@ _NODE_INFO_TYPES: Final = {
     "resync_full": int,
     "resync_partial": int,
     "resync_bytes": int,
+    "watch_records": int,
+    "watch_bytes": int,
+    "watchers": int,
 }
 
 
@@ -724,6 +784,11 @@ def decode_node_info(frame: bytes) -> NodeInfo:
     if fields.get("state", NodeState.SERVING) not in set(NodeState):
         raise RemoteProtocolError(f"node info has an unknown state {fields['state']!r}")
     return NodeInfo(**fields)
+
+
+def peek_op(head: bytes) -> int:
+    """The op code of a request's head without decoding it (-1 if it is no request head)."""
+    return head[1] if len(head) >= REQUEST_HEADER.size else -1
 
 
 def decode_node_header(frame: bytes) -> tuple[bytes, int]:

@@ -34,6 +34,9 @@ _REPORTED = (
     "resync_full",
     "resync_partial",
     "resync_bytes",
+    "watch_records",
+    "watch_bytes",
+    "watchers",
     "publish",
     "sync",
 )

@@ -32,6 +32,7 @@ from typing import Any, Final
 import zmq
 
 from zkv import protocol
+from zkv.access import Grant
 from zkv.broker import fanout, report
 from zkv.broker.gate import Gate
 from zkv.broker.inflight import Inflight
@@ -42,6 +43,7 @@ from zkv.broker.routing import RoutingTable
 from zkv.broker.shared import SharedRouting
 from zkv.broker.switchover import Switchboard
 from zkv.broker.topology import check_topology
+from zkv.broker.watching import watch_request
 from zkv.config import ClusterConfig, load_config
 from zkv.errors import (
     ConfigError,
@@ -494,6 +496,10 @@ class Broker:
                 return
             request = protocol.decode_request_header(head)
             op = request.op
+            if op is Op.WATCH:
+                watch_grant = self.gate.grant_of(user) if self.gate.secure else None
+                self._watch(client, protocol.decode_request(frames[1:]), watch_grant)
+                return
             if op not in fanout.FANOUT_OPS and op not in (Op.STATUS, Op.FAILOVER, Op.RESHARD):
                 raise RemoteProtocolError(f"unknown operation {op.name}")
             full = protocol.decode_request(frames[1:])
@@ -575,6 +581,20 @@ class Broker:
             raise Unavailable(
                 f"{Op(op_code).name}: shard {shard} has no live node; try again once it is back"
             )
+
+    def _watch(self, client: bytes, request: Request, grant: Grant | None) -> None:
+        """Forward a WATCH to its shard's primary, narrowed to what ``grant`` may read."""
+        request = watch_request(request, grant, self.config.shards)
+        shard = request.args[0]
+        member = self.membership.primary(shard)
+        if member is None:
+            raise self._unavailable(shard, request)
+        self._admit(client, request.seq, request.timeout_ms, request.op)
+        head, body = protocol.encode_request(request)
+        epoch = self.routing.epochs[shard]
+        first = protocol.node_frame(_NODE_REQUEST, epoch, _DIRECT + client, head)
+        if not self._to_node(member, [first, body]):
+            raise self._unavailable(shard, request)
 
     def _fan_out(self, client: bytes, request: Request) -> None:
         limits = self.config.limits

@@ -5,7 +5,8 @@ Processes: ``zkv up`` (the whole local cluster), ``zkv broker``, ``zkv node --na
 Storage: ``zkv check --data DIR [--repair]``.
 Operations: ``zkv status [--json]``, ``zkv failover SHARD [--to NODE]``, ``zkv bench``.
 Data: ``put``, ``create``, ``cas``, ``mput``, ``get KEY...``, ``del KEY...``, ``exists``,
-``ttl``, ``expire``, ``count``, ``clear``, ``keys [PREFIX]``; each takes ``--config FILE``
+``ttl``, ``expire``, ``count``, ``clear``, ``keys [PREFIX]``, ``watch [PREFIX] [--cursor C]``
+(a change feed, one JSON line per event); each takes ``--config FILE``
 or ``--connect ENDPOINT`` (``HOST:PORT`` or ``tcp://HOST:PORT``). Without either, the config
 file is ``$ZKV_CONFIG``, else ``./config/local.yaml``, else ``~/.config/zkv/config.yaml``.
 Security: ``zkv keygen --config FILE`` (or ``--out DIR NAME...``) writes CURVE key pairs;
@@ -67,6 +68,7 @@ from zkv.cli.processes import _broker, _check, _http, _keygen, _node, _up
 from zkv.cli.processes import _serve as _serve  # tests use it from here
 from zkv.cli.tokens import _token
 from zkv.cli.topology import _apply, _shard_add, _shard_remove
+from zkv.cli.watch import _watch
 from zkv.errors import (
     ClientClosed,
     ConfigError,
@@ -80,7 +82,7 @@ from zkv.errors import (
 __all__ = ["config_path", "main"]
 
 _VALUE_COMMANDS: Final = frozenset(
-    {"put", "create", "cas", "mput", "get", "del", "exists", "ttl", "expire", "keys"}
+    {"put", "create", "cas", "mput", "get", "del", "exists", "ttl", "expire", "keys", "watch"}
 )
 _EXAMPLES: Final = {
     "up": "example:\n  zkv up --config config/local.yaml",
@@ -105,6 +107,8 @@ _EXAMPLES: Final = {
     "count": "example:\n  zkv count --connect 127.0.0.1:7400",
     "clear": "example:\n  zkv clear --yes",
     "keys": "example:\n  zkv keys user: --limit 10",
+    "watch": "examples:\n  zkv watch user:\n  zkv watch user: --cursor 's0@2:1200,s1@2:980'"
+    " --count 100",
     "status": "examples:\n  zkv status\n  zkv status --json\n  zkv status --watch --interval 2",
     "completion": "examples:\n  source <(zkv completion bash)     # in ~/.bashrc\n"
     "  source <(zkv completion zsh)      # in ~/.zshrc",
@@ -317,6 +321,13 @@ def _parser() -> argparse.ArgumentParser:
     p = command("keys", _keys, "list keys, one per line")
     p.add_argument("prefix", nargs="?", default="")
     p.add_argument("--limit", type=int, metavar="N", help="at most N keys")
+    p = command("watch", _watch, "print changes to keys under PREFIX, one JSON line each")
+    p.add_argument("prefix", nargs="?", default="")
+    p.add_argument("--cursor", metavar="C", help="go on after the event whose cursor is C")
+    p.add_argument("--no-values", action="store_true", help="leave values out")
+    p.add_argument("--snapshot", action="store_true", help="after a resync, print the current keys")
+    p.add_argument("--count", type=int, metavar="N", help="stop after N events")
+    p.add_argument("--wait", type=float, metavar="S", help=argparse.SUPPRESS)
     p = command("status", _status, "show every node of the cluster")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
     p.add_argument("--watch", action="store_true", help="refresh the table until Ctrl-C")

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any, Final
 
 import zmq
+import zmq.asyncio
 
 from zkv.client._core import (
     DEFAULT_TIMEOUT_S,
@@ -34,6 +35,7 @@ from zkv.client._core import (
     Walk,
     config_defaults,
 )
+from zkv.client._feeds import run_async_feed
 from zkv.client._pipeline import AsyncPipeline
 from zkv.client._sync import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -42,6 +44,14 @@ from zkv.client._sync import (
     connect_socket,
     parse_endpoints,
     unreachable,
+)
+from zkv.client.watch import (
+    DEFAULT_MAX_EVENTS,
+    DEFAULT_WAIT_S,
+    Cursor,
+    Resync,
+    WatchCore,
+    WatchEvent,
 )
 from zkv.errors import ClientClosed
 from zkv.protocol import REPLY_HEADER, Consistency, reply_seq
@@ -101,6 +111,8 @@ class AsyncClient:
         self.max_reply_bytes = max_reply_bytes
         self._context: zmq.Context[Any] = context or zmq.Context.instance()
         self._socket: zmq.Socket[bytes] | None = self._connect()
+        #: As ``Client._feeds``: each watch feed's own connection (``zmq.asyncio``).
+        self._feeds: set[zmq.asyncio.Socket] = set()
         self._pending: dict[int, asyncio.Future[list[bytes] | None]] = {}
         #: The loop whose reader watches the socket, and that socket's ZMQ_FD there.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -122,14 +134,21 @@ class AsyncClient:
         connect_socket(sock, self.endpoint)
         return sock
 
-    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _connect_feed(self) -> zmq.asyncio.Socket:
+        """A connection of a watch feed's own, awaited by the feed (``zmq.asyncio``)."""
+        sock = zmq.asyncio.Socket(self._context, zmq.DEALER)
+        configure_socket(sock, self.max_reply_bytes, self.curve)
+        connect_socket(sock, self.endpoint)
+        return sock
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
         """Read replies whenever the socket signals on ``loop`` (the running one)."""
-        self._unwatch()
+        self._unlisten()
         assert self._socket is not None
         self._loop, self._fd = loop, int(self._socket.get(zmq.FD))
         loop.add_reader(self._fd, self._read_replies)
 
-    def _unwatch(self) -> None:
+    def _unlisten(self) -> None:
         if self._loop is not None and self._fd is not None:
             with contextlib.suppress(Exception):  # a loop closed since
                 self._loop.remove_reader(self._fd)
@@ -158,21 +177,24 @@ class AsyncClient:
         """A new connection: ZeroMQ never retries a CURVE handshake the server refused (a
         key not admitted yet), so a client that never got through starts afresh."""
         loop = self._loop
-        self._unwatch()
+        self._unlisten()
         old, self._socket = self._socket, self._connect()
         if old is not None:
             old.close(linger=0)
         if loop is not None:
-            self._watch(loop)
+            self._listen(loop)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def aclose(self) -> None:
         """Close the connection; later calls raise ``ClientClosed``. Safe to call twice."""
-        self._unwatch()
+        self._unlisten()
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
+        for sock in list(self._feeds):
+            sock.close(linger=0)
+        self._feeds.clear()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ClientClosed("this client was closed"))
@@ -205,7 +227,7 @@ class AsyncClient:
             raise ClientClosed("this client was closed")
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            self._watch(loop)
+            self._listen(loop)
         started = self._core.clock()
         try:
             action = next(call)
@@ -471,6 +493,28 @@ class AsyncClient:
         """As ``Client.cluster_status``."""
         result: dict[str, Any] = await self._run(self._core.status(timeout=timeout))
         return result
+
+    def watch(
+        self,
+        prefix: Key = "",
+        cursor: Cursor | str | None = None,
+        *,
+        values: bool = True,
+        snapshot: bool = False,
+        wait: float = DEFAULT_WAIT_S,
+        max_events: int = DEFAULT_MAX_EVENTS,
+    ) -> AsyncIterator[WatchEvent | Resync]:
+        """As ``Client.watch``: ``async for ev in akv.watch("user:"): ...``."""
+        core = WatchCore(
+            prefix, cursor, values=values, snapshot=snapshot, wait_s=wait, max_events=max_events
+        )
+        return self._watch(core)
+
+    def _watch(
+        self, core: WatchCore, started: asyncio.Event | None = None
+    ) -> AsyncIterator[WatchEvent | Resync]:
+        """Drive ``core`` (``zkv.client._feeds.run_async_feed``)."""
+        return run_async_feed(self, core, started)
 
     def pipeline(self) -> AsyncPipeline:
         """As ``Client.pipeline``: ``async with kv.pipeline() as p: ...; await p.execute()``."""

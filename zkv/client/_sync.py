@@ -37,7 +37,16 @@ from zkv.client._core import (
     Walk,
     config_defaults,
 )
+from zkv.client._feeds import start_feed
 from zkv.client._pipeline import Pipeline
+from zkv.client.watch import (
+    DEFAULT_MAX_EVENTS,
+    DEFAULT_WAIT_S,
+    Cursor,
+    Resync,
+    WatchCore,
+    WatchEvent,
+)
 from zkv.errors import ClientClosed, InvalidRequest, KeyNotFound, Unavailable
 from zkv.protocol import REPLY_HEADER, Consistency, reply_seq
 from zkv.runtime import send_frames
@@ -185,7 +194,9 @@ class Client(MutableMapping[Key, Any]):
         self._lock = threading.Lock()
         self._socket: zmq.Socket[bytes] | None = None
         self._context = context or zmq.Context.instance()
-        self._socket = self._connect()
+        self._socket = self._use(self._connect())
+        #: The connections of this client's watch feeds (closed with it).
+        self._feeds: set[zmq.Socket[bytes]] = set()
 
     @classmethod
     def from_config(cls, path: str | Path, *, client: str | None = None, **kwargs: Any) -> Client:
@@ -202,7 +213,11 @@ class Client(MutableMapping[Key, Any]):
         sock: zmq.Socket[bytes] = self._context.socket(zmq.DEALER)
         configure_socket(sock, self.max_reply_bytes, self.curve)
         connect_socket(sock, self.endpoint)
-        #: Sleeps until the socket's ZMQ_FD signals (see ``_exchange``).
+        return sock
+
+    def _use(self, sock: zmq.Socket[bytes]) -> zmq.Socket[bytes]:
+        """Make ``sock`` the client's connection (a watch feed's has its own: ``_connect``)."""
+        #: Sleeps until the connection's ZMQ_FD signals (see ``_exchange``).
         self._fd_poll = select.poll()
         self._fd_poll.register(int(sock.get(zmq.FD)), select.POLLIN)
         return sock
@@ -215,6 +230,9 @@ class Client(MutableMapping[Key, Any]):
             if self._socket is not None:
                 self._socket.close(linger=0)
                 self._socket = None
+            for sock in list(self._feeds):
+                sock.close(linger=0)
+            self._feeds.clear()
 
     @property
     def closed(self) -> bool:
@@ -267,7 +285,7 @@ class Client(MutableMapping[Key, Any]):
             if self.curve is not None and self._socket is not None:
                 # ZeroMQ never retries a CURVE handshake the server refused (a key not
                 # admitted yet): a client that never got through starts afresh
-                old, self._socket = self._socket, self._connect()
+                old, self._socket = self._socket, self._use(self._connect())
                 old.close(linger=0)
             raise unreachable(self.endpoint, limit)
 
@@ -548,6 +566,34 @@ class Client(MutableMapping[Key, Any]):
         """The broker's view of the cluster: every node, its shard, role, liveness, counters."""
         result: dict[str, Any] = self._run(self._core.status(timeout=timeout))
         return result
+
+    def watch(
+        self,
+        prefix: Key = "",
+        cursor: Cursor | str | None = None,
+        *,
+        values: bool = True,
+        snapshot: bool = False,
+        wait: float = DEFAULT_WAIT_S,
+        max_events: int = DEFAULT_MAX_EVENTS,
+    ) -> Iterator[WatchEvent | Resync]:
+        """The changes to keys starting with ``prefix``, forever (``zkv.client.watch``)::
+
+            for ev in kv.watch("user:"):
+                print(ev.kind, ev.key, ev.value)
+                save(ev.cursor)  # watch(cursor=...) resumes right after this event
+
+        ``cursor`` (a ``Cursor`` or its text) resumes a feed; None starts from now.
+        ``values=False`` leaves values out; ``snapshot=True`` follows a ``Resync`` with the
+        current matching keys (``state`` events). ``wait`` is how long each long poll waits
+        on a shard, ``max_events`` the most events one reply carries. The feed has its own
+        connection to the broker, so other calls on this client go on meanwhile. Without a
+        cursor, the feed starts when ``watch`` returns: changes after that are all seen.
+        """
+        core = WatchCore(
+            prefix, cursor, values=values, snapshot=snapshot, wait_s=wait, max_events=max_events
+        )
+        return start_feed(self, core)
 
     # ------------------------------------------------------------------ mapping protocol
 

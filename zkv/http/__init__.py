@@ -58,6 +58,9 @@ Routes (JSON in and out)
     **200** ``{"values": {key: value}}``, missing keys left out.
 ``GET /api/status``
     The broker's ``cluster_status()`` as JSON (nodes, shards, broker counters).
+``GET /api/watch?prefix=&cursor=&values=&snapshot=``
+    A change feed as Server-Sent Events, resumed with ``Last-Event-ID`` (``zkv.http.watch``);
+    a token's grant narrows it to the token's prefixes.
 ``GET /openapi.json``
     The OpenAPI 3.1 document of exactly these routes.
 ``GET /metrics``

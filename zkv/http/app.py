@@ -56,6 +56,7 @@ from zkv.http.codec import (
 )
 from zkv.http.metrics import GatewayMetrics
 from zkv.http.openapi import openapi_document
+from zkv.http.watch import STREAMS, close_streams, watch_stream
 from zkv.protocol import MAX_KEY_FRAME_BYTES, Op, Request
 from zkv.security import CurveKeys
 
@@ -397,6 +398,12 @@ async def cluster_status(request: web.Request) -> web.Response:
     return _json(value_to_json(await request.app[CLIENT].cluster_status()))
 
 
+async def watch_feed(request: web.Request) -> web.StreamResponse:
+    """``GET /api/watch?prefix=&cursor=&values=&snapshot=``: Server-Sent Events
+    (``zkv.http.watch``)."""
+    return await watch_stream(request, request.app[CLIENT], request.get(_GRANT))
+
+
 async def openapi(request: web.Request) -> web.Response:
     """``GET /openapi.json``."""
     return _json(request.app[_OPENAPI])
@@ -466,6 +473,7 @@ ROUTES: Final[tuple[tuple[str, str, Handler, str], ...]] = (
     ("GET", "/get", get_key_query, "get"),
     ("DELETE", "/delete", delete_key_query, "delete"),
     ("GET", "/api/status", cluster_status, "status"),
+    ("GET", "/api/watch", watch_feed, "watch"),
     ("GET", "/openapi.json", openapi, "openapi"),
     ("GET", "/metrics", metrics, "metrics"),
     ("GET", "/", status_page, "page"),
@@ -624,6 +632,8 @@ def create_app(
     app[TOKENS] = Tokens() if tokens is None else tokens
     app[METRICS] = GatewayMetrics()
     app[_OPENAPI] = openapi_document()
+    app[STREAMS] = set()
+    app.on_shutdown.append(close_streams)
     operations: dict[web.AbstractRoute, str] = {}
     for method, path, handler, operation in ROUTES:
         operations[app.router.add_route(method, path, handler)] = operation

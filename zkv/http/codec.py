@@ -24,6 +24,7 @@ import math
 from typing import Any, Final
 
 from zkv.client._core import Key
+from zkv.client.watch import Resync, WatchEvent
 from zkv.errors import InvalidRequest, KeyTooLarge
 from zkv.protocol import MAX_KEY_FRAME_BYTES
 
@@ -33,6 +34,7 @@ __all__ = [
     "check_text",
     "decode_cursor",
     "encode_cursor",
+    "event_json",
     "json_type",
     "key_from_json",
     "key_to_json",
@@ -237,3 +239,25 @@ def decode_cursor(text: str) -> tuple[str, list[Any]]:
             "invalid cursor: pass the cursor string of the previous page unchanged"
         ) from None
     return prefix, [shard, slot, after_bytes]
+
+
+def event_json(event: WatchEvent | Resync) -> dict[str, Any]:
+    """An event as the JSON object of its ``data:`` line (the CLI prints the same)."""
+    if isinstance(event, Resync):
+        return {
+            "kind": "resync",
+            "shard": event.shard,
+            "reason": event.reason,
+            "snapshot": event.snapshot,
+            "cursor": str(event.cursor),
+        }
+    return {
+        "kind": event.kind,
+        "key": key_to_json(event.key),
+        "value": value_to_json(event.value),
+        "expires_at": event.expires_at,
+        "shard": event.shard,
+        "seq": event.seq,
+        "epoch": event.epoch,
+        "cursor": str(event.cursor),
+    }

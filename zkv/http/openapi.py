@@ -494,6 +494,32 @@ _PATHS: Final[dict[str, Any]] = {
             },
         }
     },
+    "/api/watch": {
+        "get": {
+            "operationId": "watch",
+            "summary": "A change feed of the keys under a prefix, as Server-Sent Events",
+            "description": (
+                "Events `put`, `delete`, `expire`, `evict`, `ttl`, `clear`, `state` and "
+                "`resync`; each event's `id` is the cursor after it, so a reconnecting "
+                "EventSource resumes with `Last-Event-ID` (see zkv.http.watch)."
+            ),
+            "tags": ["keys"],
+            "parameters": [
+                _param("prefix"),
+                _param("cursor"),
+                {"name": "values", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "snapshot", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "The events, until the reader goes away.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                **_errors("400"),
+            },
+        }
+    },
     "/openapi.json": {
         "get": {
             "operationId": "openapi",

@@ -31,8 +31,10 @@ Target side::
     IMPORT  [slots, copies, outcomes] -> nil
 
 It marks the slots *importing* (their keys are hidden from COUNT and SCAN until the node
-owns them) and applies the copies and outcomes as ordinary records (``store.emit``), so the
-log, the replicas and a restart see them like any write.
+owns them) and applies the copies and outcomes as records (``store.emit``), so the log,
+the replicas and a restart see them like any write; copies are ``COPY`` and removals
+``DROP`` records (the effect of ``SET`` and ``DEL``), so a change feed
+(``zkv.node.watching``) does not report a move as users' changes.
 
 Either side::
 
@@ -75,7 +77,17 @@ _SPAN: Final = 1 << 32
 #: expired since the list was taken), so a sparse stretch still answers quickly.
 _SKIP_FACTOR: Final = 16
 _SKIP_EXTRA: Final = 1024
-_KEY_OPS: Final = frozenset({RecordOp.SET, RecordOp.DEL, RecordOp.EXPIRE_AT, RecordOp.EVICT})
+_KEY_OPS: Final = frozenset(
+    {
+        RecordOp.SET,
+        RecordOp.DEL,
+        RecordOp.EXPIRE_AT,
+        RecordOp.EVICT,
+        RecordOp.COPY,
+        RecordOp.DROP,
+        RecordOp.EXPIRED,
+    }
+)
 _EMPTY: Final[dict[bytes, bytes]] = {}
 
 
@@ -325,7 +337,7 @@ class SlotMover:
         Marks the slots importing (and no longer disowned). The node's memory limit holds:
         room is made as for any write, or ``OutOfMemory`` refuses the chunk before any
         change. Each ``[key, value, expires_at]``
-        becomes a SET, unless its expiry has passed (then, like ``[key, None, None]``, a DEL
+        becomes a COPY, unless its expiry has passed (then, like ``[key, None, None]``, a DROP
         if the key is held); each ``[rid, reply]`` a RESULT. ``InvalidRequest``, before any
         change, when a key is not in ``slots``.
         """
@@ -349,9 +361,9 @@ class SlotMover:
         emit = self.store.emit
         for key, value, expires_at in copies:
             if value is not None and (expires_at is None or expires_at > now):
-                emit((RecordOp.SET, key, value, expires_at))
+                emit((RecordOp.COPY, key, value, expires_at))
             elif key in self._table(slot_of(key, self._slots)):
-                emit((RecordOp.DEL, key))
+                emit((RecordOp.DROP, key))
         for rid, reply in outcomes:
             emit((RecordOp.RESULT, rid, reply))
 
@@ -388,7 +400,7 @@ class SlotMover:
                 break
             doomed = list(islice(self._table(slot), budget))
             for key in doomed:
-                emit((RecordOp.DEL, key))
+                emit((RecordOp.DROP, key))
             budget -= len(doomed)
         left = sum(len(self._table(slot)) for slot in order)
         if not left:

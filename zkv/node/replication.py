@@ -193,6 +193,13 @@ class ReplicaSet:
             del self._dropped[name]
         return self._release()
 
+    def confirmed(self, seq: int) -> int:
+        """The highest sequence up to ``seq`` (the primary's) that every replica a strong
+        reply would wait for has acknowledged: what a failover cannot take back, and so
+        what a change feed may deliver (``zkv.node.watching``)."""
+        floor = self._floor()
+        return seq if floor is None else min(seq, floor)
+
     def _floor(self) -> int | None:
         """The highest sequence every replica a strong reply must wait for has acknowledged
         (None: there is none)."""

@@ -45,6 +45,7 @@ from zkv.node.core import NodeCore
 from zkv.node.history import EMPTY, HistoryFile, new_id
 from zkv.node.primary import Primary
 from zkv.node.replica import Replica
+from zkv.node.watching import FeedState, History, Watches
 from zkv.protocol import NodeInfo, NodeState, Role
 from zkv.runtime import (
     MAX_FRAMES,
@@ -83,6 +84,7 @@ class _Turn:
     replica_sync: list[list[bytes]] = field(default_factory=list)  # from the primary's sync
     primary_sync: list[list[bytes]] = field(default_factory=list)  # from replicas
     replies: list[tuple[list[bytes], bool]] = field(default_factory=list)  # (frames, strong)
+    watches: list[tuple[bytes, bytes, list[bytes]]] = field(default_factory=list)  # WATCH
 
 
 class Node:
@@ -124,6 +126,13 @@ class Node:
         #: Warnings any peer can trigger at will are throttled.
         self._bad = Throttle(log)
         self.core = NodeCore(self.store, config.limits, config.slots, name, self.me.shard)
+        #: The shard's change feed: recent history and parked WATCH requests (every node
+        #: keeps the history, so that a promoted replica continues the feed).
+        self.history = History(config.watch.history_records, config.watch.history_bytes)
+        self.history.attach(self.store)
+        self.watches = Watches(
+            self.history, config.watch.max_watchers, linger_s=config.watch.linger_s
+        )
         #: This node's CURVE keys and authenticator (None without a ``security`` section).
         self.keyring: Keyring | None = None
         #: Each broker's routing id on the node socket.
@@ -352,6 +361,7 @@ class Node:
         self.store = self._new_store()
         self.store.primary = False
         self.core.use_store(self.store)
+        self.history.attach(self.store)
         self.persistence = self._new_persistence()
 
     def _serving_primary(self, last_seq: int, wait_s: float) -> str | None:
@@ -459,6 +469,9 @@ class Node:
             resync_partial=self.primary.resync_partial if self.primary else 0,
             resync_bytes=self.primary.resync_bytes if self.primary else 0,
             sent_at=time.monotonic(),
+            watch_records=len(self.history),
+            watch_bytes=self.history.bytes,
+            watchers=len(self.watches),
         )
 
     # ------------------------------------------------------------------ loop
@@ -494,6 +507,7 @@ class Node:
             self._commit(turn)
             self._replicate(turn, time.monotonic())
             self._respond(turn, time.monotonic())
+            self._feed(turn, time.monotonic())
             self._timers(turn, time.monotonic())
 
     # The turn, in named phases. The roles (``self.primary``, ``self.replica``) are fixed for
@@ -505,6 +519,9 @@ class Node:
         ``runtime.Waiter``)."""
         now = time.monotonic()
         wait_s = max(0.0, min(self._next_heartbeat, self._next_sweep) - now)
+        watch_deadline = self.watches.next_deadline()
+        if watch_deadline is not None:
+            wait_s = min(wait_s, max(0.0, watch_deadline - now))
         waiter = self._poll
         assert waiter is not None  # made before the loop starts
         primary, replica = self.primary, self.replica
@@ -562,6 +579,9 @@ class Node:
         core.lease_ok = now <= self._lease_until
         node_frame, reply_kind, my_epoch = protocol.node_frame, protocol.NODE_REPLY, self.epoch
         for epoch, broker, envelope, request in turn.requests:
+            if protocol.peek_op(request[0]) == protocol.Op.WATCH:
+                turn.watches.append((broker, envelope, request))  # answered in ``feed``
+                continue
             (header, body), strong = core.handle(request, epoch)
             frames = [broker, node_frame(reply_kind, my_epoch, envelope, header), body]
             turn.replies.append((frames, strong))
@@ -605,6 +625,33 @@ class Node:
             if strong and primary is not None and primary.hold(self.store.seq, reply, now) is None:
                 continue  # released by the replicas' acks, or by the ack timeout
             self._to_broker(reply)
+
+    def _feed(self, turn: _Turn, now: float) -> None:
+        """Answer the turn's WATCH requests and the parked ones that can be answered: with
+        the records confirmed by now (``zkv.node.watching``)."""
+        if not turn.watches and not len(self.watches):
+            return
+        state = self._feed_state()
+        node_frame, kind, epoch = protocol.node_frame, protocol.NODE_REPLY, self.epoch
+        for broker, envelope, request in turn.watches:
+            reply = self.watches.handle(request, (broker, envelope), now, state)
+            if reply is not None:
+                self._to_broker([broker, node_frame(kind, epoch, envelope, reply[0]), reply[1]])
+        for (broker, envelope), reply in self.watches.due(now, state):
+            self._to_broker([broker, node_frame(kind, epoch, envelope, reply[0]), reply[1]])
+
+    def _feed_state(self) -> FeedState:
+        primary = self.primary
+        seq = self.store.seq
+        return FeedState(
+            serving=primary is not None and self.core.lease_ok,
+            epoch=self.epoch,
+            confirmed=seq if primary is None else primary.replicas.confirmed(seq),
+            store=self.store,
+            shard=self.me.shard,
+            name=self.me.name,
+            hidden=self.core.mover.hidden(),
+        )
 
     def _timers(self, turn: _Turn, now: float) -> None:
         """Compaction, the broker's role decisions, the storage check and our heartbeat."""

@@ -7,12 +7,12 @@ live in a separate dict (keys without a TTL cost nothing there) and in a min-hea
 active sweep pops, so expired keys are reclaimed even when nobody reads them.
 
 Every change is expressed as a *record* with absolute times: a ``cas`` that succeeds becomes
-``SET``, ``put(ttl=5)`` becomes ``SET ... expires_at``, an expired key becomes ``DEL``.
+``SET``, ``put(ttl=5)`` becomes ``SET ... expires_at``, an expired key becomes ``EXPIRED``.
 ``apply_record`` is the only code that changes the maps, so a log replay (durability) or a
 replica (replication) applying the same records reaches the same state. Each record gets
 the next sequence number; listeners (the log, the replication stream) see each one.
 
-Only a store in the primary role deletes expired keys (emitting ``DEL``); any store hides a
+Only a store in the primary role deletes expired keys (emitting ``EXPIRED``); any store hides a
 key past its expiry on every read path.
 
 With ``max_bytes`` set, a primary makes room before a write that would pass it
@@ -65,7 +65,25 @@ class RecordOp(IntEnum):
     CLEAR = 5  # (no arguments)
     RESULT = 6  # request id, reply body: a write's outcome, for exactly-once retries
     EVICT = 7  # key: removed to keep the node under memory.max_bytes
+    # Changes that are not a user's write: same effect as SET / DEL, told apart so that a
+    # change feed (``zkv.node.watching``) can tell what happened.
+    COPY = 8  # key, value, expires_at | None: a slot move's copy of a key (target side)
+    DROP = 9  # key: a slot move removing a key this shard no longer owns (either side)
+    EXPIRED = 10  # key: its expiry time passed (lazy on access or the active sweep)
 
+
+#: Records that change one key (``record[1]``).
+_ONE_KEY_OPS: Final = frozenset(
+    {
+        RecordOp.SET,
+        RecordOp.DEL,
+        RecordOp.EXPIRE_AT,
+        RecordOp.EVICT,
+        RecordOp.COPY,
+        RecordOp.DROP,
+        RecordOp.EXPIRED,
+    }
+)
 
 Record = tuple[Any, ...]
 """``(RecordOp, *arguments)`` with absolute wall-clock expiry times."""
@@ -110,6 +128,8 @@ class Store:
         #: Bytes of live keys and values (what a snapshot must hold), for compaction.
         self.data_bytes = 0
         self._listeners: list[Callable[[int, Record], None]] = []
+        #: Called when the store's history is replaced (``reset``: a replica's resync).
+        self.reset_listeners: list[Callable[[], None]] = []
         #: Reply bodies of recent writes, by request id (client id + sequence number), so a
         #: retried write is answered with its first outcome instead of being applied twice.
         #: Kept by every node through RESULT records, so a promoted replica has them too.
@@ -175,7 +195,7 @@ class Store:
         journal = self._journal
         assert journal is not None
         op = record[0]
-        if op in (RecordOp.SET, RecordOp.DEL, RecordOp.EXPIRE_AT, RecordOp.EVICT):
+        if op in _ONE_KEY_OPS:
             journal.append(self._before(record[1]))
         elif op == RecordOp.MSET:
             journal.extend(self._before(key) for key, _ in record[1])
@@ -217,9 +237,9 @@ class Store:
     def apply_record(self, record: Record) -> None:
         """Change the maps as ``record`` says (no sequence number, no listeners)."""
         op = record[0]
-        if op == RecordOp.SET:
+        if op == RecordOp.SET or op == RecordOp.COPY:
             self._set(record[1], record[2], record[3])
-        elif op == RecordOp.DEL:
+        elif op == RecordOp.DEL or op == RecordOp.DROP or op == RecordOp.EXPIRED:
             self._del(record[1])
         elif op == RecordOp.EVICT:
             if self._del(record[1]):
@@ -312,6 +332,8 @@ class Store:
         """
         self.apply_record((RecordOp.CLEAR,))
         self.results.clear()
+        for listener in self.reset_listeners:
+            listener()
 
     def load_results(self, pairs: list[list[bytes]]) -> None:
         """Remember write outcomes from a snapshot (no records, no listeners)."""
@@ -364,7 +386,7 @@ class Store:
             expires_at = self._expires.get(key)
             if expires_at is not None and expires_at <= self.clock():
                 if self.primary:
-                    self.emit((RecordOp.DEL, key))
+                    self.emit((RecordOp.EXPIRED, key))
                 return None
         if self.order is not None:
             self.order.touch(key)
@@ -509,7 +531,7 @@ class Store:
         while heap and heap[0][0] <= now and (limit is None or done < limit):
             expires_at, key = heapq.heappop(heap)
             if expires.get(key) == expires_at:
-                self.emit((RecordOp.DEL, key))
+                self.emit((RecordOp.EXPIRED, key))
                 done += 1
         return done
 

@@ -75,4 +75,9 @@ _CHECKS: Final[dict[int, Callable[[list[Any]], bool]]] = {
     RecordOp.CLEAR: lambda a: not a,
     RecordOp.RESULT: lambda a: len(a) == 2 and type(a[0]) is bytes and type(a[1]) is bytes,
     RecordOp.EVICT: lambda a: len(a) == 1 and type(a[0]) is bytes,
+    RecordOp.COPY: lambda a: (
+        len(a) == 3 and type(a[0]) is bytes and type(a[1]) is bytes and is_expiry(a[2])
+    ),
+    RecordOp.DROP: lambda a: len(a) == 1 and type(a[0]) is bytes,
+    RecordOp.EXPIRED: lambda a: len(a) == 1 and type(a[0]) is bytes,
 }

@@ -558,6 +558,64 @@
     }
   }
 
+  // ------------------------------------------------------------------------ live tail
+
+  const TAIL_MAX = 50;  // changes shown
+  let tailCursor = "";  // the last event's id: a reconnect resumes after it
+
+  /** Show one SSE event block (id:, event:, data: lines) at the top of the tail. */
+  function tailEvent(block) {
+    let id = "";
+    let data = "";
+    for (const line of block.split("\n")) {
+      if (line.startsWith("id: ")) id = line.slice(4);
+      else if (line.startsWith("data: ")) data += line.slice(6);
+    }
+    if (!data) return;
+    if (id) tailCursor = id;
+    const ev = JSON.parse(data);
+    const key = typeof ev.key === "string" ? ev.key : JSON.stringify(ev.key);
+    const li = document.createElement("li");
+    li.className = "tail-" + ev.kind;
+    li.textContent = new Date().toLocaleTimeString() + "  " + ev.kind + "  " +
+      (ev.kind === "resync" ? ev.shard + ": " + ev.reason : (key || "(every key)") + "  [" + ev.shard + " #" + ev.seq + "]");
+    const list = $("tail");
+    list.prepend(li);
+    while (list.children.length > TAIL_MAX) list.lastChild.remove();
+  }
+
+  /** Follow GET /api/watch (fetch, not EventSource: it sends the bearer token), forever. */
+  async function tail() {
+    for (;;) {
+      try {
+        const headers = {};
+        if (token) headers["Authorization"] = "Bearer " + token;
+        if (tailCursor) headers["Last-Event-ID"] = tailCursor;
+        const response = await fetch("/api/watch?values=false", { headers, cache: "no-store" });
+        if (!response.ok || !response.body) {
+          $("tail-state").textContent = response.status === 401 ? "(needs a token)" : "(HTTP " + response.status + ")";
+        } else {
+          $("tail-state").textContent = "(live)";
+          const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+          let buffer = "";
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            buffer += value;
+            let end;
+            while ((end = buffer.indexOf("\n\n")) >= 0) {
+              tailEvent(buffer.slice(0, end));
+              buffer = buffer.slice(end + 2);
+            }
+          }
+        }
+      } catch (err) {
+        $("tail-state").textContent = "(reconnecting)";
+      }
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+    }
+  }
+
   function start() {
     $("token-forget").hidden = !token;
     $("token-form").addEventListener("submit", (event) => {
@@ -585,6 +643,7 @@
       });
     });
     poll();
+    tail();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
