@@ -465,3 +465,41 @@ async def test_http_watch_token_sees_only_its_prefixes(cluster_factory: Any) -> 
                 assert {e["data"]["key"] for e in events} == {f"a:{i}" for i in range(10)}
         finally:
             await server.close()
+
+
+def test_evictions_are_events(cluster_factory: Any) -> None:
+    c = cluster_factory({"s0": ["s0a"]}, memory={"max_bytes": 64 * 1024, "policy": "allkeys-lru"})
+    kv = c.client()
+    feed = kv.watch("e:", wait=0.5)
+    value = "x" * 1000
+    for i in range(100):  # about 100 KB into 64 KB: the oldest keys are evicted
+        kv.put(f"e:{i:03d}", value)
+    kinds: Counter[str] = Counter()
+    for event in feed:
+        kinds[event.kind] += 1
+        if kinds["put"] == 100:
+            break
+    print(f"\n{kinds}")
+    assert kinds["evict"] > 0 and kinds["evict"] == 100 - kv.count()
+    c.wait_for(lambda: c.node("s0a")["evictions"] == kinds["evict"], "the node's count")
+
+
+def test_closing_the_client_ends_its_feed(cluster_factory: Any) -> None:
+    c = cluster_factory({"s0": ["s0a"]})
+    kv = c.client()
+    feed = kv.watch("z:", wait=5.0)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            next(feed)
+        except BaseException as exc:
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.2)  # most likely in its long poll by now; either way it must end
+    kv.close()
+    reader.join(5)
+    assert not reader.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], zkv.ClientClosed), errors

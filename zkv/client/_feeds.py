@@ -71,13 +71,18 @@ def _turns(
             except zmq.Again:
                 core.not_sent(send, now)
         wait_ms = max(1, int((core.next_wake(clock()) - clock()) * 1000))
-        if sock.poll(min(wait_ms, 1000), zmq.POLLIN):
-            while True:
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                yield from core.on_reply(frames, clock())
+        try:
+            ready = sock.poll(min(wait_ms, 1000), zmq.POLLIN)
+        except zmq.ZMQError as exc:  # the client was closed from another thread
+            if client._socket is None or sock.closed:
+                raise ClientClosed("this client was closed") from exc
+            raise
+        while ready:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            yield from core.on_reply(frames, clock())
         core.expire(clock())
         if core.refresh_due(clock()):
             try:

@@ -16,6 +16,9 @@ records in one go (group commit), publishes them, and only then replies: at once
 and ``eventual`` writes, once every in-sync replica has acknowledged for ``strong`` writes.
 Nothing from the network can stop the loop: a malformed request is answered with an error,
 and an unexpected exception while handling one is logged and answered with ``ServerError``.
+WATCH requests (change feeds) are set aside in ``apply`` and answered in the ``feed`` phase,
+after ``replicate`` has taken the replicas' acks: at once, or parked until records are
+confirmed (``watching.py``); every node keeps the feed's history, whatever its role.
 """
 
 from __future__ import annotations

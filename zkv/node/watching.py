@@ -302,6 +302,8 @@ class Watches:
             if result[4]:  # some events: wait the linger for more (a busy shard's watchers
                 self._linger(now)  # would otherwise take one event per round trip)
                 self.events -= len(result[4])  # counted again when it is answered
+            else:  # none: past the records it has no events in, so they are not read again
+                watch.position = (result[2], result[3])
             if len(self._parked) >= self.max_watchers:
                 raise Unavailable(
                     f"node {state.name} has {self.max_watchers} watches waiting "
