@@ -12,8 +12,8 @@ Workloads over 10,000 pre-loaded 16-byte keys with 100-byte values, each ``--sec
 (a) GET one at a time, one client; (b) GET in pipelines of 100; (c) GET from 8 threads, each
 with its own client; (d) PUT one at a time; (e) 64 concurrent GETs on one ``AsyncClient``
 against 64 on one ``redis.asyncio.Redis`` (its default connection pool); (f) memory: RSS
-grown per key by 150,000 more keys (after 150,000 that fill the fixed buffers), one zkv
-node against redis-server.
+grown per key by 150,000 more keys (after 300,000 that fill the fixed-size buffers), one
+zkv node against redis-server.
 Baselines: a bare DEALER -> ROUTER echo, and a pure-Python ROUTER/ROUTER forwarding broker
 with one DEALER echo worker (the shape of zkv's path, minus zkv), one round trip at a time.
 
@@ -56,6 +56,8 @@ PIPELINE = 100
 THREADS = 8
 CONCURRENT = 64
 MEMORY_KEYS = 150_000
+#: Keys loaded first, to fill the fixed-size buffers (2 x 16 MiB of ~130-byte records).
+WARM_KEYS = 300_000
 
 # The baseline processes: "echo" (ROUTER echo), "broker" (ROUTER clients / ROUTER workers,
 # frames forwarded untouched) and "worker" (DEALER echo). Each exits after its lifetime.
@@ -434,14 +436,13 @@ def rss(pid: int) -> int:
 
 def measure_memory(folder: Path, r: Any, redis_pid: int | None, keys: int) -> dict[str, Any]:
     """RSS grown per key by ``keys`` more 16-byte keys of 100-byte values: one zkv node (a
-    cluster of its own: one shard, one node) against redis-server. The growth is taken over
-    a second batch of ``keys``, after a first one has filled the fixed-size buffers (the
-    node's replication backlog, 16 MiB by default), so that only what each key costs is
-    counted."""
+    cluster of its own: one shard, one node) against redis-server. The growth is taken after
+    ``WARM_KEYS`` keys have filled the fixed-size buffers (a node's replication backlog and
+    watch history, 16 MiB each by default), so that only what each key costs is counted."""
     out: dict[str, Any] = {"keys": keys}
 
-    def load(first: int, put_many: Callable[[dict[str, bytes]], object]) -> None:
-        for i in range(first, first + keys, 1000):
+    def load(first: int, count: int, put_many: Callable[[dict[str, bytes]], object]) -> None:
+        for i in range(first, first + count, 1000):
             put_many({f"mem:{j:012d}": VALUE for j in range(i, i + 1000)})  # 16-byte keys
 
     procs: list[subprocess.Popen[bytes]] = []
@@ -449,16 +450,16 @@ def measure_memory(folder: Path, r: Any, redis_pid: int | None, keys: int) -> di
         endpoint = start_zkv(folder, procs, shards=1)
         node = procs[1].pid
         with zkv.Client(endpoint, timeout_s=30) as kv:
-            load(0, kv.mput)
+            load(0, WARM_KEYS, kv.mput)
             before = rss(node)
-            load(keys, kv.mput)
+            load(WARM_KEYS, keys, kv.mput)
         out["zkv_bytes_per_key"] = (rss(node) - before) / keys
     finally:
         stop_all(procs)
     if r is not None and redis_pid is not None:
-        load(0, r.mset)
+        load(0, WARM_KEYS, r.mset)
         before = rss(redis_pid)
-        load(keys, r.mset)
+        load(WARM_KEYS, keys, r.mset)
         out["redis_bytes_per_key"] = (rss(redis_pid) - before) / keys
         out["zkv_over_redis"] = out["zkv_bytes_per_key"] / out["redis_bytes_per_key"]
     return out

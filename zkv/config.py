@@ -217,7 +217,7 @@ class WatchConfig:
 
     #: Records of recent history kept in memory per node, and their bytes (keys, values).
     history_records: int = 100_000
-    history_bytes: int = 64 * 1024 * 1024
+    history_bytes: int = 16 * 1024 * 1024
     #: Watches one node keeps waiting (long polls) at most; more are refused, retryably.
     max_watchers: int = 10_000
     #: How long a waiting watch is held once new records are confirmed, to gather more
@@ -595,7 +595,7 @@ class _Parser:
                 wt.get("history_records", 100_000), "watch.history_records", 1, 2**31
             ),
             history_bytes=self._int(
-                wt.get("history_bytes", 64 * 1024 * 1024), "watch.history_bytes", 1024, 2**40
+                wt.get("history_bytes", 16 * 1024 * 1024), "watch.history_bytes", 1024, 2**40
             ),
             max_watchers=self._int(wt.get("max_watchers", 10_000), "watch.max_watchers", 1, 2**20),
             linger_s=self._linger(wt.get("linger_s", 0.005)),

@@ -64,7 +64,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_HISTORY_RECORDS: Final = 100_000
-DEFAULT_HISTORY_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_HISTORY_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_MAX_WATCHERS: Final = 10_000
 #: Accounted bytes of one record in the ring beyond its keys and values.
 RECORD_OVERHEAD_BYTES: Final = 64
