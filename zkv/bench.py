@@ -92,6 +92,13 @@ def remove_bench_keys(config: BenchConfig) -> None:
                 p.execute()
 
 
+def _mix(config: BenchConfig) -> tuple[str, dict[str, Any], float]:
+    """What a worker writes, the keyword arguments of its calls and its share of reads."""
+    kw: dict[str, Any] = {"consistency": config.consistency} if config.consistency else {}
+    reads = {"get": 1.0, "put": 0.0}.get(config.workload, config.read_ratio)
+    return "v" * config.value_size, kw, reads
+
+
 def _worker(
     config: BenchConfig,
     seed: int,
@@ -102,9 +109,7 @@ def _worker(
     errors: list[int],
 ) -> None:
     rng = random.Random(seed)
-    value = "v" * config.value_size
-    kw: dict[str, Any] = {"consistency": config.consistency} if config.consistency else {}
-    reads = {"get": 1.0, "put": 0.0}.get(config.workload, config.read_ratio)
+    value, kw, reads = _mix(config)
     keys, depth = config.keys, config.pipeline
     with Client(config.endpoint, timeout_s=config.timeout_s, curve=config.curve) as kv:
         while time.monotonic() < deadline:
@@ -143,9 +148,7 @@ def _async_worker(
 ) -> None:
     """``config.concurrency`` tasks sharing one ``AsyncClient``, each doing one operation
     after another (single operations: ``--pipeline`` does not apply)."""
-    value = "v" * config.value_size
-    kw: dict[str, Any] = {"consistency": config.consistency} if config.consistency else {}
-    reads = {"get": 1.0, "put": 0.0}.get(config.workload, config.read_ratio)
+    value, kw, reads = _mix(config)
 
     async def main() -> None:
         client = AsyncClient(config.endpoint, timeout_s=config.timeout_s, curve=config.curve)

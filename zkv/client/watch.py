@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from zkv import protocol
-from zkv.client._core import Key, key_bytes, key_out
+from zkv.client._core import ClientCore, Key, key_bytes, key_out
 from zkv.errors import InvalidRequest, RemoteProtocolError, Unavailable
 from zkv.protocol import Consistency, Op, Request
 
@@ -285,7 +285,7 @@ class WatchCore:
     def on_reply(self, frames: list[bytes], now: float) -> list[WatchEvent | Resync]:
         """The events a reply carries (none for a late or unknown reply); raises the error
         of a reply that is not ``Unavailable`` (e.g. ``PermissionDenied``)."""
-        seq = _reply_seq(frames)
+        seq = ClientCore.reply_seq(frames)
         shard = self._by_seq.pop(seq, None) if seq is not None else None
         if shard is None or shard.outstanding != seq:
             return []
@@ -367,12 +367,3 @@ class WatchCore:
             )
             for key, value, expires_at in items
         ]
-
-
-def _reply_seq(frames: list[bytes]) -> int | None:
-    if len(frames) != 2:
-        return None
-    try:
-        return protocol.decode_reply_header(frames[0])[0]
-    except RemoteProtocolError:
-        return None

@@ -43,7 +43,7 @@ from itertools import islice
 from typing import Final
 
 from zkv.node.history import History
-from zkv.node.replication import Sent
+from zkv.node.replication import PerReplica, Sent
 from zkv.node.wire import MAX_CATCHUP_RECORDS, encode_catchup_records, encode_continue
 
 __all__ = [
@@ -194,7 +194,7 @@ class CatchUp:
             self.pos = self._next
 
 
-class CatchUps:
+class CatchUps(PerReplica[CatchUp]):
     """The catch-ups a primary is sending, one per replica connection (as ``Transfers``)."""
 
     def __init__(
@@ -203,10 +203,10 @@ class CatchUps:
         chunk_bytes: int = CHUNK_BYTES,
         chunks_per_turn: int = CHUNKS_PER_TURN,
     ) -> None:
+        super().__init__()
         self.chunk_records = chunk_records
         self.chunk_bytes = chunk_bytes
         self.chunks_per_turn = chunks_per_turn
-        self._active: dict[bytes, CatchUp] = {}
 
     def start(
         self,
@@ -228,22 +228,6 @@ class CatchUps:
             len(payloads),
         )
         return catchup
-
-    def get(self, identity: bytes) -> CatchUp | None:
-        """The catch-up in progress to ``identity``, if any."""
-        return self._active.get(identity)
-
-    def drop(self, identity: bytes) -> None:
-        """Forget the catch-up to ``identity``."""
-        self._active.pop(identity, None)
-
-    def __bool__(self) -> bool:
-        """Whether any catch-up is being sent."""
-        return bool(self._active)
-
-    def __len__(self) -> int:
-        """How many catch-ups are being sent."""
-        return len(self._active)
 
     def turn(self, now: float) -> Generator[tuple[bytes, list[bytes]], Sent, None]:
         """This loop turn's messages: yields ``(identity, frames)``, is sent a ``Sent``."""

@@ -64,7 +64,7 @@ from typing import Any, Final
 from zkv.errors import InvalidRequest, Unavailable
 from zkv.protocol import Op
 from zkv.slots import slot_of
-from zkv.storage.engine import MAX_RESULTS, Record, RecordOp, Store
+from zkv.storage.engine import MAX_RESULTS, ONE_KEY_OPS, Record, RecordOp, Store
 
 __all__ = ["SETTLE_HOWS", "SlotMover"]
 
@@ -77,17 +77,6 @@ _SPAN: Final = 1 << 32
 #: expired since the list was taken), so a sparse stretch still answers quickly.
 _SKIP_FACTOR: Final = 16
 _SKIP_EXTRA: Final = 1024
-_KEY_OPS: Final = frozenset(
-    {
-        RecordOp.SET,
-        RecordOp.DEL,
-        RecordOp.EXPIRE_AT,
-        RecordOp.EVICT,
-        RecordOp.COPY,
-        RecordOp.DROP,
-        RecordOp.EXPIRED,
-    }
-)
 _EMPTY: Final[dict[bytes, bytes]] = {}
 
 
@@ -273,7 +262,7 @@ class SlotMover:
         """Store listener: note which slots each write outcome belongs to (always), and mark
         the keys a record changes in tracked slots dirty (during a move)."""
         op = record[0]
-        if op in _KEY_OPS:
+        if op in ONE_KEY_OPS:
             self._mark(record[1])
         elif op == RecordOp.MSET:
             for key, _ in record[1]:

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Final, Literal, TypeAlias
+from typing import Final, Generic, Literal, TypeAlias, TypeVar
 
 from zkv.node.history import EMPTY, History
 from zkv.node.wire import (
@@ -65,6 +65,8 @@ __all__ = [
     "Transfer",
     "Transfers",
 ]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +295,31 @@ class Transfer:
         return self.step == "done"
 
 
-class Transfers:
+class PerReplica(Generic[T]):
+    """What a primary is sending, one item per replica connection (its identity): the
+    snapshots (``Transfers``) and the catch-ups (``catchup.CatchUps``)."""
+
+    def __init__(self) -> None:
+        self._active: dict[bytes, T] = {}
+
+    def get(self, identity: bytes) -> T | None:
+        """The item in progress to ``identity``, if any."""
+        return self._active.get(identity)
+
+    def drop(self, identity: bytes) -> None:
+        """Forget the item to ``identity`` (its connection is gone, or it is done)."""
+        self._active.pop(identity, None)
+
+    def __bool__(self) -> bool:
+        """Whether anything is being sent."""
+        return bool(self._active)
+
+    def __len__(self) -> int:
+        """How many replicas are being sent something."""
+        return len(self._active)
+
+
+class Transfers(PerReplica[Transfer]):
     """The snapshots a primary is sending, one per syncing replica connection.
 
     ``turn`` is a generator, like the client core's calls: it yields ``(identity, frames)``
@@ -303,9 +329,9 @@ class Transfers:
     """
 
     def __init__(self, chunk_keys: int = CHUNK_KEYS, chunks_per_turn: int = CHUNKS_PER_TURN):
+        super().__init__()
         self.chunk_keys = chunk_keys
         self.chunks_per_turn = chunks_per_turn
-        self._active: dict[bytes, Transfer] = {}
 
     def start(
         self, identity: bytes, name: str, store: Store, now: float, history: History = EMPTY
@@ -321,22 +347,6 @@ class Transfers:
             name,
         )
         return transfer
-
-    def get(self, identity: bytes) -> Transfer | None:
-        """The transfer in progress to ``identity``, if any."""
-        return self._active.get(identity)
-
-    def drop(self, identity: bytes) -> None:
-        """Forget the transfer to ``identity`` (its connection is gone)."""
-        self._active.pop(identity, None)
-
-    def __bool__(self) -> bool:
-        """Whether any snapshot is being sent."""
-        return bool(self._active)
-
-    def __len__(self) -> int:
-        """How many snapshots are being sent."""
-        return len(self._active)
 
     def turn(self, store: Store, now: float) -> Generator[tuple[bytes, list[bytes]], Sent, None]:
         """This loop turn's messages: yields ``(identity, frames)``, is sent a ``Sent``."""

@@ -73,7 +73,8 @@ class RecordOp(IntEnum):
 
 
 #: Records that change one key (``record[1]``).
-_ONE_KEY_OPS: Final = frozenset(
+#: Records that change one key (``record[1]``).
+ONE_KEY_OPS: Final = frozenset(
     {
         RecordOp.SET,
         RecordOp.DEL,
@@ -195,7 +196,7 @@ class Store:
         journal = self._journal
         assert journal is not None
         op = record[0]
-        if op in _ONE_KEY_OPS:
+        if op in ONE_KEY_OPS:
             journal.append(self._before(record[1]))
         elif op == RecordOp.MSET:
             journal.extend(self._before(key) for key, _ in record[1])
