@@ -17,6 +17,7 @@ import msgpack
 import pytest
 
 from zkv.errors import KeyNotFound, StorageCorrupted
+from zkv.node.catchup import RECORD_OVERHEAD_BYTES, Backlog
 from zkv.storage.engine import RecordOp, Store
 from zkv.storage.log import FRAME_HEADER, LOG_MAGIC, encode_frame, read_frames, scan_file, segments
 from zkv.storage.persistence import Persistence
@@ -226,6 +227,43 @@ def test_recovery_sets_seq_and_numbering_continues(tmp_path: Path) -> None:
     assert again.get(b"k3") is None and again.get(b"k4") is None
     assert again.get(b"k5") == b"v5"
     assert len(again) == 29
+
+
+def test_recovery_hands_the_replayed_records_to_the_backlog(tmp_path: Path) -> None:
+    # a node restarted refills its replication backlog from its log's tail, so that its
+    # replicas catch up from it instead of taking a snapshot; the payloads are the bytes
+    # logged, in order, after the snapshot only
+    persistence, store, _ = _open(tmp_path)
+    for i in range(10):
+        store.put(b"k%d" % i, b"v%d" % i)
+    persistence.flush()
+    persistence.start_compaction(store)
+    _compact_fully(persistence, store)  # a snapshot at seq 10
+    for i in range(10, 25):
+        store.put(b"k%d" % i, b"v%d" % i)
+    persistence.close()
+    logged = {seq: payload for seq, payload in _payloads(tmp_path)}
+
+    backlog = Backlog(1 << 20)
+    persistence = Persistence(tmp_path, "no")
+    recovered = Store(SLOTS)
+    persistence.recover(recovered, backlog.append)
+    persistence.close()
+    assert (backlog.first_seq, backlog.last_seq) == (11, 25)
+    assert backlog.since(10, 25) == [logged[seq] for seq in range(11, 26)]
+    small = Backlog(3 * (len(logged[25]) + RECORD_OVERHEAD_BYTES))  # bounded as ever
+    again = Persistence(tmp_path, "no")
+    again.recover(Store(SLOTS), small.append)
+    again.close()
+    assert small.last_seq == 25 and len(small) <= 3
+
+
+def _payloads(directory: Path) -> list[tuple[int, bytes]]:
+    out = []
+    for segment in segments(directory):
+        for payload in scan_file(segment.path, LOG_MAGIC)[1]:
+            out.append((msgpack.unpackb(payload)[0], payload))
+    return out
 
 
 # --------------------------------------------------------------------------- torn tail

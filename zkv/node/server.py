@@ -207,12 +207,13 @@ class Node:
                     self.keyring.stop()
 
     def _run_locked(self) -> None:
-        try:
-            report = self.persistence.recover(self.store)
+        try:  # the log's tail refills the backlog: replicas catch up after our restart too
+            report = self.persistence.recover(self.store, self.backlog.append)
         except StorageCorrupted as exc:
             self.persistence.close()
             self._discard_damaged(exc)
-            report = self.persistence.recover(self.store)
+            self.backlog = Backlog(self.config.replication.backlog_bytes)
+            report = self.persistence.recover(self.store, self.backlog.append)
         self.store.evictions = 0  # those of this run: replayed ones happened before it
         self.histories = HistoryFile(self.persistence.directory)
         # a discarded folder's history is gone; a restart may have lost unfsynced records

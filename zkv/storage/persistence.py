@@ -98,8 +98,11 @@ class Persistence:
 
     # ------------------------------------------------------------------ recovery
 
-    def recover(self, store: Store) -> Recovery:
-        """Load this folder into the empty ``store``, then log what the store emits.
+    def recover(
+        self, store: Store, replayed: Callable[[int, bytes], None] | None = None
+    ) -> Recovery:
+        """Load this folder into the empty ``store``, then log what the store emits;
+        ``replayed(seq, payload)`` is told each log record replayed (``load_history``).
 
         Raises ``StorageCorrupted`` (with ``path``, ``offset`` and ``last_seq``) when the
         folder cannot give back its whole history; then no file was changed and the log
@@ -110,7 +113,7 @@ class Persistence:
             raise RuntimeError(f"{self.directory}: recover() called on an open log")
         started = time.perf_counter()
         self.directory.mkdir(parents=True, exist_ok=True)
-        report, cut = load_history(self.directory, store)
+        report, cut = load_history(self.directory, store, replayed)
         # Only now that the history is known to be whole is anything on disk changed.
         if cut is not None:
             log.warning("%s", cut.message)

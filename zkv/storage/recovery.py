@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -65,8 +66,13 @@ class TornTail:
         _truncate(self.path, self.good_end)
 
 
-def load_history(directory: Path, store: Store) -> tuple[Recovery, TornTail | None]:
+def load_history(
+    directory: Path, store: Store, replayed: Callable[[int, bytes], None] | None = None
+) -> tuple[Recovery, TornTail | None]:
     """Load ``directory``'s whole history into the empty ``store``; the torn tail to cut.
+
+    ``replayed(seq, payload)`` is told each log record applied after the snapshot, in order
+    (a node keeps the last of them as its replication backlog).
 
     Raises ``StorageCorrupted`` (with ``path``, ``offset`` and ``last_seq``) when the folder
     cannot give back its whole history. Changes nothing on disk either way: the caller cuts
@@ -75,7 +81,7 @@ def load_history(directory: Path, store: Store) -> tuple[Recovery, TornTail | No
     """
     report = Recovery()
     skipped = _load_snapshot(directory, store, report)
-    cut = _replay(directory, store, report, skipped)
+    cut = _replay(directory, store, report, skipped, replayed)
     _check_evidence(directory, store, skipped)
     return report, cut
 
@@ -113,7 +119,11 @@ def _load_snapshot(directory: Path, store: Store, report: Recovery) -> list[_Bad
 
 
 def _replay(
-    directory: Path, store: Store, report: Recovery, skipped: list[_BadSnapshot]
+    directory: Path,
+    store: Store,
+    report: Recovery,
+    skipped: list[_BadSnapshot],
+    replayed: Callable[[int, bytes], None] | None = None,
 ) -> TornTail | None:
     """Apply the records after the snapshot; the torn tail to cut, if any (not cut yet)."""
     found = segments(directory)
@@ -144,6 +154,8 @@ def _replay(
                 store.apply_record(record)
                 store.seq = seq
                 report.records += 1
+                if replayed is not None:
+                    replayed(seq, payload)
             offset += FRAME_HEADER.size + len(payload)
         if scan.clean:
             continue
