@@ -247,13 +247,13 @@ def test_recovery_hands_the_replayed_records_to_the_backlog(tmp_path: Path) -> N
     backlog = Backlog(1 << 20)
     persistence = Persistence(tmp_path, "no")
     recovered = Store(SLOTS)
-    persistence.recover(recovered, backlog.append)
+    persistence.recover(recovered, lambda seq, payload, _record: backlog.append(seq, payload))
     persistence.close()
     assert (backlog.first_seq, backlog.last_seq) == (11, 25)
     assert backlog.since(10, 25) == [logged[seq] for seq in range(11, 26)]
     small = Backlog(3 * (len(logged[25]) + RECORD_OVERHEAD_BYTES))  # bounded as ever
     again = Persistence(tmp_path, "no")
-    again.recover(Store(SLOTS), small.append)
+    again.recover(Store(SLOTS), lambda seq, payload, _record: small.append(seq, payload))
     again.close()
     assert small.last_seq == 25 and len(small) <= 3
 

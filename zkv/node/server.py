@@ -61,7 +61,7 @@ from zkv.runtime import (
     write_ready_file,
 )
 from zkv.security import Keyring, shard_domain
-from zkv.storage.engine import Store
+from zkv.storage.engine import Record, Store
 from zkv.storage.lock import lock_folder
 from zkv.storage.persistence import Persistence
 
@@ -207,13 +207,14 @@ class Node:
                     self.keyring.stop()
 
     def _run_locked(self) -> None:
-        try:  # the log's tail refills the backlog: replicas catch up after our restart too
-            report = self.persistence.recover(self.store, self.backlog.append)
+        try:  # the log's tail refills the backlog and the watch history
+            report = self.persistence.recover(self.store, self._replayed)
         except StorageCorrupted as exc:
             self.persistence.close()
             self._discard_damaged(exc)
             self.backlog = Backlog(self.config.replication.backlog_bytes)
-            report = self.persistence.recover(self.store, self.backlog.append)
+            self.history.reset()
+            report = self.persistence.recover(self.store, self._replayed)
         self.store.evictions = 0  # those of this run: replayed ones happened before it
         self.histories = HistoryFile(self.persistence.directory)
         # a discarded folder's history is gone; a restart may have lost unfsynced records
@@ -317,6 +318,12 @@ class Node:
         )
         replica.force_snapshot = self.discarded_seq >= 0 and self.store.seq == 0
         return replica
+
+    def _replayed(self, seq: int, payload: bytes, record: Record) -> None:
+        """A record replayed from the log at start: kept as if just logged, so that
+        replicas behind us catch up and watchers resume across our restart."""
+        self.backlog.append(seq, payload)
+        self.history.append(seq, record)
 
     def _logged(self, seq: int, payload: bytes) -> None:
         """A record was logged: keep it in the backlog, and a primary publishes it."""

@@ -34,7 +34,7 @@ from zkv.errors import StorageError, StorageFull
 from zkv.storage.engine import Record, Store
 from zkv.storage.log import AppendLog, fsync_dir, segment_path, segments
 from zkv.storage.records import encode_record
-from zkv.storage.recovery import DAMAGED_PREFIX, Recovery, load_history
+from zkv.storage.recovery import DAMAGED_PREFIX, Recovery, Replayed, load_history
 from zkv.storage.snapshot import SnapshotWriter, snapshots
 
 __all__ = ["COMPACT_RETRY_S", "COMPACT_STEP_KEYS", "RESUME_HEADROOM_BYTES", "Persistence"]
@@ -98,11 +98,10 @@ class Persistence:
 
     # ------------------------------------------------------------------ recovery
 
-    def recover(
-        self, store: Store, replayed: Callable[[int, bytes], None] | None = None
-    ) -> Recovery:
+    def recover(self, store: Store, replayed: Replayed | None = None) -> Recovery:
         """Load this folder into the empty ``store``, then log what the store emits;
-        ``replayed(seq, payload)`` is told each log record replayed (``load_history``).
+        ``replayed(seq, payload, record)`` is told each log record replayed
+        (``load_history``).
 
         Raises ``StorageCorrupted`` (with ``path``, ``offset`` and ``last_seq``) when the
         folder cannot give back its whole history; then no file was changed and the log

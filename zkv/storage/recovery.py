@@ -24,13 +24,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeAlias
 
 from zkv.errors import StorageCorrupted
-from zkv.storage.engine import Store
+from zkv.storage.engine import Record, Store
 from zkv.storage.log import FRAME_HEADER, LOG_MAGIC, fsync_dir, scan_file, segments
 from zkv.storage.records import RecordError, decode_record
 from zkv.storage.snapshot import load_snapshot, snapshots
+
+#: Told each record replayed from the log: its sequence number, payload and decoding.
+Replayed: TypeAlias = Callable[[int, bytes, Record], None]
 
 __all__ = ["DAMAGED_PREFIX", "Recovery", "TornTail", "check_directory", "load_history"]
 
@@ -67,12 +70,12 @@ class TornTail:
 
 
 def load_history(
-    directory: Path, store: Store, replayed: Callable[[int, bytes], None] | None = None
+    directory: Path, store: Store, replayed: Replayed | None = None
 ) -> tuple[Recovery, TornTail | None]:
     """Load ``directory``'s whole history into the empty ``store``; the torn tail to cut.
 
-    ``replayed(seq, payload)`` is told each log record applied after the snapshot, in order
-    (a node keeps the last of them as its replication backlog).
+    ``replayed(seq, payload, record)`` is told each log record applied after the snapshot,
+    in order (a node keeps the last of them: its replication backlog and watch history).
 
     Raises ``StorageCorrupted`` (with ``path``, ``offset`` and ``last_seq``) when the folder
     cannot give back its whole history. Changes nothing on disk either way: the caller cuts
@@ -123,7 +126,7 @@ def _replay(
     store: Store,
     report: Recovery,
     skipped: list[_BadSnapshot],
-    replayed: Callable[[int, bytes], None] | None = None,
+    replayed: Replayed | None = None,
 ) -> TornTail | None:
     """Apply the records after the snapshot; the torn tail to cut, if any (not cut yet)."""
     found = segments(directory)
@@ -155,7 +158,7 @@ def _replay(
                 store.seq = seq
                 report.records += 1
                 if replayed is not None:
-                    replayed(seq, payload)
+                    replayed(seq, payload, record)
             offset += FRAME_HEADER.size + len(payload)
         if scan.clean:
             continue
