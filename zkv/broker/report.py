@@ -1,15 +1,24 @@
-"""How the broker reports a node in ``status()``: what the node said, and what only the
-broker knows (liveness, lag behind its primary, in-sync, the slots its shard owns)."""
+"""How the broker reports the cluster (``cluster_status``, the STATUS reply) and each node in
+it: what the node said, and what only the broker knows (liveness, lag behind its primary,
+in-sync, the slots its shard owns)."""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import zmq
 
 from zkv.broker.membership import Member
 from zkv.protocol import NodeInfo, Role
 from zkv.slots import SlotMap
+from zkv.supervision import read_launcher_state
 
-__all__ = ["node_entry"]
+if TYPE_CHECKING:
+    from zkv.broker.server import Broker
+
+__all__ = ["cluster_status", "node_entry"]
 
 #: The node's own report, passed through as is.
 _REPORTED = (
@@ -84,3 +93,47 @@ def _in_sync(member: Member, primary: Member | None) -> bool | None:
     if primary is None or primary is member or primary.info is None:
         return None
     return member.name in primary.info.in_sync
+
+
+def cluster_status(broker: Broker) -> dict[str, Any]:
+    """The cluster as ``broker`` sees it (the STATUS reply)."""
+    now = time.monotonic()
+    launched = read_launcher_state(broker.config.storage.dir)  # processes `zkv up` gave up on
+    nodes: list[dict[str, Any]] = []
+    for member in broker.membership.members.values():
+        primary = broker.membership.primary(member.shard)
+        nodes.append(node_entry(member, primary, broker.slot_map, now))
+        supervised = launched.get(member.name)
+        if supervised is not None and supervised.state == "failed" and not member.alive:
+            nodes[-1].update(state="failed", error=supervised.error)
+    return {
+        "cluster": broker.config.cluster,
+        "slots": broker.config.slots,
+        "slot_map_version": broker.routing.version,
+        "coordination": None
+        if broker.shared is None
+        else {
+            "broker": broker.name,
+            "controller": broker.shared.controller,
+            "is_controller": broker.shared.is_controller(),
+            "error": broker.shared.error,
+        },
+        "reshard": broker.moves.describe(),
+        "shards": {
+            s: {
+                "primary": broker.routing.primaries[s],
+                "in_sync": broker.membership.in_sync[s],
+                "epoch": broker.routing.epochs[s],
+                "serving": broker.membership.primary(s) is not None,
+            }
+            for s in broker.config.shards
+        },
+        "broker": {
+            "failovers": broker.failovers,
+            "pid": os.getpid(),
+            "requests": broker.requests,
+            "errors": broker.errors,
+            "clients": broker.clients.getsockopt_string(zmq.LAST_ENDPOINT),
+        },
+        "nodes": nodes,
+    }
