@@ -45,9 +45,11 @@ from zkv.errors import (
 from zkv.node import wire
 from zkv.node.catchup import Backlog
 from zkv.node.core import NodeCore
-from zkv.node.history import EMPTY, HistoryFile, new_id
+from zkv.node.damaged import DamagedData
+from zkv.node.history import EMPTY, HistoryFile
 from zkv.node.primary import Primary
 from zkv.node.replica import Replica
+from zkv.node.roles import NodeRoles
 from zkv.node.watching import FeedState, History, Watches
 from zkv.protocol import NodeInfo, NodeState, Role
 from zkv.runtime import (
@@ -56,7 +58,6 @@ from zkv.runtime import (
     Waiter,
     bind_endpoint,
     drain,
-    recv_frames,
     send_frames,
     write_ready_file,
 )
@@ -90,7 +91,7 @@ class _Turn:
     watches: list[tuple[bytes, bytes, list[bytes]]] = field(default_factory=list)  # WATCH
 
 
-class Node:
+class Node(NodeRoles, DamagedData):
     """A shard node serving requests from the broker until ``stop()``."""
 
     def __init__(
@@ -332,120 +333,6 @@ class Node:
             self.primary.record(seq, payload)
 
     # ------------------------------------------------------------------ damaged data
-
-    def _discard_damaged(self, damage: StorageCorrupted) -> None:
-        """Set damaged data aside and start empty, if a serving primary of the shard holds it.
-
-        The node tells the broker it is ``damaged`` (with the last sequence it had) and waits
-        for a heartbeat naming a primary of its shard that serves: the broker promotes an
-        in-sync replica if this node was the primary. Only then are the damaged files moved
-        to ``damaged-<timestamp>/`` in the data folder (never deleted); the node starts empty
-        as a replica and resyncs by snapshot, and reports ``discarded_seq`` so the broker
-        knows; it cannot be promoted before it is back in sync. The shard's only node, or a
-        node whose shard has no serving primary within the wait, refuses to start instead.
-        """
-        shard = self.me.shard
-        if len(self.config.shards[shard]) == 1:
-            raise StorageCorrupted(
-                f"{damage}; {self.me.name} is the only node of shard {shard}, so no other "
-                "copy exists: nothing was discarded"
-            )
-        log.error("damaged data folder: %s", damage)
-        wait_s = max(3.0, 10 * self.config.heartbeat.expiry_s)
-        primary = self._serving_primary(damage.last_seq, wait_s)
-        if primary is None:
-            raise StorageCorrupted(
-                f"{damage}; no primary of shard {shard} served within {wait_s:g} s to resync "
-                "from, so nothing was discarded"
-            )
-        aside = self.persistence.set_aside(
-            f"{damage} (discarded by {self.me.name}: {primary} serves shard {shard})"
-        )
-        log.warning(
-            "discarded damaged data (last seq %d), kept in %s; starting empty as a replica "
-            "of %s to resync",
-            damage.last_seq,
-            aside,
-            primary,
-        )
-        self.discarded_seq = damage.last_seq
-        self.store = self._new_store()
-        self.store.primary = False
-        self.core.use_store(self.store)
-        self.history.attach(self.store)
-        self.persistence = self._new_persistence()
-
-    def _serving_primary(self, last_seq: int, wait_s: float) -> str | None:
-        """Report ``damaged`` to the broker; the name of a serving primary it names in time."""
-        sock = self._broker_socket()
-        info = NodeInfo(
-            self.me.name, self.me.shard, role=Role.REPLICA, state=NodeState.DAMAGED, pid=os.getpid()
-        )
-        info.seq = max(last_seq, 0)
-        interval = self.config.heartbeat.interval_s
-        deadline = time.monotonic() + wait_s
-        kind = protocol.NODE_READY
-        try:
-            while not self._stopping and time.monotonic() < deadline:
-                self._to_brokers(sock, protocol.encode_node_info(kind, info))
-                kind = protocol.NODE_HEARTBEAT
-                if not sock.poll(int(interval * 1000)):
-                    continue
-                while True:
-                    try:
-                        frames = recv_frames(sock)
-                    except zmq.Again:
-                        break
-                    if frames and not self._single_broker:
-                        frames = frames[1:]  # [broker, ...]
-                    name = _serving_primary_in(frames, self.me.name)
-                    if name is not None:
-                        return name
-        finally:
-            sock.close(linger=0)
-        return None
-
-    def _become_primary(self, epoch: int, in_sync: list[str], now: float) -> None:
-        if self.replica is not None:
-            self.replica.close()
-            self.replica = None
-        if self.primary is None:
-            # a new history from here on: this node's records up to now are shared with the
-            # one it had; the records it writes now are its own (``history.py``)
-            files = self.histories
-            history = (files.history if files else EMPTY).promote(self.store.seq, new_id())
-            if files is not None:
-                files.set(history)
-            self.primary = Primary(
-                self.store,
-                self._pub,
-                self._sync,
-                epoch=epoch,
-                heartbeat_s=self.config.heartbeat.interval_s,
-                ack_timeout_s=self.config.replication.ack_timeout_s,
-                in_sync=in_sync,
-                now=now,
-                history=history,
-                backlog=self.backlog,
-            )
-        self.primary.epoch = epoch
-        log.info("primary of shard %s at epoch %d (seq %d)", self.me.shard, epoch, self.store.seq)
-        self.role, self.epoch, self.store.primary = Role.PRIMARY, epoch, True
-
-    def _become_replica(self, epoch: int) -> None:
-        if self.primary is not None:
-            log.warning(
-                "fenced: epoch %d is stale (shard %s is at epoch %d); no longer primary, "
-                "rejoining as a replica and resyncing",
-                self.epoch,
-                self.me.shard,
-                epoch,
-            )
-            self.primary = None  # strong replies it held are dropped: the clients retry
-            # its last writes may not be the new primary's: its history tells (a catch-up
-            # only up to where the new primary's history forked from it, else a snapshot)
-            self.replica = self._new_replica()
-        self.role, self.epoch, self.store.primary = Role.REPLICA, epoch, False
 
     def info(self) -> NodeInfo:
         """What this node tells the broker about itself."""
@@ -718,61 +605,6 @@ class Node:
             old.close()
         return waiter
 
-    def _on_broker_heartbeat(self, body: bytes, now: float) -> bool:
-        """Take the role and epoch the broker names, and follow the primary it names.
-
-        True if sockets changed (the loop then polls anew).
-        """
-        try:
-            beat = protocol.unpackb(body)
-            role, epoch = beat["role"], beat["epoch"]
-            primary = beat.get("primary")
-            in_sync = beat.get("in_sync", [])
-            if role not in (Role.PRIMARY, Role.REPLICA) or type(epoch) is not int:
-                raise KeyError("role or epoch")
-            if not isinstance(in_sync, list) or not all(isinstance(n, str) for n in in_sync):
-                raise TypeError("in_sync is not a list of names")
-        except (ZkvError, KeyError, TypeError) as exc:
-            self._bad.warning("dropped a malformed broker heartbeat: %s", exc)
-            return False
-        if epoch < self.epoch and len(self._brokers) > 1:
-            # several brokers: one that has not seen the controller's newest decision yet
-            return False
-        if epoch < self.epoch:  # only the broker decides: its table wins, even if behind
-            log.warning(
-                "the broker names epoch %d for shard %s, behind this node's %d; obeying it",
-                epoch,
-                self.me.shard,
-                self.epoch,
-            )
-        changed = False
-        if role == Role.PRIMARY and (self.role != Role.PRIMARY or epoch != self.epoch):
-            self._become_primary(epoch, in_sync, now)
-            self._beat_now = changed = True
-        elif role == Role.REPLICA and (self.role != Role.REPLICA or epoch != self.epoch):
-            self._become_replica(epoch)
-            self._beat_now = changed = True
-        lease_s = beat.get("lease_s")
-        if role == Role.PRIMARY and epoch == self.epoch and isinstance(lease_s, int | float):
-            # the lease runs from when we sent the heartbeat the controller last heard (it
-            # echoes our clock), not from now: a grant held up in the network (a partition
-            # that heals) extends nothing the controller has counted as over
-            since = beat.get("lease_from")
-            start = min(now, since) if isinstance(since, float) and since > 0 else now
-            self._lease_until = max(self._lease_until, start + float(lease_s))
-        if role == Role.PRIMARY and self.primary is not None:
-            # the broker's record of the in-sync set: replies a dropped replica held go now
-            for reply in self.primary.replicas.confirm(in_sync):
-                self._to_broker(reply)
-        if self.replica is not None and isinstance(primary, dict):
-            try:
-                target = (str(primary["name"]), str(primary["publish"]), str(primary["sync"]))
-            except KeyError as exc:
-                self._bad.warning("dropped a malformed broker heartbeat: %s", exc)
-                return changed
-            changed = self.replica.follow(*target, epoch=epoch, now=now) or changed
-        return changed
-
     def _read(self, sock: zmq.Socket[bytes], max_frames: int = MAX_FRAMES) -> list[list[bytes]]:
         """Up to ``DRAIN_MAX`` ready messages from ``sock`` (oversized ones dropped)."""
         messages: list[list[bytes]] = []
@@ -811,21 +643,3 @@ class Node:
     def handle(self, frames: list[bytes], epoch: int | None = None) -> tuple[list[bytes], bool]:
         """Answer one request's ``[head, body]`` (see ``NodeCore.handle``)."""
         return self.core.handle(frames, epoch)
-
-
-def _serving_primary_in(frames: list[bytes] | None, me: str) -> str | None:
-    """The primary a broker heartbeat names as serving this node's shard, if any."""
-    if frames is None or len(frames) != 2:
-        return None
-    try:
-        kind, _epoch = protocol.decode_node_header(frames[0])
-        beat = protocol.unpackb(frames[1]) if kind == protocol.BROKER_HEARTBEAT else None
-    except ZkvError:
-        return None
-    if not isinstance(beat, dict) or beat.get("role") != Role.REPLICA:
-        return None
-    primary = beat.get("primary")
-    if not isinstance(primary, dict) or primary.get("serving") is not True:
-        return None
-    name = primary.get("name")
-    return name if isinstance(name, str) and name != me else None
