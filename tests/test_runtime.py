@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +12,7 @@ import zmq
 
 from zkv import protocol
 from zkv.protocol import Op, Request
-from zkv.runtime import MAX_FRAMES, drain, readable, recv_frames, send_frames
+from zkv.runtime import MAX_FRAMES, Waiter, drain, recv_frames, send_frames
 
 
 @pytest.fixture
@@ -54,14 +56,27 @@ def test_send_frames_never_blocks() -> None:
         ctx.term()
 
 
-def test_readable_says_whether_a_message_waits(pair: tuple[Any, Any]) -> None:
+def test_waiter_wakes_for_a_message_and_after_a_send_or_a_wake(pair: tuple[Any, Any]) -> None:
     a, b = pair
-    assert not readable(b)
-    send_frames(a, [b"head", b"body"])
-    assert b.poll(2000)
-    assert readable(b)
-    assert recv_frames(b) == [b"head", b"body"]
-    assert not readable(b)
+    waiter = Waiter([b])
+    try:
+        assert waiter.wait(0) == [b]  # a new socket is asked first: nothing there yet
+        assert list(drain(b, 10)) == []
+        send_frames(a, [b"one"])
+        assert waiter.wait(5000) == [b]  # its ZMQ_FD signalled
+        assert list(drain(b, 10)) == [[b"one"]]
+        assert waiter.wait(0) == [b]  # nothing signalled: a timed-out wait returns all
+        send_frames(a, [b"two"])
+        assert b.poll(2000)  # the signal consumed elsewhere (here: zmq's own poll)...
+        waiter.check(b)  # ...so the driver says to ask first
+        assert waiter.wait(5000) == [b]
+        assert list(drain(b, 10)) == [[b"two"]]
+        started = time.monotonic()
+        threading.Timer(0.05, waiter.wake).start()
+        assert waiter.wait(10_000) == []  # woken: no socket ready, long before the timeout
+        print(f"woken after {time.monotonic() - started:.3f} s")
+    finally:
+        waiter.close()
 
 
 def test_drain_reads_at_most_its_bound_and_ends_when_none_is_left(

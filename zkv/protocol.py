@@ -463,7 +463,7 @@ def decode_request_header(head: bytes) -> Request:
     if len(head) > REQUEST_HEADER.size:
         if len(head) - REQUEST_HEADER.size > MAX_KEY_FRAME_BYTES:
             raise _malformed(request, f"key of {len(head) - REQUEST_HEADER.size} bytes")
-        request.key = head[REQUEST_HEADER.size :]
+        request.key = request_key(head)
     return request
 
 

@@ -34,7 +34,6 @@ __all__ = [
     "on_reload_signal",
     "on_stop_signals",
     "read_ready_file",
-    "readable",
     "recv_frames",
     "recv_frames_with_user",
     "send_frames",
@@ -73,12 +72,6 @@ def send_frames(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
     for frame in frames[:-1]:
         send(frame, _NOBLOCK_MORE)
     send(frames[-1], _NOBLOCK)
-
-
-def readable(sock: zmq.Socket[bytes]) -> bool:
-    """Whether a message is waiting on ``sock`` (its ``ZMQ_EVENTS``: this processes the
-    socket's command mailbox, a syscall)."""
-    return bool(int(sock.get(_EVENTS)) & _POLLIN)
 
 
 def drain(
