@@ -122,19 +122,20 @@ class Waiter:
 
     def wake(self) -> None:
         """End the current or next wait now (from a signal handler or another thread)."""
-        with contextlib.suppress(OSError):  # full (a wake is pending) or closed
-            os.write(self._wake_w, b"w")
+        fd = self._wake_w
+        if fd < 0:  # closed: its number may belong to another file by now
+            return
+        with contextlib.suppress(OSError):  # full: a wake is pending already
+            os.write(fd, b"w")
 
     def close(self) -> None:
-        """Release the wake-up pipe (the sockets are the caller's)."""
-        for fd in (self._wake_r, self._wake_w):
+        """Release the wake-up pipe (the sockets are the caller's); ``wake()`` does nothing
+        from then on."""
+        fds = (self._wake_r, self._wake_w)
+        self._wake_r = self._wake_w = -1
+        for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-    @property
-    def sockets(self) -> list[zmq.Socket[bytes]]:
-        """The sockets this waiter watches."""
-        return list(self._by_fd.values())
 
     def check(self, sock: zmq.Socket[bytes]) -> None:
         """Ask ``sock``'s ``ZMQ_EVENTS`` before the next wait: it was sent on, or a drain of it
